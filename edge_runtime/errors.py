@@ -1,0 +1,62 @@
+"""Typed exceptions.
+
+Everything a *user* can get wrong (a bad file, a wrong flag, a tampered package) raises a subclass of
+:class:`EdgeRuntimeError`. The CLI turns those into one clear line and a non-zero exit code; anything else is a
+bug and is allowed to end in a traceback.
+"""
+
+from __future__ import annotations
+
+
+class EdgeRuntimeError(Exception):
+    """Base class for errors caused by input, configuration or environment, not by a bug."""
+
+    exit_code = 2
+
+
+class ProfileError(EdgeRuntimeError):
+    """A device profile is unknown or invalid."""
+
+
+class PackageError(EdgeRuntimeError):
+    """A model package is missing, malformed, or fails its integrity checks."""
+
+
+class SignatureError(PackageError):
+    """A package signature is missing, invalid, or made by an untrusted key."""
+
+
+class ConversionError(EdgeRuntimeError):
+    """A model could not be converted or quantized."""
+
+
+class AccuracyBudgetError(ConversionError):
+    """The quantized model misses the profile's accuracy budget even after remedies."""
+
+
+class CalibrationError(ConversionError):
+    """Calibration or validation data is missing, empty, or of the wrong shape."""
+
+
+class MissingDependencyError(EdgeRuntimeError):
+    """An optional dependency (an extra) is not installed."""
+
+    def __init__(self, what: str, extra: str) -> None:
+        super().__init__(f"{what} is not installed: pip install 'edge-runtime[{extra}]'")
+        self.extra = extra
+
+
+class BackendError(EdgeRuntimeError):
+    """An inference backend is unavailable or failed to load a model."""
+
+
+class InputError(EdgeRuntimeError):
+    """An input frame or array does not fit the model's input spec."""
+
+
+class SourceError(EdgeRuntimeError):
+    """A camera, video, stream or sensor source cannot be opened or read."""
+
+
+class ConfigError(EdgeRuntimeError):
+    """A configuration file or option is invalid."""

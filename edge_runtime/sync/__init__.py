@@ -1,0 +1,1 @@
+"""Store-and-forward sync: the MQTT client, the topic layout and the durable outbox."""
