@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# The whole test suite: system packages the tests need (a real mosquitto, debootstrap for the arm64 check), the venv,
+# then pytest. Fails when anything fails, and when no test ran (pytest exit code 5).
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+
+need=()
+command -v mosquitto >/dev/null || [[ -x /usr/sbin/mosquitto ]] || need+=(mosquitto)
+command -v mosquitto_pub >/dev/null || need+=(mosquitto-clients)
+command -v debootstrap >/dev/null || [[ -x /usr/sbin/debootstrap ]] || need+=(debootstrap)
+if ((${#need[@]})); then
+  sudo=""; [[ $(id -u) -eq 0 ]] || sudo="sudo"
+  echo "==> installing system packages: ${need[*]}" >&2
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+bash "$root/scripts/bootstrap.sh"
+exec "${EDGE_RUNTIME_VENV:-$root/.venv}/bin/python" -m pytest "$@"
