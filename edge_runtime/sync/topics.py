@@ -6,6 +6,7 @@ Layout under a configurable prefix (default ``edge``)::
     {p}/devices/{device}/metrics           QoS 1     metric batches from the outbox
     {p}/devices/{device}/events            QoS 1     detections, drift alerts, errors
     {p}/devices/{device}/update/status     retained  OTA state machine transitions and progress
+    {p}/devices/{device}/samples           QoS 1     captured input samples, uploaded on request
     {p}/devices/{device}/desired           retained  signed desired-model document (fleet -> device)
     {p}/devices/{device}/commands          QoS 1     fleet -> device requests (upload samples, rollback)
     {p}/groups/{group}/desired             retained  signed desired-model document for a group
@@ -50,6 +51,9 @@ class Topics:
 
     def events(self, device: str) -> str:
         return f"{self.device(device)}/events"
+
+    def samples(self, device: str) -> str:
+        return f"{self.device(device)}/samples"
 
     def update_status(self, device: str) -> str:
         return f"{self.device(device)}/update/status"

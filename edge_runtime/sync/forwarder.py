@@ -1,0 +1,204 @@
+"""Moves outbox records to MQTT in batches, QoS 1, deleting them only after the broker's PUBACK.
+
+One thread. While the link is down it waits (records keep accumulating in the outbox, which is normal). When
+connected it keeps up to ``max_in_flight`` batches unacknowledged; each batch is a run of consecutive records
+of one kind, so a batch covers an id range and the ack deletes exactly that range. A batch refused by the broker
+or not acknowledged in ``ack_timeout_s`` is sent again from the outbox (at-least-once: a receiver recognises
+a repeat by its (outbox epoch, record id)). Batches of one topic leave in id order, so a receiver sees each
+device's records in order.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from edge_runtime.sync.mqtt import MqttLink, PayloadTooLarge, PublishHandle
+from edge_runtime.sync.outbox import Outbox, Record
+
+log = logging.getLogger(__name__)
+
+BATCH_SCHEMA = "batch/1"
+_ENVELOPE_BYTES = 512  # room for the batch header around the records
+
+
+class ForwarderConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    batch_max_records: int = Field(default=500, ge=1, description="Records per MQTT message at most.")
+    max_in_flight: int = Field(default=8, ge=1, description="Unacknowledged batches at a time.")
+    ack_timeout_s: float = Field(default=30.0, gt=0, description="Resend a batch not acknowledged by then.")
+    poll_s: float = Field(default=1.0, gt=0, description="How often to look for new records when idle.")
+    retry_backoff_s: float = Field(default=2.0, ge=0, description="Pause after a batch is refused by the broker.")
+
+
+@dataclass
+class _Batch:
+    first_id: int
+    last_id: int
+    count: int
+    sent: float
+    handle: PublishHandle | None = None
+    done: bool = field(default=False)
+
+
+def _topic_kind(kind: str) -> str:
+    return "metrics" if kind == "metrics" else "events"
+
+
+class Forwarder:
+    """``start()`` a thread that drains ``outbox`` to ``link``; call :meth:`wake` after appending."""
+
+    def __init__(self, outbox: Outbox, link: MqttLink, config: ForwarderConfig | None = None) -> None:
+        self.outbox = outbox
+        self.link = link
+        self.config = config or ForwarderConfig()
+        self._acks: queue.SimpleQueue[tuple[_Batch, bool]] = queue.SimpleQueue()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._in_flight: list[_Batch] = []
+        self._cursor = 0  # highest record id handed to the link
+        self._paused_until = 0.0
+        self._connected_since: float | None = None
+        self.counters = {"batches_sent": 0, "batches_acked": 0, "records_delivered": 0, "resends": 0,
+                         "refused": 0, "dropped_oversize": 0}
+        self.last_error: str | None = None
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._run, name="outbox-forwarder", daemon=True)
+            self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    def wake(self) -> None:
+        """New records are in the outbox: forward them without waiting for the next poll."""
+        self._wake.set()
+
+    # ----------------------------------------------------------------- the loop
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self._step()
+            except Exception:  # a bug here must not end forwarding for good
+                log.exception("outbox forwarder step failed")
+                self._stop.wait(self.config.poll_s)
+
+    def _step(self) -> None:
+        self._drain_acks()
+        self._expire()
+        sent = 0
+        if self.link.connected and time.monotonic() >= self._paused_until:
+            while len(self._in_flight) < self.config.max_in_flight and not self._stop.is_set():
+                if not self._send_next():
+                    break
+                sent += 1
+                self._drain_acks()
+        if sent == 0:
+            self._wake.wait(self.config.poll_s if not self._in_flight else 0.05)
+            self._wake.clear()
+
+    def _send_next(self) -> bool:
+        room = max(1024, self.link.max_payload - _ENVELOPE_BYTES)
+        records = self.outbox.pending(self._cursor, self.config.batch_max_records, max_bytes=room)
+        if not records:
+            return False
+        run = list(_same_kind_run(records))
+        payload = self.encode(run)
+        batch = _Batch(run[0].id, run[-1].id, len(run), time.monotonic())
+        try:
+            handle = self.link.publish(self._topic(run[0].kind), payload, qos=1)
+        except PayloadTooLarge as exc:  # one record alone is over the link's limit: it can never be sent
+            self.counters["dropped_oversize"] += self.outbox.delete_range(batch.first_id, batch.last_id)
+            self.last_error = str(exc)
+            log.error("dropping records %d..%d: %s", batch.first_id, batch.last_id, exc)
+            self._cursor = batch.last_id
+            return True
+        batch.handle = handle
+        self._cursor = batch.last_id
+        self._in_flight.append(batch)
+        self.counters["batches_sent"] += 1
+        handle.add_done_callback(lambda h, b=batch: self._acks.put((b, h.acked)))
+        return True
+
+    def _topic(self, kind: str) -> str:
+        t = self.link.topics
+        return t.metrics(self.link.device_id) if _topic_kind(kind) == "metrics" else t.events(self.link.device_id)
+
+    def _drain_acks(self) -> None:
+        while True:
+            try:
+                batch, ok = self._acks.get_nowait()
+            except queue.Empty:
+                return
+            if batch.done:
+                continue
+            batch.done = True
+            if batch in self._in_flight:
+                self._in_flight.remove(batch)
+            if ok:
+                self.outbox.delete_range(batch.first_id, batch.last_id)
+                self.counters["batches_acked"] += 1
+                self.counters["records_delivered"] += batch.count
+            else:
+                self.counters["refused"] += 1
+                self.last_error = batch.handle.error if batch.handle else "publish failed"
+                self._rewind(batch)
+                self._paused_until = time.monotonic() + self.config.retry_backoff_s
+
+    def _expire(self) -> None:
+        """Give up on batches unacknowledged for ack_timeout_s of connected time (paho re-sends after a
+        reconnect by itself, so an outage alone is no reason to send a second copy)."""
+        now = time.monotonic()
+        if not self.link.connected:
+            self._connected_since = None
+            return
+        if self._connected_since is None:
+            self._connected_since = now
+        for batch in list(self._in_flight):
+            if now - max(batch.sent, self._connected_since) > self.config.ack_timeout_s:
+                batch.done = True
+                self._in_flight.remove(batch)
+                self.last_error = f"no PUBACK for records {batch.first_id}..{batch.last_id}"
+                self._rewind(batch)
+
+    def _rewind(self, batch: _Batch) -> None:
+        """Send again from the failed batch (records already acknowledged are gone from the outbox)."""
+        self.counters["resends"] += 1
+        self._cursor = min(self._cursor, batch.first_id - 1)
+
+    # ----------------------------------------------------------------- encoding
+    def encode(self, records: list[Record]) -> bytes:
+        """A batch message: header plus the records' JSON bodies, spliced without re-parsing them."""
+        head = (
+            f'{{"schema":"{BATCH_SCHEMA}","device":"{self.link.device_id}","outbox":"{self.outbox.epoch}",'
+            f'"kind":"{records[0].kind}","first_id":{records[0].id},"last_id":{records[-1].id},'
+            f'"count":{len(records)},"records":['
+        )
+        body = ",".join(f'{{"id":{r.id},"ts":{r.created:.3f},"data":{r.payload.decode()}}}' for r in records)
+        return (head + body + "]}").encode()
+
+    def stats(self) -> dict[str, Any]:
+        return {"in_flight": len(self._in_flight), "cursor": self._cursor, "last_error": self.last_error,
+                **self.counters}
+
+
+def _same_kind_run(records: list[Record]) -> Iterator[Record]:
+    for r in records:
+        if r.kind != records[0].kind:
+            return
+        yield r

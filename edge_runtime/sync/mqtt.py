@@ -1,0 +1,429 @@
+"""The device's one MQTT connection: paho-mqtt 2 (callback API v2) on its own network thread.
+
+What it promises beyond paho:
+- an unreachable broker is a normal state: ``start()`` never raises for it, paho reconnects with backoff;
+- a refused connection (bad credentials, not authorised, TLS failure) is a *failure*: ``connected`` stays
+  False and ``last_error`` says why (frigate's ``_on_connect`` treats any CONNACK as success; not here);
+- subscriptions and retained state are re-sent after every reconnect;
+- a handler that raises, or a malformed payload, is logged and counted, never kills the network thread;
+- a payload over ``max_payload`` is refused with :class:`PayloadTooLarge` before it can make the broker drop
+  the connection (which would otherwise repeat forever as paho re-sends the queued message).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import ssl
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Literal
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.reasoncodes import ReasonCode
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from edge_runtime.errors import ConfigError, EdgeRuntimeError
+from edge_runtime.sync.topics import Topics, check_segment
+
+log = logging.getLogger(__name__)
+
+STATE_SCHEMA = "state/1"
+Handler = Callable[[str, bytes], None]
+
+
+class PayloadTooLarge(EdgeRuntimeError):
+    """A message is larger than the link's ``max_payload``: split it or send less."""
+
+
+class TlsSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    ca_cert: Path | None = Field(default=None, description="CA certificate (PEM) that signed the broker's cert.")
+    client_cert: Path | None = Field(default=None, description="Client certificate (PEM) for mutual TLS.")
+    client_key: Path | None = Field(default=None, description="Private key (PEM) of the client certificate.")
+    insecure: bool = Field(default=False, description="Skip hostname verification (testing only).")
+
+    @model_validator(mode="after")
+    def _pair(self) -> TlsSettings:
+        if (self.client_cert is None) != (self.client_key is None):
+            raise ValueError("client_cert and client_key go together: set both or neither")
+        return self
+
+
+class MqttSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    host: str = Field(description="Broker host name or address.")
+    port: int = Field(default=1883, ge=1, le=65535, description="Broker port (8883 is usual with TLS).")
+    device_id: str = Field(description="This device's id: a topic level under {prefix}/devices/.")
+    prefix: str = Field(default="edge", description="Topic prefix shared by the fleet.")
+    username: str | None = Field(default=None, description="Broker user name (usually the device id).")
+    password: str | None = Field(default=None, description="Broker password.")
+    tls: TlsSettings | None = Field(default=None, description="TLS settings; None for plain TCP.")
+    keepalive: int = Field(default=30, ge=5, le=3600, description="Keepalive interval in seconds.")
+    protocol: Literal["auto", "5", "3.1.1"] = Field(
+        default="auto", description="MQTT version; 'auto' tries 5 and falls back to 3.1.1 if the broker refuses it."
+    )
+    reconnect_min_s: float = Field(default=0.5, gt=0, description="First reconnect delay; doubles per failure.")
+    reconnect_max_s: float = Field(default=30.0, gt=0, description="Largest reconnect delay.")
+    max_payload: int = Field(
+        default=256 * 1024, ge=1024, description="Largest payload this link publishes; keep <= the broker's limit."
+    )
+    max_queued: int = Field(
+        default=10000, ge=1, description="Messages paho may hold while offline before publish() fails."
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> MqttSettings:
+        check_segment(self.device_id, "device id")
+        Topics(self.prefix)
+        if self.reconnect_max_s < self.reconnect_min_s:
+            raise ValueError("reconnect_max_s must be >= reconnect_min_s")
+        if self.password is not None and self.username is None:
+            raise ValueError("a password needs a username")
+        return self
+
+    @property
+    def topics(self) -> Topics:
+        return Topics(self.prefix)
+
+
+class PublishHandle:
+    """Completion of one publish: ``wait()`` is True once the broker acknowledged it (PUBACK, QoS 1)."""
+
+    def __init__(self, mid: int | None = None) -> None:
+        self.mid = mid
+        self._event = threading.Event()
+        self.acked = False
+        self.error: str | None = None
+        self._callbacks: list[Callable[[PublishHandle], None]] = []
+        self._lock = threading.Lock()
+
+    def _resolve(self, acked: bool, error: str | None = None) -> None:
+        with self._lock:
+            if self._event.is_set():
+                return
+            self.acked, self.error = acked, error
+            self._event.set()
+            callbacks, self._callbacks = self._callbacks, []
+        for cb in callbacks:
+            try:
+                cb(self)
+            except Exception:
+                log.exception("publish callback failed")
+
+    @property
+    def done(self) -> bool:
+        return self._event.is_set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until acknowledged, refused or ``timeout``; True only for an acknowledgement."""
+        self._event.wait(timeout)
+        return self.acked
+
+    def add_done_callback(self, cb: Callable[[PublishHandle], None]) -> None:
+        """Call ``cb(handle)`` once resolved (now, if it already is), on the resolving thread."""
+        with self._lock:
+            if not self._event.is_set():
+                self._callbacks.append(cb)
+                return
+        cb(self)
+
+
+class _Client(mqtt.Client):
+    """paho's client with one hook: the reason a (re)connect raised, which paho itself swallows."""
+
+    on_socket_error: Callable[[OSError], None] | None = None
+
+    def reconnect(self) -> MQTTErrorCode:
+        try:
+            return super().reconnect()
+        except OSError as exc:
+            if self.on_socket_error is not None:
+                self.on_socket_error(exc)
+            raise
+
+
+def _describe_socket_error(exc: OSError) -> str:
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"TLS certificate verification failed: {exc.verify_message or exc}"
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS error: {exc.reason or exc}"
+    if isinstance(exc, ConnectionRefusedError):
+        return "broker unreachable: connection refused"
+    return f"broker unreachable: {exc.strerror or exc}"
+
+
+class MqttLink:
+    """One device connection. Thread-safe; callbacks run on paho's network thread."""
+
+    def __init__(
+        self, settings: MqttSettings, *, client_id: str | None = None, will: tuple[str, bytes] | None | bool = True
+    ) -> None:
+        self.settings = settings
+        self.topics = settings.topics
+        self.device_id = settings.device_id
+        self.max_payload = settings.max_payload
+        self.client_id = client_id or f"edge-{settings.device_id}"
+        self._state_fields: dict[str, Any] = {}
+        if will is True:
+            will = (self.topics.state(self.device_id), self.state_payload(online=False))
+        self._will: tuple[str, bytes] | None = will or None
+        self.connected = False
+        self.last_error: str | None = None
+        self.refused = False
+        self.protocol_in_use: str = "5" if settings.protocol in ("auto", "5") else "3.1.1"
+        self.counters = {"connects": 0, "connect_failures": 0, "disconnects": 0, "handler_errors": 0,
+                         "published": 0, "publish_failures": 0, "refused_payloads": 0, "received": 0}
+        self._lock = threading.RLock()
+        self._connected_event = threading.Event()
+        self._subs: dict[str, tuple[int, list[Handler]]] = {}
+        self._retained: dict[str, bytes] = {}
+        self._handles: dict[int, PublishHandle] = {}
+        self._early: dict[int, tuple[bool, str | None]] = {}
+        self._started = False
+        self._client = self._make_client()
+
+    # ----------------------------------------------------------------- lifecycle
+    def _make_client(self) -> _Client:
+        s = self.settings
+        proto = mqtt.MQTTv5 if self.protocol_in_use == "5" else mqtt.MQTTv311
+        kwargs: dict[str, Any] = {"clean_session": True} if proto == mqtt.MQTTv311 else {}
+        c = _Client(CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=proto, **kwargs)
+        if s.username is not None:
+            c.username_pw_set(s.username, s.password)
+        if s.tls is not None:
+            c.tls_set(
+                ca_certs=str(s.tls.ca_cert) if s.tls.ca_cert else None,
+                certfile=str(s.tls.client_cert) if s.tls.client_cert else None,
+                keyfile=str(s.tls.client_key) if s.tls.client_key else None,
+                cert_reqs=ssl.CERT_REQUIRED,
+            )
+            c.tls_insecure_set(s.tls.insecure)
+        if self._will is not None:
+            c.will_set(self._will[0], self._will[1], qos=1, retain=True)
+        c.reconnect_delay_set(min_delay=max(1, round(s.reconnect_min_s)), max_delay=max(1, round(s.reconnect_max_s)))
+        c._reconnect_min_delay = s.reconnect_min_s  # paho takes ints; sub-second backoff helps tests and LANs
+        c._reconnect_max_delay = s.reconnect_max_s
+        c.max_queued_messages_set(s.max_queued)
+        c.on_connect = self._on_connect
+        c.on_connect_fail = self._on_connect_fail
+        c.on_disconnect = self._on_disconnect
+        c.on_message = self._on_message
+        c.on_publish = self._on_publish
+        c.on_socket_error = self._on_socket_error
+        return c
+
+    def start(self) -> None:
+        """Connect in the background. Never raises for an unreachable broker: offline is a normal state."""
+        with self._lock:
+            if self._started:
+                return
+            self._started = True
+        self.set_retained(self.topics.state(self.device_id), self.state_payload(online=True))
+        self._connect_async()
+
+    def _connect_async(self) -> None:
+        try:
+            self._client.connect_async(self.settings.host, self.settings.port, keepalive=self.settings.keepalive)
+        except (OSError, ValueError) as exc:  # e.g. an unresolvable host name is reported, then retried by paho
+            self.last_error = f"cannot connect: {exc}"
+        self._client.loop_start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Publish the offline state (when connected), disconnect cleanly and stop the network thread."""
+        with self._lock:
+            if not self._started:
+                return
+            self._started = False
+        if self.connected:
+            h = self.publish(self.topics.state(self.device_id), self.state_payload(online=False), qos=1, retain=True)
+            h.wait(timeout)
+        self._client.disconnect()
+        self._client.loop_stop()
+        self.connected = False
+        self._connected_event.clear()
+
+    def wait_connected(self, timeout: float) -> bool:
+        return self._connected_event.wait(timeout)
+
+    # ----------------------------------------------------------------- state document
+    def state_payload(self, online: bool) -> bytes:
+        """The retained state document: online flag plus fields set with :meth:`update_state`."""
+        doc = {"schema": STATE_SCHEMA, "device": self.device_id, "online": online, "ts": round(time.time(), 3)}
+        doc.update(self._state_fields)
+        return json.dumps(doc, separators=(",", ":")).encode()
+
+    def update_state(self, **fields: Any) -> None:
+        """Merge fields (model, version, update state...) into the retained state and re-publish it."""
+        with self._lock:
+            self._state_fields.update(fields)
+        if self._started:
+            self.set_retained(self.topics.state(self.device_id), self.state_payload(online=True))
+
+    # ----------------------------------------------------------------- publish / subscribe
+    def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> PublishHandle:
+        """Queue a message. The handle resolves True on PUBACK (QoS 1), False if refused or failed."""
+        if len(payload) > self.max_payload:
+            self.counters["refused_payloads"] += 1
+            raise PayloadTooLarge(f"payload of {len(payload)} bytes exceeds max_payload {self.max_payload} ({topic})")
+        info = self._client.publish(topic, payload, qos=qos, retain=retain)
+        handle = PublishHandle(info.mid)
+        if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
+            self.counters["publish_failures"] += 1
+            handle._resolve(False, mqtt.error_string(info.rc))
+            return handle
+        with self._lock:
+            early = self._early.pop(info.mid, None)
+            if early is None:
+                self._handles[info.mid] = handle
+        if early is not None:
+            handle._resolve(*early)
+        return handle
+
+    def subscribe(self, topic: str, handler: Handler, qos: int = 1) -> None:
+        """Call ``handler(topic, payload)`` for messages on ``topic`` (a filter); kept across reconnects."""
+        with self._lock:
+            _, handlers = self._subs.setdefault(topic, (qos, []))
+            handlers.append(handler)
+            self._subs[topic] = (max(qos, self._subs[topic][0]), handlers)
+            self._client.message_callback_add(topic, self._dispatch_for(topic))
+        if self.connected:
+            self._client.subscribe(topic, qos=qos)
+
+    def unsubscribe(self, topic: str) -> None:
+        """Drop every handler of ``topic`` (a filter) and stop re-subscribing it after reconnects (OTA chunks)."""
+        with self._lock:
+            self._subs.pop(topic, None)
+            self._client.message_callback_remove(topic)
+        if self.connected:
+            self._client.unsubscribe(topic)
+
+    def set_retained(self, topic: str, payload: bytes) -> None:
+        """Publish a retained message now (if connected) and again after every reconnect."""
+        with self._lock:
+            self._retained[topic] = payload
+        if self.connected:
+            self.publish(topic, payload, qos=1, retain=True)
+
+    # ----------------------------------------------------------------- paho callbacks (network thread)
+    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, rc: ReasonCode, props: Any) -> None:
+        if rc.is_failure:
+            self.counters["connect_failures"] += 1
+            self.refused = True
+            self.last_error = f"connection refused by broker: {rc.getName()}"
+            log.error("MQTT %s", self.last_error)
+            if self.settings.protocol == "auto" and self.protocol_in_use == "5" and rc.value in (0x84, 1):
+                threading.Thread(target=self._fall_back_to_311, daemon=True).start()
+            return
+        self.refused = False
+        self.last_error = None
+        self.counters["connects"] += 1
+        with self._lock:
+            subs = [(t, q) for t, (q, _) in self._subs.items()]
+            retained = list(self._retained.items())
+        for topic, qos in subs:
+            client.subscribe(topic, qos=qos)
+        for topic, payload in retained:
+            self.publish(topic, payload, qos=1, retain=True)
+        self.connected = True
+        self._connected_event.set()
+        log.info("MQTT connected to %s:%s (MQTT %s)", self.settings.host, self.settings.port, self.protocol_in_use)
+
+    def _fall_back_to_311(self) -> None:
+        log.warning("broker refused MQTT 5; falling back to MQTT 3.1.1")
+        self._client.loop_stop()
+        self.protocol_in_use = "3.1.1"
+        old = self._client
+        self._client = self._make_client()
+        with self._lock:
+            for topic in self._subs:
+                self._client.message_callback_add(topic, self._dispatch_for(topic))
+        old.on_connect = old.on_disconnect = None
+        if self._started:
+            self._connect_async()
+
+    def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
+        self.counters["connect_failures"] += 1
+
+    def _on_socket_error(self, exc: OSError) -> None:
+        self.last_error = _describe_socket_error(exc)
+        log.warning("MQTT %s", self.last_error)
+
+    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, rc: ReasonCode, props: Any) -> None:
+        was = self.connected
+        self.connected = False
+        self._connected_event.clear()
+        if was:
+            self.counters["disconnects"] += 1
+            if rc.is_failure and self._started:
+                self.last_error = f"disconnected: {rc.getName()}"
+                log.warning("MQTT %s; reconnecting with backoff", self.last_error)
+
+    def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, rc: ReasonCode, props: Any) -> None:
+        ok = not rc.is_failure
+        err = None if ok else f"publish refused by broker: {rc.getName()}"
+        if ok:
+            self.counters["published"] += 1
+        else:
+            self.counters["publish_failures"] += 1
+            log.warning("MQTT %s (mid %s)", err, mid)
+        with self._lock:
+            handle = self._handles.pop(mid, None)
+            if handle is None:
+                self._early[mid] = (ok, err)
+        if handle is not None:
+            handle._resolve(ok, err)
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        log.debug("MQTT message on %s with no handler", msg.topic)
+
+    def _dispatch_for(self, topic_filter: str) -> Callable[[mqtt.Client, Any, mqtt.MQTTMessage], None]:
+        def dispatch(client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+            self.counters["received"] += 1
+            with self._lock:
+                handlers = list(self._subs.get(topic_filter, (0, []))[1])
+            for h in handlers:
+                try:
+                    h(msg.topic, msg.payload)
+                except Exception:  # a bad message or handler bug must not kill the network thread
+                    self.counters["handler_errors"] += 1
+                    log.exception("MQTT handler for %s failed on a message of %d bytes", msg.topic, len(msg.payload))
+
+        return dispatch
+
+    # ----------------------------------------------------------------- health
+    def status(self) -> dict[str, Any]:
+        """JSON-ready link status for the health endpoint."""
+        return {
+            "host": self.settings.host,
+            "port": self.settings.port,
+            "connected": self.connected,
+            "refused": self.refused,
+            "protocol": self.protocol_in_use,
+            "last_error": self.last_error,
+            "pending_acks": len(self._handles),
+            **self.counters,
+        }
+
+
+def settings_from_url(url: str, device_id: str, **extra: Any) -> MqttSettings:
+    """``mqtt://host:port`` or ``mqtts://host:port`` -> settings (a user mistake raises ConfigError)."""
+    from urllib.parse import urlparse
+
+    u = urlparse(url)
+    if u.scheme not in ("mqtt", "mqtts") or not u.hostname:
+        raise ConfigError(f"broker URL {url!r} must look like mqtt://host:1883 or mqtts://host:8883")
+    if u.scheme == "mqtts" and "tls" not in extra:
+        extra["tls"] = TlsSettings()
+    try:
+        return MqttSettings(
+            host=u.hostname, port=u.port or (8883 if u.scheme == "mqtts" else 1883), device_id=device_id,
+            username=u.username, password=u.password, **extra,
+        )
+    except ValueError as exc:
+        raise ConfigError(f"invalid MQTT settings: {exc}") from exc

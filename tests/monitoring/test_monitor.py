@@ -1,0 +1,107 @@
+"""Monitor end to end: frames in, metric records through the outbox to a real broker, HTTP endpoints, samples."""
+
+from __future__ import annotations
+
+import base64
+import json
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from edge_runtime.monitoring.config import MonitorConfig, SampleConfig
+from edge_runtime.monitoring.http import MonitorHttpServer
+from edge_runtime.monitoring.monitor import Monitor
+from edge_runtime.sync.forwarder import Forwarder, ForwarderConfig
+from edge_runtime.sync.mqtt import MqttLink, MqttSettings
+from edge_runtime.sync.outbox import Outbox, OutboxConfig
+from tests.monitoring.helpers import frame_result, frames, manifest_with_reference
+from tests.sync.subscriber import Subscriber
+
+pytestmark = pytest.mark.mqtt
+SCHEMAS = Path(__file__).resolve().parents[2] / "edge_runtime" / "schemas"
+
+
+def _conforms(doc: dict, schema_name: str) -> None:
+    """The subset of JSON Schema our schemas use: required keys, const, nested required."""
+    schema = json.loads((SCHEMAS / schema_name).read_text())
+    for key in schema["required"]:
+        assert key in doc, f"{schema_name}: missing {key}"
+    for key, prop in schema["properties"].items():
+        if "const" in prop and key in doc:
+            assert doc[key] == prop["const"]
+        if "required" in prop and key in doc:
+            assert set(prop["required"]) <= set(doc[key])
+
+
+def test_monitor_records_flow_through_outbox_to_broker_and_endpoints_report(tmp_path, broker):
+    outbox = Outbox(OutboxConfig(path=tmp_path / "outbox.db"))
+    link = MqttLink(MqttSettings(host="127.0.0.1", port=broker.port, device_id="cam1"))
+    fwd = Forwarder(outbox, link, ForwarderConfig(poll_s=0.05))
+    cfg = MonitorConfig(period_s=3600, samples=SampleConfig(directory=tmp_path / "samples", low_confidence=0.5,
+                                                            min_interval_s=0, max_files=3))
+    mon = Monitor(cfg, manifest_with_reference(), outbox, device_id="cam1", on_record=fwd.wake,
+                  pipeline_stats=lambda: {"dropped": 2, "errors": 0, "skipped_still": 1})
+    mon.attach_link(link)
+    sub = Subscriber(broker.port, ["edge/devices/cam1/#"])
+    http = MonitorHttpServer(mon).start()
+    link.start()
+    fwd.start()
+    try:
+        assert link.wait_connected(10)
+        fs = list(frames(60, seed=1))
+        for i, f in enumerate(fs):
+            mon(frame_result(i, f, confidence=0.3 if i in (10, 20, 30, 40, 50) else 0.9, top=i % 2))
+        record = mon.report()
+        assert record["frames"] == 60 and record["latency_ms"]["inference"]["count"] == 60
+        assert record["quality"]["class_histogram"] == {"a": 30, "b": 30}
+        mon.flush()
+        assert sub.wait_for(lambda m: any(t.endswith("/metrics") for t, _, _ in m))
+        batch = next(json.loads(p) for t, p, _ in sub.snapshot() if t.endswith("/metrics"))
+        _conforms(batch, "batch.json")
+        _conforms(batch["records"][0]["data"], "metrics.json")
+        state = next(json.loads(p) for t, p, _ in sub.snapshot() if t.endswith("/state"))
+        _conforms(state, "state.json")
+
+        metrics = urllib.request.urlopen(f"http://127.0.0.1:{http.port}/metrics", timeout=5).read().decode()
+        assert 'edge_stage_latency_seconds_bucket{le="+Inf",stage="inference"} 60.0' in metrics
+        assert "edge_broker_connected 1.0" in metrics and "edge_pipeline_dropped 2.0" in metrics
+        health = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{http.port}/health", timeout=5).read())
+        assert health["model"] == {"name": "unit", "version": "1.0.0"} and health["broker"]["connected"]
+        assert health["outbox"]["epoch"] == outbox.epoch and health["source"]["dropped"] == 2
+
+        # Five low-confidence frames were captured; the cap keeps the newest three.
+        mon.samples.flush()
+        kept = mon.samples.list()
+        assert [s["frame_index"] for s in kept] == [30, 40, 50] and len(list((tmp_path / "samples").glob("*.png"))) == 3
+        cmd = json.dumps({"command": "upload_samples", "request_id": "r1", "max": 2})
+        for body in ("{broken", cmd):
+            subprocess.run(["mosquitto_pub", "-p", str(broker.port), "-t", "edge/devices/cam1/commands", "-m", body,
+                            "-q", "1"], check=True, timeout=10)
+        assert sub.wait_for(lambda m: sum(t.endswith("/samples") for t, _, _ in m) == 2)
+        up = [json.loads(p) for t, p, _ in sub.snapshot() if t.endswith("/samples")]
+        img = cv2.imdecode(np.frombuffer(base64.b64decode(up[-1]["data_b64"]), np.uint8), cv2.IMREAD_COLOR)
+        assert np.array_equal(img, fs[50])  # lossless: the very frame the model saw
+        assert link.counters["handler_errors"] == 1 and link.connected
+        assert sub.wait_for(lambda m: any(b"samples_uploaded" in p for t, p, _ in m if t.endswith("/events")))
+    finally:
+        http.stop()
+        mon.close()
+        fwd.stop()
+        link.stop()
+        sub.close()
+
+
+def test_monitor_without_broker_or_outbox_keeps_records_in_memory():
+    mon = Monitor(MonitorConfig(period_s=0.05, system=True))
+    for i, f in enumerate(frames(20, seed=3)):
+        mon(frame_result(i, f))
+        time.sleep(0.01)
+    mon.close()
+    metrics = [d for k, d in mon.recent if k == "metrics"]
+    assert metrics and sum(d["frames"] for d in metrics) == 20
+    assert mon.health()["broker"] == {"configured": False} and mon.health()["outbox"] is None
