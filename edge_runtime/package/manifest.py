@@ -141,6 +141,9 @@ class SsdDecoding(BaseModel):
     score_threshold: float = Field(default=0.5, ge=0, le=1, description="Minimum detection score.")
     iou_threshold: float = Field(default=0.3, ge=0, le=1, description="NMS IoU threshold.")
     max_detections: int = Field(default=100, ge=1, description="Maximum detections kept after NMS.")
+    nms: Literal["plain", "weighted"] = Field(
+        default="plain", description="'weighted': overlapping boxes are score-averaged (MediaPipe BlazeFace)."
+    )
 
 
 class YoloDecoding(BaseModel):
