@@ -1,0 +1,424 @@
+"""The streaming pipeline: source -> (motion gate) -> Model.predict -> sinks, with counters and latency.
+
+The source reads in its own thread and hands samples over through a bounded queue with a drop policy, so capture
+(and decoding) overlap inference. Each sink runs in its own guard: a failing sink is counted and logged and never
+stops the others or the pipeline. ``swap_model`` replaces the model between two frames (OTA updates use it).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import signal
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from edge_runtime.errors import ConfigError, EdgeRuntimeError
+from edge_runtime.package.manifest import InputSpec, Manifest
+from edge_runtime.results import Prediction
+from edge_runtime.sources.base import END, Sample, ThreadedSource
+from edge_runtime.sources.motion import MotionGate
+
+log = logging.getLogger(__name__)
+STAGES = ("capture_wait", "preprocess", "inference", "postprocess", "sinks", "end_to_end")
+
+
+class Predictor(Protocol):
+    """What the pipeline needs from a model (edge_runtime.api.Model provides it)."""
+
+    manifest: Manifest
+
+    @property
+    def input_spec(self) -> InputSpec: ...
+
+    def predict(self, x: np.ndarray, frame_order: str = "BGR") -> Prediction: ...
+
+    # Optional: ``prepare(x, frame_order=...)`` and ``predict_prepared(prepared)`` let the pipeline preprocess the
+    # next sample while the current one is inferred (edge_runtime.api.Model has both).
+
+
+@dataclass(frozen=True)
+class FrameResult:
+    """One processed sample: what sinks receive."""
+
+    index: int  # the source's sample number (gaps are dropped or skipped samples)
+    timestamp: float  # wall-clock capture time (seconds since the epoch)
+    prediction: Prediction
+    frame: np.ndarray | None  # the input frame (BGR) or sensor window
+    capture_wait_ms: float  # capture -> start of processing (time spent queued)
+    end_to_end_ms: float  # capture -> prediction ready
+
+
+Sink = Callable[[FrameResult], None]
+StageHook = Callable[[Mapping[str, float]], None]
+
+
+@dataclass(frozen=True)
+class PipelineStats:
+    """A snapshot of the pipeline's counters, for logs, health endpoints and monitoring."""
+
+    captured: int
+    processed: int
+    dropped: int
+    skipped_still: int
+    bad_lines: int
+    errors: int
+    sink_errors: int
+    reconnects: int
+    reconnect_attempts: int
+    uptime_s: float
+    fps: float
+    running: bool
+    model: str
+    version: str
+    last_error: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+class PipelineConfig(BaseModel):
+    """Bounds and behaviour of one pipeline run."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_frames: int | None = Field(default=None, ge=1, description="Stop after this many samples from the source.")
+    duration_s: float | None = Field(default=None, gt=0, description="Stop after this many seconds.")
+    frame_order: str = Field(default="BGR", description="Channel order of frames from the source (OpenCV: BGR).")
+    max_consecutive_errors: int = Field(
+        default=25, ge=1, description="Give up after this many samples in a row the model rejects."
+    )
+    keep_frames: bool = Field(default=True, description="Pass the input frame or window to sinks.")
+    latency_window: int = Field(default=10000, ge=10, description="Recent samples kept per stage for percentiles.")
+
+
+class LatencyRecorder:
+    """Recent per-stage latencies (bounded) and their percentiles."""
+
+    def __init__(self, window: int = 10000) -> None:
+        self._samples = {stage: deque(maxlen=window) for stage in STAGES}
+        self._lock = threading.Lock()
+
+    def add(self, stages: Mapping[str, float]) -> None:
+        with self._lock:
+            for stage, ms in stages.items():
+                if stage in self._samples:
+                    self._samples[stage].append(ms)
+
+    def summary(self) -> dict[str, dict[str, float]]:
+        """stage -> {count, p50, p90, p99, mean} in milliseconds (stages without samples are left out)."""
+        with self._lock:
+            data = {k: np.asarray(v, dtype=np.float64) for k, v in self._samples.items() if v}
+        return {
+            k: {
+                "count": float(v.size),
+                "p50": float(np.percentile(v, 50)),
+                "p90": float(np.percentile(v, 90)),
+                "p99": float(np.percentile(v, 99)),
+                "mean": float(v.mean()),
+            }
+            for k, v in data.items()
+        }
+
+    def format(self) -> str:
+        """A small table for humans (stderr at the end of a run)."""
+        rows = [f"{'stage':<13}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}{'n':>8}"]
+        for stage, s in self.summary().items():
+            rows.append(f"{stage:<13}{s['p50']:>9.2f}{s['p90']:>9.2f}{s['p99']:>9.2f}{int(s['count']):>8}")
+        return "\n".join(rows)
+
+
+class _Guarded:
+    """Calls callables one by one, each in its own guard; failures are counted and logged (rate-limited)."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self.items: list[Callable[[Any], None]] = []
+        self.failures = 0
+
+    def __call__(self, value: Any) -> None:
+        for fn in list(self.items):
+            try:
+                fn(value)
+            except Exception:  # noqa: BLE001 - isolation is the point: one bad sink must not stop the rest
+                self.failures += 1
+                if self.failures <= 5 or self.failures % 1000 == 0:
+                    log.exception("%s %r failed (%d failures so far)", self.what, fn, self.failures)
+
+
+@dataclass(frozen=True)
+class _Job:
+    """A sample on its way to inference, preprocessed by ``model`` (None: not preprocessed)."""
+
+    sample: Sample
+    model: Predictor
+    prepared: Any
+
+
+def _compatible(old: InputSpec, new: InputSpec) -> str | None:
+    if old.kind != new.kind:
+        return f"the new model takes {new.kind} input, the running one {old.kind}"
+    if old.kind == "tensor" and tuple(old.shape) != tuple(new.shape):
+        return f"the new model's input shape {list(new.shape)} differs from {list(old.shape)}"
+    return None
+
+
+class Pipeline:
+    """Runs a model on a source until the source ends, a bound is reached, or ``stop()`` is called."""
+
+    def __init__(
+        self,
+        model: Predictor,
+        source: ThreadedSource,
+        sinks: Sequence[Sink] = (),
+        config: PipelineConfig | None = None,
+        motion_gate: MotionGate | None = None,
+    ) -> None:
+        want = "window" if model.input_spec.kind == "tensor" else "frame"
+        if source.kind != want:
+            raise ConfigError(
+                f"model input {model.input_spec.name!r} is a {model.input_spec.kind} input but source "
+                f"{source.name!r} gives {source.kind}s"
+            )
+        if motion_gate is not None and source.kind != "frame":
+            raise ConfigError("the motion gate works on camera/video frames, not sensor windows")
+        self.source = source
+        self.config = config or PipelineConfig()
+        self.motion_gate = motion_gate
+        self.latency = LatencyRecorder(self.config.latency_window)
+        self._model = model
+        self._model_lock = threading.Lock()
+        self._sinks = _Guarded("sink")
+        self._hooks = _Guarded("stage hook")
+        for sink in sinks:
+            self._sinks.items.append(sink)
+        self._stop = threading.Event()
+        self._handoff: queue.Queue[object] = queue.Queue(maxsize=1)
+        self._taken = self._processed = self._errors = self._consecutive_errors = 0
+        self._started: float | None = None
+        self._ended: float | None = None
+        self._running = False
+        self._last_error: str | None = None
+
+    # ------------------------------------------------------------------ wiring
+
+    @property
+    def model(self) -> Predictor:
+        return self._model
+
+    def add_sink(self, sink: Sink) -> None:
+        self._sinks.items.append(sink)
+
+    def add_stage_hook(self, hook: StageHook) -> None:
+        """``hook({stage: ms})`` after every processed sample (stages: see STAGES), guarded like a sink."""
+        self._hooks.items.append(hook)
+
+    def swap_model(self, new_model: Predictor) -> Predictor:
+        """Replace the model between two frames; returns the old one (the caller closes it)."""
+        reason = _compatible(self._model.input_spec, new_model.input_spec)
+        if reason:
+            raise ConfigError(f"cannot swap models: {reason}")
+        with self._model_lock:  # waits for the frame in flight
+            old, self._model = self._model, new_model
+        log.info("model swapped: %s %s -> %s %s", old.manifest.name, old.manifest.version,
+                 new_model.manifest.name, new_model.manifest.version)
+        return old
+
+    def stop(self) -> None:
+        """Ask the run to end after the current sample (thread- and signal-safe)."""
+        self._stop.set()
+
+    # ------------------------------------------------------------------ state
+
+    def stats(self) -> PipelineStats:
+        c = self.source.counters
+        now = self._ended or time.monotonic()
+        uptime = now - self._started if self._started else 0.0
+        m = self._model.manifest
+        return PipelineStats(
+            captured=c.captured, processed=self._processed, dropped=c.dropped,
+            skipped_still=self.motion_gate.skipped if self.motion_gate else 0, bad_lines=c.bad_lines,
+            errors=self._errors, sink_errors=self._sinks.failures, reconnects=c.reconnects,
+            reconnect_attempts=c.reconnect_attempts, uptime_s=uptime,
+            fps=self._processed / uptime if uptime > 0 else 0.0, running=self._running,
+            model=m.name, version=m.version, last_error=self._last_error,
+        )  # fmt: skip
+
+    # ------------------------------------------------------------------ the loop
+
+    def _taking_more(self) -> bool:
+        cfg = self.config
+        return not self._stop.is_set() and (cfg.max_frames is None or self._taken < cfg.max_frames)
+
+    def _time_left(self) -> bool:
+        assert self._started is not None
+        limit = self.config.duration_s
+        return limit is None or time.monotonic() - self._started < limit
+
+    def run(self) -> PipelineStats:
+        """Process samples until done; returns the final stats. A source that fails for good raises SourceError.
+
+        A pipeline runs once. Two threads besides the caller's: the source's reader, and a preparer that gates and
+        preprocesses the next sample while the caller's thread runs inference on the current one.
+        """
+        self._started = time.monotonic()
+        self._running = True
+        preparer = threading.Thread(target=self._prepare_loop, name="pipeline-prepare", daemon=True)
+        try:
+            self.source.start()
+            preparer.start()
+            while not self._stop.is_set() and self._time_left():
+                try:
+                    item = self._handoff.get(timeout=0.1)
+                except queue.Empty:
+                    continue
+                if item is END:
+                    break
+                if isinstance(item, BaseException):
+                    raise item
+                self._process(item)
+        finally:
+            self._stop.set()
+            self._running = False
+            self._ended = time.monotonic()
+            self.source.close()
+            if preparer.is_alive():
+                preparer.join(timeout=2.0)
+            for sink in self._sinks.items:
+                close = getattr(sink, "close", None)
+                if callable(close):
+                    self._close_quietly(close)
+        return self.stats()
+
+    @staticmethod
+    def _close_quietly(close: Callable[[], None]) -> None:
+        try:
+            close()
+        except Exception:  # noqa: BLE001 - closing a broken sink must not hide the run's result
+            log.exception("closing a sink failed")
+
+    # ------------------------------------------------------------------ preparer thread
+
+    def _hand_over(self, item: object) -> bool:
+        """Put ``item`` in the one-slot hand-off (waits for the inference loop); False once stopped."""
+        while not self._stop.is_set():
+            try:
+                self._handoff.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _prepare_loop(self) -> None:
+        try:
+            while self._taking_more():
+                item = self.source.get(timeout=0.1)
+                if item is None:
+                    continue
+                if item is END:
+                    break
+                assert isinstance(item, Sample)
+                self._taken += 1
+                job = self._prepare(item)
+                if job is not None and not self._hand_over(job):
+                    return
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
+            self._hand_over(exc)
+            return
+        self._hand_over(END)
+
+    def _prepare(self, sample: Sample) -> _Job | None:
+        if self.motion_gate is not None and not self.motion_gate.should_infer(sample.data):
+            return None
+        model = self._model
+        prepare = getattr(model, "prepare", None)
+        if prepare is None:  # a plain predictor: everything happens in predict()
+            return _Job(sample, model, None)
+        try:
+            return _Job(sample, model, prepare(sample.data, frame_order=self.config.frame_order))
+        except EdgeRuntimeError as exc:
+            self._reject(sample, exc)
+            return None
+
+    def _reject(self, sample: Sample, exc: EdgeRuntimeError) -> None:
+        """Count a sample the model refused; too many in a row end the run with that error."""
+        self._errors += 1
+        self._consecutive_errors += 1
+        self._last_error = str(exc)
+        if self._consecutive_errors <= 3:
+            log.warning("sample %d skipped: %s", sample.index, exc)
+        if self._consecutive_errors >= self.config.max_consecutive_errors:
+            raise exc
+
+    # ------------------------------------------------------------------ inference loop
+
+    def _infer(self, job: _Job) -> Prediction | None:
+        with self._model_lock:
+            model = self._model
+            try:
+                if job.prepared is not None and job.model is model:
+                    pred = model.predict_prepared(job.prepared)  # type: ignore[attr-defined]
+                else:  # prepared by a model swapped out since, or a plain predictor
+                    pred = model.predict(job.sample.data, frame_order=self.config.frame_order)
+            except EdgeRuntimeError as exc:
+                self._reject(job.sample, exc)
+                return None
+        self._consecutive_errors = 0
+        return pred
+
+    def _process(self, job: _Job) -> None:
+        started = time.monotonic()
+        pred = self._infer(job)
+        if pred is None:
+            return
+        ready = time.monotonic()
+        sample = job.sample
+        t = pred.timings
+        result = FrameResult(
+            index=sample.index,
+            timestamp=sample.timestamp,
+            prediction=pred,
+            frame=sample.data if self.config.keep_frames else None,
+            capture_wait_ms=max(0.0, (started - sample.captured_at) * 1000.0 - t.preprocess_ms),
+            end_to_end_ms=(ready - sample.captured_at) * 1000.0,
+        )
+        self._processed += 1
+        self._sinks(result)
+        stages = {
+            "capture_wait": result.capture_wait_ms,
+            "preprocess": t.preprocess_ms,
+            "inference": t.inference_ms,
+            "postprocess": t.postprocess_ms,
+            "sinks": (time.monotonic() - ready) * 1000.0,
+            "end_to_end": result.end_to_end_ms,
+        }
+        self.latency.add(stages)
+        if self._hooks.items:
+            self._hooks(stages)
+
+
+@contextmanager
+def stop_on_signals(pipeline: Pipeline) -> Iterator[None]:
+    """While inside, SIGINT and SIGTERM end the pipeline cleanly (main thread only; a no-op elsewhere)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, _frame: object) -> None:
+        log.info("signal %d: stopping", signum)
+        pipeline.stop()
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)

@@ -1,0 +1,199 @@
+"""The runtime as a small HTTP microservice (the "REST API" deployment mode). FastAPI is an optional extra.
+
+    POST /predict   an image (raw JPEG/PNG body, or multipart/form-data with one file) or a JSON array
+                    -> the prediction as JSON. Bad requests get a 4xx with a reason.
+    GET  /healthz   liveness: the process answers.
+    GET  /readyz    readiness: the model is loaded and passed a smoke test (503 until then, with the reason).
+"""
+
+
+import email.parser
+import email.policy
+import json
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import cv2
+import numpy as np
+
+from edge_runtime.errors import EdgeRuntimeError, InputError, MissingDependencyError
+
+log = logging.getLogger(__name__)
+MAX_BODY_BYTES = 16 * 1024 * 1024
+
+
+class RequestError(Exception):
+    """A bad request: HTTP status and a one-line reason."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status, self.reason = status, reason
+
+
+def decode_image(data: bytes) -> np.ndarray:
+    if not data:
+        raise RequestError(400, "empty request body")
+    frame = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if frame is None:
+        raise RequestError(400, "the body is not a decodable image (JPEG, PNG, BMP, ...)")
+    return frame
+
+
+def _multipart_file(content_type: str, body: bytes) -> bytes:
+    """The first file part of a multipart/form-data body (stdlib parser: no python-multipart needed)."""
+    raw = b"Content-Type: " + content_type.encode("latin-1") + b"\r\nMIME-Version: 1.0\r\n\r\n" + body
+    msg = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(raw)
+    if not msg.is_multipart():
+        raise RequestError(400, "malformed multipart body")
+    for part in msg.iter_parts():
+        if part.get_filename() or part.get_param("name", header="content-disposition") in ("file", "image"):
+            payload = part.get_payload(decode=True)
+            if isinstance(payload, bytes):
+                return payload
+    raise RequestError(400, "multipart body has no file part (send the image as field 'file')")
+
+
+def _json_array(body: bytes, image_input: bool) -> np.ndarray:
+    try:
+        doc = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise RequestError(400, f"invalid JSON: {exc}") from exc
+    if isinstance(doc, dict):
+        doc = doc.get("array", doc.get("inputs"))
+    try:
+        arr = np.asarray(doc, dtype=np.float32)
+    except (ValueError, TypeError) as exc:
+        raise RequestError(400, "JSON must be a numeric array (or {\"array\": [...]}) of a regular shape") from exc
+    if arr.ndim == 0 or arr.size == 0:
+        raise RequestError(400, "JSON must be a non-empty numeric array")
+    if image_input:  # a frame as nested lists: whole numbers 0..255
+        if np.any((arr < 0) | (arr > 255)) or np.any(arr != np.round(arr)):
+            raise RequestError(422, "an image array must hold whole numbers 0..255")
+        return arr.astype(np.uint8)
+    return arr
+
+
+def request_input(content_type: str, body: bytes, image_input: bool) -> np.ndarray:
+    """Turn a request body into the model's input (a BGR frame or an array), or raise RequestError."""
+    if len(body) > MAX_BODY_BYTES:
+        raise RequestError(413, f"body larger than {MAX_BODY_BYTES // (1024 * 1024)} MiB")
+    ctype = content_type.split(";")[0].strip().lower()
+    if ctype == "application/json":
+        return _json_array(body, image_input)
+    if ctype == "multipart/form-data":
+        data = _multipart_file(content_type, body)
+    elif ctype.startswith("image/") or ctype in ("application/octet-stream", ""):
+        data = body
+    else:
+        raise RequestError(415, f"unsupported content type {ctype!r}: send an image or application/json")
+    if not image_input:
+        raise RequestError(415, "this model takes arrays: send application/json")
+    return decode_image(data)
+
+
+class ModelService:
+    """Loads the model in the background, smoke-tests it, and serialises predictions (backends are not
+    thread-safe)."""
+
+    def __init__(self, loader: Callable[[], Any]) -> None:
+        self._loader = loader
+        self.model: Any = None
+        self.not_ready_reason = "loading"
+        self._lock = threading.Lock()
+        self.requests = 0
+
+    def load(self, raise_errors: bool = False) -> None:
+        """Load and smoke-test the model (once); failures are kept as the not-ready reason, or raised."""
+        if self.model is not None:
+            return
+        try:
+            model = self._loader()
+            self._smoke_test(model)
+        except EdgeRuntimeError as exc:
+            self.not_ready_reason = f"model failed to load: {exc}"
+            if raise_errors:
+                raise
+            log.error("%s", self.not_ready_reason)
+            return
+        self.model = model
+        self.not_ready_reason = ""
+
+    @staticmethod
+    def _smoke_test(model: Any) -> None:
+        """One prediction on a blank input of the right shape: the backend really runs."""
+        spec = model.input_spec
+        if spec.kind == "image":
+            h, w, _ = spec.height_width_channels
+            model.predict(np.zeros((h, w, 3), np.uint8))
+        else:
+            model.predict(np.zeros([max(d, 1) for d in spec.shape], np.float32))
+
+    @property
+    def ready(self) -> bool:
+        return self.model is not None
+
+    def predict(self, x: np.ndarray) -> dict[str, Any]:
+        if self.model is None:
+            raise RequestError(503, f"not ready: {self.not_ready_reason}")
+        with self._lock:
+            try:
+                pred = self.model.predict(x)
+            except InputError as exc:
+                raise RequestError(422, str(exc)) from exc
+            self.requests += 1
+        return pred.to_dict()
+
+    def close(self) -> None:
+        close = getattr(self.model, "close", None)
+        if callable(close):
+            close()
+
+
+def create_app(service: ModelService, load_in_background: bool = True):  # type: ignore[no-untyped-def]
+    """The FastAPI application around a ModelService."""
+    try:
+        from contextlib import asynccontextmanager
+
+        from fastapi import FastAPI, Request
+        from fastapi.responses import JSONResponse
+        from starlette.concurrency import run_in_threadpool
+    except ImportError as exc:
+        raise MissingDependencyError("FastAPI (for `serve`)", "serve") from exc
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI):  # type: ignore[no-untyped-def]
+        if load_in_background:
+            threading.Thread(target=service.load, name="model-load", daemon=True).start()
+        else:
+            service.load()
+        yield
+        service.close()
+
+    app = FastAPI(title="edge-runtime", lifespan=lifespan)
+
+    @app.get("/healthz")
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    def readyz() -> JSONResponse:
+        if not service.ready:
+            return JSONResponse({"ready": False, "reason": service.not_ready_reason}, status_code=503)
+        m = service.model.manifest
+        return JSONResponse({"ready": True, "model": m.name, "version": m.version})
+
+    @app.post("/predict")
+    async def predict(request: Request) -> JSONResponse:
+        try:
+            if not service.ready:
+                raise RequestError(503, f"not ready: {service.not_ready_reason}")
+            body = await request.body()
+            x = request_input(request.headers.get("content-type", ""), body, service.model.input_spec.kind == "image")
+            result = await run_in_threadpool(service.predict, x)
+        except RequestError as exc:
+            return JSONResponse({"error": exc.reason}, status_code=exc.status)
+        return JSONResponse(result)
+
+    return app

@@ -1,0 +1,242 @@
+"""What every source shares: the Sample it yields, the bounded hand-off queue with a named drop policy, the
+reconnect policy for live inputs, and counters.
+
+A source runs a reader thread that puts samples into a :class:`SampleQueue`; the pipeline takes them out. The
+queue is where capture and inference overlap, and where frames are dropped (and counted) when inference is slower.
+"""
+
+from __future__ import annotations
+
+import enum
+import threading
+import time
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from edge_runtime.errors import ConfigError, SourceError
+
+SampleKind = Literal["frame", "window"]
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One unit of input: a BGR uint8 frame or a sensor window [size, channels]."""
+
+    index: int
+    timestamp: float  # wall clock (time.time()) at capture, for results
+    captured_at: float  # time.monotonic() at capture, for latency
+    data: np.ndarray
+
+
+class DropPolicy(enum.StrEnum):
+    """What happens when the source is faster than inference.
+
+    - ``newest-only``: keep one sample, a new one replaces it (live cameras: always infer on the latest frame).
+    - ``drop-oldest``: keep up to ``queue_size`` samples, a new one evicts the oldest.
+    - ``block``: the reader waits for room, nothing is dropped (files: process every frame).
+    """
+
+    NEWEST_ONLY = "newest-only"
+    DROP_OLDEST = "drop-oldest"
+    BLOCK = "block"
+
+
+class ReconnectPolicy(BaseModel):
+    """Exponential backoff for live sources that drop (network cameras, unplugged USB/serial devices)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    initial_delay_s: float = Field(default=0.5, gt=0, description="Wait before the first reconnect attempt.")
+    max_delay_s: float = Field(default=10.0, gt=0, description="Upper bound on the wait between attempts.")
+    factor: float = Field(default=2.0, ge=1.0, description="Wait multiplier after each failed attempt.")
+    max_attempts: int = Field(
+        default=20, ge=0, description="Consecutive failed attempts before the source gives up (0: never retry)."
+    )
+
+    def delays(self) -> list[float]:
+        """The waits before each attempt, bounded in number and size."""
+        out, d = [], self.initial_delay_s
+        for _ in range(self.max_attempts):
+            out.append(min(d, self.max_delay_s))
+            d *= self.factor
+        return out
+
+
+@dataclass
+class SourceCounters:
+    """Counters a source updates from its reader thread (ints: updates are atomic under the GIL)."""
+
+    captured: int = 0
+    dropped: int = 0
+    reconnects: int = 0
+    reconnect_attempts: int = 0
+    bad_lines: int = 0
+    extra: dict[str, int] = field(default_factory=dict)
+
+
+_END = object()
+
+
+class SampleQueue:
+    """Bounded hand-off between a reader thread and the pipeline, applying a DropPolicy and counting drops."""
+
+    def __init__(self, policy: DropPolicy, counters: SourceCounters, queue_size: int = 4) -> None:
+        if queue_size < 1:
+            raise ConfigError("queue size must be at least 1")
+        self.policy = policy
+        self.maxlen = 1 if policy is DropPolicy.NEWEST_ONLY else queue_size
+        self._items: deque[Sample] = deque()
+        self._cond = threading.Condition()
+        self._closed = False
+        self._error: SourceError | None = None
+        self._counters = counters
+
+    def put(self, sample: Sample, stop: threading.Event | None = None) -> bool:
+        """Hand over a sample; False when the queue was closed (the consumer has gone)."""
+        with self._cond:
+            if self.policy is DropPolicy.BLOCK:
+                while len(self._items) >= self.maxlen and not self._closed and not (stop and stop.is_set()):
+                    self._cond.wait(0.1)
+            if self._closed or (stop is not None and stop.is_set()):
+                return False
+            while len(self._items) >= self.maxlen:
+                self._items.popleft()
+                self._counters.dropped += 1
+            self._items.append(sample)
+            self._cond.notify_all()
+            return True
+
+    def get(self, timeout: float) -> Sample | None | object:
+        """A sample; None on timeout; ``END`` once the reader finished and the queue is empty.
+
+        A reader that failed for good (a camera that vanished past the reconnect bound) raises its SourceError here.
+        """
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while not self._items:
+                if self._closed:
+                    if self._error is not None:
+                        raise self._error
+                    return _END
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return None
+                self._cond.wait(left)
+            item = self._items.popleft()
+            self._cond.notify_all()
+            return item
+
+    def finish(self, error: SourceError | None = None) -> None:
+        """The reader is done (end of file, stopped, or failed with ``error``)."""
+        with self._cond:
+            self._closed = True
+            self._error = self._error or error
+            self._cond.notify_all()
+
+    def discard(self) -> None:
+        """The consumer is gone: drop what is queued and release a blocked reader."""
+        with self._cond:
+            self._items.clear()
+            self._closed = True
+            self._cond.notify_all()
+
+
+END = _END
+
+
+class Source(Protocol):
+    """A stream of samples, read in its own thread. ``kind`` says whether it yields frames or windows."""
+
+    kind: SampleKind
+    name: str
+    counters: SourceCounters
+
+    def start(self) -> None:
+        """Open the input (raising SourceError if it cannot be opened) and start the reader thread."""
+
+    def get(self, timeout: float) -> Sample | None | object:
+        """Next sample, None on timeout, END at the end (see SampleQueue.get)."""
+
+    def close(self) -> None:
+        """Stop the reader thread and release the input. Safe to call twice."""
+
+
+class ThreadedSource:
+    """Base for sources: subclasses implement ``_open()`` and ``_loop()``; this runs the thread and the queue."""
+
+    kind: SampleKind = "frame"
+
+    def __init__(self, name: str, policy: DropPolicy, queue_size: int = 4) -> None:
+        self.name = name
+        self.counters = SourceCounters()
+        self.queue = SampleQueue(policy, self.counters, queue_size)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._next_index = 0
+
+    def _open(self) -> None:
+        raise NotImplementedError
+
+    def _loop(self) -> None:
+        raise NotImplementedError
+
+    def _release(self) -> None:
+        """Free the input (called from the reader thread when it ends)."""
+
+    def _emit(self, data: np.ndarray) -> bool:
+        sample = Sample(self._next_index, time.time(), time.monotonic(), data)
+        self._next_index += 1
+        self.counters.captured += 1
+        return self.queue.put(sample, self._stop)
+
+    def _run(self) -> None:
+        error: SourceError | None = None
+        try:
+            self._loop()
+        except SourceError as exc:
+            error = exc
+        finally:
+            self._release()
+            self.queue.finish(error)
+
+    def start(self) -> None:
+        self._open()
+        self._thread = threading.Thread(target=self._run, name=f"source-{self.name}", daemon=True)
+        self._thread.start()
+
+    def get(self, timeout: float) -> Sample | None | object:
+        return self.queue.get(timeout)
+
+    def close(self) -> None:
+        self._stop.set()
+        self.queue.discard()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=2.0)
+
+    def _wait(self, seconds: float) -> bool:
+        """Sleep unless stopped; True if the source was asked to stop."""
+        return self._stop.wait(seconds)
+
+
+class IterableSource(ThreadedSource):
+    """Samples from any iterable of arrays (frames from the application's own camera code, or windows): the
+    Python API's way to feed a pipeline. ``kind`` says which the arrays are."""
+
+    def __init__(self, items: Iterable[np.ndarray], kind: SampleKind = "frame", name: str = "iterable",
+                 policy: DropPolicy = DropPolicy.BLOCK, queue_size: int = 4) -> None:  # fmt: skip
+        super().__init__(name, policy, queue_size)
+        self.kind = kind
+        self._items = items
+
+    def _open(self) -> None:
+        pass
+
+    def _loop(self) -> None:
+        for item in self._items:
+            if self._stop.is_set() or not self._emit(np.asarray(item)):
+                return

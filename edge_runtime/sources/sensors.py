@@ -1,0 +1,226 @@
+"""Numeric sensor streams: a serial port (pyserial), stdin, a CSV/JSON-lines file, or UDP datagrams.
+
+Each line is one sample (CSV/whitespace numbers, a JSON array, or a JSON object of numbers); samples are cut into
+windows for the model by a Windower. Lines that do not parse, or carry the wrong number of values, are counted in
+``counters.bad_lines`` and skipped; a text header before the first sample is skipped without counting.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import select
+import socket
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+from edge_runtime.errors import MissingDependencyError, SourceError
+from edge_runtime.sources.base import DropPolicy, ReconnectPolicy, ThreadedSource
+from edge_runtime.sources.windowing import Windower, WindowSpec, parse_line
+
+log = logging.getLogger(__name__)
+_POLL_S = 0.2
+_HEADER = re.compile(r"^[\sA-Za-z_][\w\s,;.\-\"']*$")
+
+
+class LineSource(ThreadedSource):
+    """Base for line-oriented sensors: subclasses yield raw lines from ``_lines()``."""
+
+    kind = "window"
+
+    def __init__(self, name: str, window: WindowSpec, policy: DropPolicy, queue_size: int = 16) -> None:
+        super().__init__(name, policy, queue_size)
+        self.window = window
+        self._windower = Windower(window)
+        self._seen_sample = False
+
+    def _lines(self) -> Iterator[bytes]:
+        raise NotImplementedError
+
+    def _take(self, line: bytes) -> bool:
+        """Parse one line, feed the windower, emit a due window. False when the consumer has gone."""
+        text = line.decode("utf-8", errors="replace").strip()
+        if not text or text.startswith("#"):
+            return True
+        values = parse_line(text)
+        if values is None and not self._seen_sample and _HEADER.match(text):
+            return True  # a CSV header
+        if values is None or values.size != self.window.channels:
+            self.counters.bad_lines += 1
+            if self.counters.bad_lines <= 3 or self.counters.bad_lines % 1000 == 0:
+                want = self.window.channels
+                why = "does not parse" if values is None else f"has {values.size} values, expected {want}"
+                log.warning("%s: skipped line (%s; %d so far): %.60r", self.name, why, self.counters.bad_lines, text)
+            return True
+        self._seen_sample = True
+        window = self._windower.push(values)
+        return window is None or self._emit(window)
+
+    def _loop(self) -> None:
+        for line in self._lines():
+            if self._stop.is_set() or not self._take(line):
+                return
+
+
+def split_lines(chunks: Iterator[bytes]) -> Iterator[bytes]:
+    """Re-cut a byte stream into lines (a final unterminated line is yielded too)."""
+    rest = b""
+    for chunk in chunks:
+        if not chunk:
+            continue
+        parts = (rest + chunk).split(b"\n")
+        rest = parts.pop()
+        yield from parts
+    if rest:
+        yield rest
+
+
+class SensorFileSource(LineSource):
+    """A CSV or JSON-lines file, read to its end."""
+
+    def __init__(self, path: Path, window: WindowSpec, policy: DropPolicy, queue_size: int = 16) -> None:
+        super().__init__(str(path), window, policy, queue_size)
+        self.path = path
+
+    def _open(self) -> None:
+        if not self.path.is_file():
+            raise SourceError(f"sensor file {self.path} does not exist")
+
+    def _lines(self) -> Iterator[bytes]:
+        with open(self.path, "rb") as f:
+            yield from f
+
+
+class StdinSource(LineSource):
+    """Lines on standard input (``--source stdin``), read with a poll so a stop is never stuck in read()."""
+
+    def __init__(self, window: WindowSpec, policy: DropPolicy, queue_size: int = 16) -> None:
+        super().__init__("stdin", window, policy, queue_size)
+
+    def _open(self) -> None:
+        try:
+            self._fd = sys.stdin.fileno()
+        except (AttributeError, ValueError, OSError) as exc:
+            raise SourceError("stdin is not readable") from exc
+
+    def _chunks(self) -> Iterator[bytes]:
+        while not self._stop.is_set():
+            ready, _, _ = select.select([self._fd], [], [], _POLL_S)
+            if not ready:
+                continue
+            chunk = os.read(self._fd, 65536)
+            if not chunk:
+                return
+            yield chunk
+
+    def _lines(self) -> Iterator[bytes]:
+        return split_lines(self._chunks())
+
+
+class UdpSource(LineSource):
+    """UDP datagrams on ``host:port``, each holding one or more lines."""
+
+    def __init__(self, host: str, port: int, window: WindowSpec, policy: DropPolicy, queue_size: int = 16) -> None:
+        super().__init__(f"udp://{host}:{port}", window, policy, queue_size)
+        self.address = (host, port)
+        self._sock: socket.socket | None = None
+
+    def _open(self) -> None:
+        sock = socket.socket(socket.AF_INET6 if ":" in self.address[0] else socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            sock.bind(self.address)
+        except OSError as exc:
+            sock.close()
+            raise SourceError(f"cannot listen on {self.name}: {exc.strerror}") from exc
+        sock.settimeout(_POLL_S)
+        self._sock = sock
+
+    @property
+    def port(self) -> int:
+        """The bound port (useful with port 0)."""
+        assert self._sock is not None
+        return int(self._sock.getsockname()[1])
+
+    def _lines(self) -> Iterator[bytes]:
+        assert self._sock is not None
+        while not self._stop.is_set():
+            try:
+                data = self._sock.recv(65535)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            yield from data.splitlines()
+
+    def _release(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+
+
+class SerialSource(LineSource):
+    """A serial port (``serial:/dev/ttyUSB0?baud=115200``); an unplugged device is reopened with backoff."""
+
+    def __init__(
+        self,
+        port: str,
+        baud: int,
+        window: WindowSpec,
+        policy: DropPolicy,
+        queue_size: int = 16,
+        reconnect: ReconnectPolicy | None = None,
+    ) -> None:
+        super().__init__(f"serial:{port}", window, policy, queue_size)
+        self.port, self.baud = port, baud
+        self.reconnect = reconnect or ReconnectPolicy()
+        self._serial = None
+
+    def _try_open(self) -> str | None:
+        try:
+            import serial
+        except ImportError as exc:
+            raise MissingDependencyError("pyserial (serial port sources)", "sensors") from exc
+        try:
+            self._serial = serial.Serial(self.port, self.baud, timeout=_POLL_S)
+        except (serial.SerialException, OSError, ValueError) as exc:
+            return str(exc)
+        return None
+
+    def _open(self) -> None:
+        error = self._try_open()
+        if error is not None:
+            raise SourceError(f"cannot open serial port {self.port}: {error}")
+
+    def _release(self) -> None:
+        if self._serial is not None:
+            self._serial.close()
+            self._serial = None
+
+    def _chunks(self) -> Iterator[bytes]:
+        import serial
+
+        while not self._stop.is_set():
+            try:
+                assert self._serial is not None
+                chunk = self._serial.read(max(1, self._serial.in_waiting))
+            except (serial.SerialException, OSError):
+                if not self._reopen():
+                    return
+                continue
+            yield chunk
+
+    def _reopen(self) -> bool:
+        self._release()
+        log.warning("%s dropped; reconnecting", self.name)
+        for delay in self.reconnect.delays():
+            if self._wait(delay):
+                return False
+            self.counters.reconnect_attempts += 1
+            if self._try_open() is None:
+                self.counters.reconnects += 1
+                return True
+        raise SourceError(f"{self.name} vanished and did not come back after {self.reconnect.max_attempts} attempts")
+
+    def _lines(self) -> Iterator[bytes]:
+        return split_lines(self._chunks())

@@ -1,0 +1,96 @@
+"""Cut a stream of numeric samples into fixed windows (size and hop) shaped for a model's tensor input."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass
+
+import numpy as np
+
+from edge_runtime.errors import ConfigError
+from edge_runtime.package.manifest import InputSpec
+
+_SPLIT = re.compile(r"[,;\s]+")
+
+
+@dataclass(frozen=True)
+class WindowSpec:
+    """``size`` samples of ``channels`` values each, a new window every ``hop`` samples, delivered in ``shape``."""
+
+    size: int
+    hop: int
+    channels: int
+    shape: tuple[int, ...]  # the window without the batch dimension, e.g. (size, channels) or (size,)
+
+    def __post_init__(self) -> None:
+        if self.size < 1 or self.channels < 1:
+            raise ConfigError(f"window size and channels must be positive, got {self.size} x {self.channels}")
+        if not 1 <= self.hop:
+            raise ConfigError(f"window hop must be at least 1, got {self.hop}")
+
+
+def window_spec_for(spec: InputSpec, hop: int | None = None, streaming: bool = False) -> WindowSpec:
+    """The window a tensor input expects: time on the first axis after batch, channels after it.
+
+    [1, T] -> T samples of 1 value; [1, T, C] -> T samples of C values; [1, T, C, 1] (spectrogram-style) too.
+    ``streaming`` (a stateful model that keeps its own history): [1, C] -> one sample of C values per call.
+    """
+    if spec.kind != "tensor":
+        raise ConfigError(f"input {spec.name!r} takes images, not sensor windows: use a camera or video source")
+    dims = spec.shape[1:] if len(spec.shape) > 1 else spec.shape
+    if not dims or any(d < 1 for d in dims):
+        raise ConfigError(f"input {spec.name!r} has shape {list(spec.shape)}; sensor windows need fixed sizes")
+    if streaming and len(dims) == 1:
+        return WindowSpec(size=1, hop=1, channels=dims[0], shape=tuple(dims))
+    size, channels = dims[0], math.prod(dims[1:]) if len(dims) > 1 else 1
+    return WindowSpec(size=size, hop=hop or size, channels=channels, shape=tuple(dims))
+
+
+def parse_line(line: str | bytes) -> np.ndarray | None:
+    """One sample's values from a text line: CSV/whitespace numbers, a JSON array, or a JSON object of numbers.
+
+    Returns None for a line that does not parse (the caller counts it). Blank lines and ``#`` comments too.
+    """
+    if isinstance(line, bytes):
+        line = line.decode("utf-8", errors="replace")
+    text = line.strip()
+    if not text or text.startswith("#"):
+        return None
+    try:
+        if text[0] in "[{":
+            value = json.loads(text)
+            if isinstance(value, dict):
+                value = list(value.values())
+            arr = np.asarray(value, dtype=np.float32).ravel()
+        else:
+            arr = np.asarray([float(p) for p in _SPLIT.split(text) if p], dtype=np.float32)
+    except (ValueError, TypeError):
+        return None
+    if arr.size == 0 or not np.all(np.isfinite(arr)):
+        return None
+    return arr
+
+
+class Windower:
+    """Collects samples in a ring buffer; returns a window every ``hop`` samples once ``size`` samples are in."""
+
+    def __init__(self, spec: WindowSpec) -> None:
+        self.spec = spec
+        self._ring = np.zeros((spec.size, spec.channels), dtype=np.float32)
+        self._count = 0  # samples pushed so far
+
+    def push(self, values: np.ndarray) -> np.ndarray | None:
+        """Add one sample (``channels`` values); a window (a new array, in ``spec.shape``) when one is due."""
+        if values.shape != (self.spec.channels,):
+            raise ValueError(f"expected {self.spec.channels} values, got {values.size}")
+        pos = self._count % self.spec.size
+        self._ring[pos] = values
+        self._count += 1
+        past_first = self._count - self.spec.size
+        if past_first < 0 or past_first % self.spec.hop:
+            return None
+        start = self._count % self.spec.size  # oldest sample
+        window = np.concatenate([self._ring[start:], self._ring[:start]])
+        return window.reshape(self.spec.shape)

@@ -1,0 +1,33 @@
+"""`edge-runtime demo` end to end: converter-built BlazeFace package, a clip from real photos, the pipeline."""
+
+from __future__ import annotations
+
+import re
+
+import cv2
+import pytest
+
+from edge_runtime.cli import main
+from edge_runtime.commands.demo import cache_dir, make_clip
+
+
+def test_clip_is_a_real_video_of_the_sample_photos(tmp_path) -> None:
+    clip = make_clip(tmp_path / "clip.avi", frames=10)
+    cap = cv2.VideoCapture(str(clip))
+    frames = []
+    while (item := cap.read())[0]:
+        frames.append(item[1])
+    assert len(frames) == 10 and frames[0].shape == (480, 640, 3)
+    assert cv2.absdiff(frames[0], frames[1]).mean() > 1.0  # it pans/zooms
+    assert not list(tmp_path.glob(".*"))
+
+
+@pytest.mark.slow
+def test_demo_command_detects_the_astronauts_face(capsys) -> None:
+    assert main(["demo", "--frames", "20"]) == 0
+    out = capsys.readouterr().out
+    rows = re.findall(r"^frame +(\d+) +(\d+) face", out, flags=re.M)
+    assert [int(i) for i, _ in rows] == list(range(20))
+    assert int(rows[0][1]) >= 1  # the first photo is the astronaut: one face
+    assert "20 processed of 20 captured" in out and "end_to_end" in out
+    assert (cache_dir() / "blazeface-x86-laptop" / "manifest.json").is_file()
