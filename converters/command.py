@@ -1,0 +1,96 @@
+"""`edge-runtime convert`: convert and quantize a model into a (signed) package for a device profile."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from edge_runtime.errors import ConversionError
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in text.replace(",", " ").split())
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected numbers separated by commas, got {text!r}") from exc
+
+
+def _shape(text: str) -> tuple[int, ...]:
+    try:
+        dims = tuple(int(v) for v in text.replace("x", ",").split(","))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected a shape like 1,3,224,224, got {text!r}") from exc
+    if not dims or any(d < 1 for d in dims):
+        raise argparse.ArgumentTypeError(f"shape dimensions must be positive: {text!r}")
+    return dims
+
+
+def configure(p: argparse.ArgumentParser) -> None:
+    p.add_argument("source", type=Path, help="model: .onnx, .keras/.h5, SavedModel dir, .tflite, .pkl/.joblib, .pt")
+    p.add_argument("--profile", required=True, help="device profile name (see `edge-runtime profiles list`) or YAML")
+    p.add_argument("--calibration", required=True, type=Path, help="image folder, video file, or .npy/.npz arrays")
+    p.add_argument("--validation", type=Path, help="held-back data (default: every 5th calibration sample)")
+    p.add_argument("--out", required=True, type=Path, help="package directory to write")
+    p.add_argument("--name", help="package name (default: source file name)")
+    p.add_argument("--version", default="1.0.0", help="package version, semver (default 1.0.0)")
+    p.add_argument("--sign-key", type=Path, help="Ed25519 private key (from `edge-runtime keygen`)")
+    p.add_argument("--format", choices=["tflite", "onnx"], help="target format (default: the profile's preferred)")
+    p.add_argument("--precision", choices=["int8", "float32", "float16"], default="int8", help="default int8")
+    p.add_argument("--labels", type=Path, help="class labels file, one per line")
+    p.add_argument("--task", choices=["classification", "detection", "raw"], help="default: guessed from outputs")
+    p.add_argument("--input-kind", choices=["image", "tensor"], help="default: image for 4-D 1/3-channel inputs")
+    p.add_argument("--input-shape", type=_shape, help="input shape for dynamic or PyTorch models, e.g. 1,3,224,224")
+    p.add_argument("--mean", type=_floats, help="normalisation mean, pixel units, e.g. 127.5 or 123.7,116.3,103.5")
+    p.add_argument("--std", type=_floats, help="normalisation std, pixel units (image default 255: [0, 1])")
+    p.add_argument("--color-order", choices=["RGB", "BGR", "GRAY"], help="the model's colour order (default RGB)")
+    p.add_argument("--layout", choices=["NHWC", "NCHW"], help="image layout (default: guessed from the shape)")
+    p.add_argument("--resize", choices=["stretch", "letterbox", "center_crop"], default="stretch")
+    p.add_argument("--calibration-method", choices=["minmax", "entropy", "percentile"], help="default: profile's")
+    p.add_argument("--max-samples", type=int, help="calibration samples to use (default: profile's)")
+    p.add_argument("--max-float-nodes", type=int, default=8, help="most nodes the accuracy guard may keep in float")
+    p.add_argument("--force", action="store_true", help="replace an existing --out directory")
+    p.add_argument("--archive", type=Path, help="also write the package as one .erpkg file")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
+
+
+def _options(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from converters.pipeline import ConvertOptions
+
+    fields = {
+        k: getattr(args, k)
+        for k in (
+            "source", "profile", "calibration", "validation", "out", "name", "version", "sign_key", "format",
+            "precision", "labels", "task", "input_kind", "input_shape", "mean", "std", "color_order", "layout",
+            "resize", "calibration_method", "max_samples", "force", "archive", "max_float_nodes",
+        )
+    }  # fmt: skip
+    try:
+        return ConvertOptions(**fields)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(x) for x in err["loc"])
+        flag = f"--{where.replace('_', '-')}: " if where else ""
+        raise ConversionError(f"{flag}{err['msg'].removeprefix('Value error, ')}") from exc
+
+
+def run(args: argparse.Namespace) -> int:
+    from converters.pipeline import convert
+    from edge_runtime.commands.package_cmds import summary
+    from edge_runtime.package.signing import key_id
+
+    pkg = convert(_options(args), progress=(lambda s: None) if args.quiet else None)
+    m = pkg.manifest
+    signer = None
+    if args.sign_key is not None:
+        from edge_runtime.package.signing import load_private_key
+
+        signer = key_id(load_private_key(args.sign_key).public_key())
+    print(summary(m, pkg.root, signer))
+    if args.archive:
+        print(f"archive   {args.archive}")
+    if m.accuracy is not None and not m.accuracy.passed:
+        print("warning: the package misses the accuracy budget", file=sys.stderr)
+    return 0

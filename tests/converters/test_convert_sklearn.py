@@ -1,0 +1,60 @@
+"""scikit-learn estimators (pickle and joblib) -> int8 ONNX packages, checked against the estimator itself."""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import numpy_helper
+
+from converters.pipeline import ConvertOptions, convert
+from edge_runtime.cli import main
+from edge_runtime.errors import ConversionError
+from edge_runtime.package import load_package
+
+
+@pytest.mark.parametrize("source", ["mlp.pkl", "mlp.joblib"])
+def test_mlp_to_int8_onnx_matches_estimator(source, sklearn_models, data_dir, digits, tmp_path):
+    """Given an MLP, when converted, then int8 probabilities track sklearn's own within the stated tolerance:
+    top-1 agreement >= 0.97 and max |probability error| <= 0.15 on 300 digits outside calibration."""
+    out = tmp_path / "pkg"
+    rc = main([
+        "convert", str(sklearn_models[source]), "--profile", "x86-laptop", "--calibration",
+        str(data_dir / "features_calib.npy"), "--validation", str(data_dir / "features_valid.npy"), "--out", str(out),
+    ])  # fmt: skip
+    assert rc == 0
+    pkg = load_package(out)
+    m = pkg.manifest
+    assert m.source.format == "sklearn" and m.inputs[0].kind == "tensor" and tuple(m.inputs[0].shape) == (1, 64)
+    assert m.outputs.decoding.type == "classification" and m.outputs.decoding.output == "probabilities"
+    model = onnx.load(str(pkg.model_path))
+    assert any(n.op_type == "QuantizeLinear" for n in model.graph.node)
+    assert any(numpy_helper.to_array(i).dtype == np.int8 for i in model.graph.initializer)
+    assert m.accuracy.samples == 100 and m.accuracy.passed
+
+    est = pickle.loads(sklearn_models["mlp.pkl"].read_bytes())
+    sess = ort.InferenceSession(str(pkg.model_path), providers=["CPUExecutionProvider"])
+    x = digits.x[1500:1800]
+    ref = est.predict_proba(x)
+    got = np.concatenate([sess.run(["probabilities"], {"X": row[None]})[0] for row in x])
+    assert np.mean(ref.argmax(1) == got.argmax(1)) >= 0.97
+    assert np.max(np.abs(ref - got)) <= 0.15
+    assert m.reference.input_values is not None and len(m.reference.channel_mean) == 64
+
+
+def test_random_forest_has_nothing_to_quantize_but_converts_in_float32(sklearn_models, data_dir, tmp_path):
+    opts = dict(source=sklearn_models["forest.pkl"], profile="x86-laptop", calibration=data_dir / "features_calib.npy")
+    with pytest.raises(ConversionError, match="nothing in this model can be quantized"):
+        convert(ConvertOptions(**opts, out=tmp_path / "int8"), progress=lambda s: None)
+    assert not (tmp_path / "int8").exists()
+    pkg = convert(ConvertOptions(**opts, out=tmp_path / "f32", precision="float32"), progress=lambda s: None)
+    m = pkg.manifest
+    assert m.quantization.precision == "float32" and m.accuracy.top1_agreement == 1.0 and m.accuracy.max_abs_error == 0
+    est = pickle.loads(sklearn_models["forest.pkl"].read_bytes())
+    sess = ort.InferenceSession(str(pkg.model_path), providers=["CPUExecutionProvider"])
+    x = np.load(data_dir / "features_valid.npy")
+    labels = np.concatenate([sess.run(["label"], {"X": row[None]})[0] for row in x])
+    assert np.array_equal(labels, est.predict(x))  # skl2onnx trees are exact
