@@ -4,6 +4,8 @@
                     -> the prediction as JSON. Bad requests get a 4xx with a reason.
     GET  /healthz   liveness: the process answers.
     GET  /readyz    readiness: the model is loaded and passed a smoke test (503 until then, with the reason).
+    GET  /metrics   Prometheus metrics of the predictions served (with device services, see create_app).
+    GET  /health    model, source (requests), outbox and broker status as JSON (with device services).
 """
 
 
@@ -12,13 +14,18 @@ import email.policy
 import json
 import logging
 import threading
+import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
 
 from edge_runtime.errors import EdgeRuntimeError, InputError, MissingDependencyError
+
+if TYPE_CHECKING:
+    from edge_runtime.monitoring.service import DeviceServices
+    from edge_runtime.pipeline import FrameResult
 
 log = logging.getLogger(__name__)
 MAX_BODY_BYTES = 16 * 1024 * 1024
@@ -97,12 +104,14 @@ class ModelService:
     """Loads the model in the background, smoke-tests it, and serialises predictions (backends are not
     thread-safe)."""
 
-    def __init__(self, loader: Callable[[], Any]) -> None:
+    def __init__(self, loader: Callable[[], Any], observe: "Callable[[FrameResult], None] | None" = None) -> None:
         self._loader = loader
         self.model: Any = None
         self.not_ready_reason = "loading"
         self._lock = threading.Lock()
+        self.observe = observe  # gets every prediction as a FrameResult (the monitor), under the lock
         self.requests = 0
+        self.rejected = 0
 
     def load(self, raise_errors: bool = False) -> None:
         """Load and smoke-test the model (once); failures are kept as the not-ready reason, or raised."""
@@ -134,16 +143,38 @@ class ModelService:
     def ready(self) -> bool:
         return self.model is not None
 
-    def predict(self, x: np.ndarray) -> dict[str, Any]:
+    def predict(self, x: np.ndarray, received: float | None = None) -> dict[str, Any]:
+        """Predict (one at a time); ``received``: time.monotonic() when the request arrived, for latency."""
         if self.model is None:
             raise RequestError(503, f"not ready: {self.not_ready_reason}")
+        received = time.monotonic() if received is None else received
         with self._lock:
+            started = time.monotonic()
             try:
                 pred = self.model.predict(x)
             except InputError as exc:
+                self.rejected += 1
                 raise RequestError(422, str(exc)) from exc
             self.requests += 1
+            if self.observe is not None:
+                self._observe(x, pred, received, started)
         return pred.to_dict()
+
+    def _observe(self, x: np.ndarray, pred: Any, received: float, started: float) -> None:
+        """Hand the prediction to the monitor like a pipeline frame; a monitor bug never fails the request."""
+        from edge_runtime.pipeline import FrameResult
+
+        now = time.monotonic()
+        result = FrameResult(index=self.requests, timestamp=time.time() - (now - received), prediction=pred, frame=x,
+                             capture_wait_ms=(started - received) * 1000.0, end_to_end_ms=(now - received) * 1000.0)
+        try:
+            self.observe(result)  # type: ignore[misc]
+        except Exception:  # noqa: BLE001 - like a pipeline sink: guarded, logged
+            log.exception("monitoring a prediction failed")
+
+    def stats(self) -> dict[str, Any]:
+        """Counters for health and metric records (the service's "source" is its requests)."""
+        return {"requests": self.requests, "rejected": self.rejected, "ready": self.ready}
 
     def close(self) -> None:
         close = getattr(self.model, "close", None)
@@ -151,8 +182,10 @@ class ModelService:
             close()
 
 
-def create_app(service: ModelService, load_in_background: bool = True):  # type: ignore[no-untyped-def]
-    """The FastAPI application around a ModelService."""
+def create_app(service: ModelService, load_in_background: bool = True,
+               services: "DeviceServices | None" = None):  # type: ignore[no-untyped-def]
+    """The FastAPI application around a ModelService. With ``services`` (monitor, outbox, MQTT) it feeds every
+    prediction to the monitor, adds /metrics and /health, and closes them at shutdown."""
     try:
         from contextlib import asynccontextmanager
 
@@ -169,6 +202,8 @@ def create_app(service: ModelService, load_in_background: bool = True):  # type:
         else:
             service.load()
         yield
+        if services is not None:
+            services.close()
         service.close()
 
     app = FastAPI(title="edge-runtime", lifespan=lifespan)
@@ -189,11 +224,38 @@ def create_app(service: ModelService, load_in_background: bool = True):  # type:
         try:
             if not service.ready:
                 raise RequestError(503, f"not ready: {service.not_ready_reason}")
+            received = time.monotonic()
             body = await request.body()
             x = request_input(request.headers.get("content-type", ""), body, service.model.input_spec.kind == "image")
-            result = await run_in_threadpool(service.predict, x)
+            result = await run_in_threadpool(service.predict, x, received)
         except RequestError as exc:
             return JSONResponse({"error": exc.reason}, status_code=exc.status)
         return JSONResponse(result)
 
+    if services is not None:
+        _add_monitoring_routes(app, service, services)
     return app
+
+
+def _add_monitoring_routes(app: Any, service: ModelService, services: "DeviceServices") -> None:
+    """/metrics (Prometheus text) and /health (JSON) backed by the device services' monitor."""
+    from fastapi.responses import JSONResponse, Response
+
+    from edge_runtime.monitoring.http import make_registry
+
+    service.observe = services.observe
+    services.monitor.pipeline_stats = service.stats
+    registry = make_registry(services.monitor)
+
+    @app.get("/metrics")
+    def metrics() -> Response:
+        if registry is None:
+            return Response("prometheus-client is not installed: pip install 'edge-runtime[monitor]'\n",
+                            status_code=501, media_type="text/plain")
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/health")
+    def health() -> JSONResponse:
+        return JSONResponse(json.loads(json.dumps(services.health(), default=str)))

@@ -36,6 +36,10 @@ class AgentConfig(BaseModel):
     fps: float = Field(default=30.0, gt=0, description="Frame rate of the synthetic source.")
     mqtt: dict[str, Any] = Field(description="edge_runtime.sync.mqtt.MqttSettings fields except device_id.")
     update: dict[str, Any] = Field(default_factory=dict, description="UpdateSettings fields (retries, health...).")
+    monitoring: dict[str, Any] = Field(
+        default_factory=dict, description="Device-config sections outbox, monitor, forwarder, http "
+        "(deploy/device.example.yaml); the outbox defaults to state_dir/outbox.db and shares the agent's MQTT link.",
+    )
 
 
 class SyntheticSource(ThreadedSource):
@@ -88,6 +92,8 @@ def _source(cfg: AgentConfig, model: Any) -> ThreadedSource:
 
 
 def run(args: argparse.Namespace) -> int:
+    from edge_runtime.device_config import embedded_device_config
+    from edge_runtime.monitoring.service import source_info, start_services
     from edge_runtime.package import TrustStore
     from edge_runtime.pipeline import Pipeline, stop_on_signals
     from edge_runtime.profiles import load_profile
@@ -103,6 +109,8 @@ def run(args: argparse.Namespace) -> int:
                              trusted_keys=tuple(cfg.trusted_keys), groups=tuple(cfg.groups), **cfg.update)
     except (ValidationError, TypeError) as exc:
         raise ConfigError(f"invalid agent config {args.config}: {exc}") from exc
+    device = embedded_device_config(cfg.device_id, mqtt, cfg.monitoring, cfg.state_dir,
+                                    f"agent config {args.config}: monitoring")
     profile = load_profile(cfg.profile)
     link = MqttLink(mqtt)
     runtime = PackageRuntime(profile.name, TrustStore.from_paths(list(cfg.trusted_keys)))
@@ -112,6 +120,8 @@ def run(args: argparse.Namespace) -> int:
     model = agent.boot()
     pipeline = Pipeline(model, _source(cfg, model), sinks=[agent.observe])
     agent.attach(pipeline, lambda: pipeline.stats().errors)
+    services = start_services(device, model.manifest, link=link, source=source_info(cfg.source))  # one MQTT link
+    services.attach(pipeline)
     link.start()
     agent.start()
     with stop_on_signals(pipeline):
@@ -120,6 +130,7 @@ def run(args: argparse.Namespace) -> int:
         while worker.is_alive():
             worker.join(0.5)
     agent.stop()
+    services.close()  # last metric record into the outbox, a bounded drain, before the link goes offline
     link.stop()
     print(json.dumps(pipeline.stats().to_dict()))
     return 0

@@ -1,7 +1,9 @@
 """`edge-runtime run --package PKG --source SRC`: run a package on a camera, video or sensor stream, offline.
 
 Results go to stdout (or --out) as JSON lines; counters and a per-stage latency summary go to stderr at the end.
-SIGINT and SIGTERM end the run cleanly (exit 0, summary printed).
+SIGINT and SIGTERM end the run cleanly (exit 0, summary printed). With ``--config device.yaml`` (or the shortcuts
+``--http``, ``--mqtt``, ``--device-id``, ``--outbox``) the run is monitored: metric records and events go to a
+durable outbox and from there to MQTT when a broker is reachable, and /metrics + /health are served locally.
 """
 
 from __future__ import annotations
@@ -9,10 +11,17 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote, urlsplit
 
 from edge_runtime.errors import ConfigError
 from edge_runtime.pipeline import Pipeline, PipelineConfig, PipelineStats, Sink, stop_on_signals
 from edge_runtime.sources import DropPolicy, SourceOptions, open_source, source_kind, window_spec_for
+
+if TYPE_CHECKING:
+    from edge_runtime.device_config import DeviceConfig
+    from edge_runtime.monitoring.service import DeviceServices
 
 
 def add_model_arguments(p: argparse.ArgumentParser) -> None:
@@ -45,6 +54,71 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-saved", type=int, default=100, help="at most this many saved files (default 100)")
     p.add_argument("--clip-frames", type=int, default=0, help="save clips of N frames instead of single frames")
     p.add_argument("--no-summary", action="store_true", help="do not print the summary on stderr")  # fmt: skip
+    add_device_arguments(p, http=True)
+
+
+def add_device_arguments(p: argparse.ArgumentParser, http: bool) -> None:
+    """Monitoring and sync options (shared with `serve`, which serves /metrics on its own port)."""
+    g = p.add_argument_group("monitoring and sync (see deploy/device.example.yaml)")
+    g.add_argument("--config", metavar="DEVICE_YAML", help="device config: device_id, mqtt, outbox, monitor, http")
+    g.add_argument("--device-id", help="this device's id (overrides the config file's)")
+    g.add_argument("--mqtt", metavar="URL",
+                   help="broker, e.g. mqtt://host:1883 or mqtts://user:pass@host:8883 (needs --device-id or a config)")
+    g.add_argument("--outbox", metavar="PATH", help="SQLite outbox file (default with --mqtt: $STATE_DIRECTORY or "
+                                                   "~/.local/state/edge-runtime/<device>/outbox.db)")
+    if http:
+        g.add_argument("--http", type=int, metavar="PORT", help="serve Prometheus /metrics and /health on PORT "
+                                                                "(0: a free port, printed on stderr)")
+        g.add_argument("--http-host", metavar="ADDR", help="address for --http (default 127.0.0.1)")
+
+
+def _broker_section(url: str, current: dict[str, Any] | None) -> dict[str, Any]:
+    """``mqtt[s]://[user[:pass]@]host[:port]`` over the file's broker section (TLS files, prefix are kept)."""
+    u = urlsplit(url)
+    if u.scheme not in ("mqtt", "mqtts") or not u.hostname:
+        raise ConfigError(f"--mqtt {url!r} must look like mqtt://host:1883 or mqtts://host:8883")
+    try:
+        port = u.port or (8883 if u.scheme == "mqtts" else 1883)
+    except ValueError as exc:
+        raise ConfigError(f"--mqtt {url!r}: {exc}") from exc
+    out = {**(current or {}), "host": u.hostname, "port": port}
+    if u.username is not None:
+        out["username"], out["password"] = unquote(u.username), unquote(u.password) if u.password else None
+    if u.scheme == "mqtts" and not out.get("tls"):
+        out["tls"] = {}
+    if u.scheme == "mqtt":
+        out["tls"] = None
+    return out
+
+
+def device_config(args: argparse.Namespace) -> DeviceConfig | None:
+    """The device config from --config plus the shortcut options (they win); None when nothing asks for one."""
+    from edge_runtime.device_config import default_state_dir, load_device_config, parse_device_config
+
+    http_port = getattr(args, "http", None)
+    base = load_device_config(args.config) if args.config else None
+    if base is None and not (args.mqtt or args.device_id or args.outbox or http_port is not None):
+        return None
+    data: dict[str, Any] = base.model_dump() if base else {"outbox": None}
+    if data.get("mqtt"):
+        data["mqtt"].pop("device_id", None)
+    if args.device_id:
+        data["device_id"] = args.device_id
+    elif "device_id" not in data:
+        if args.mqtt:
+            raise ConfigError("--mqtt needs --device-id (the topic level this device writes under) or a --config")
+        data["device_id"] = "local"
+    if args.mqtt:
+        data["mqtt"] = _broker_section(args.mqtt, data.get("mqtt"))
+    if args.outbox:
+        data["outbox"] = {**(data.get("outbox") or {}), "path": args.outbox}
+    elif data.get("mqtt") and not data.get("outbox"):
+        data["outbox"] = {"path": default_state_dir() / str(data["device_id"]) / "outbox.db"}
+    if http_port is not None:
+        host = args.http_host or (data.get("http") or {}).get("host", "127.0.0.1")
+        data["http"] = {"host": host, "port": http_port}
+    what = f"device config {args.config}" if args.config else "monitoring options"
+    return parse_device_config(data, Path.cwd(), what, expand=False)
 
 
 def check_arguments(args: argparse.Namespace) -> None:
@@ -111,18 +185,52 @@ def run_pipeline(pipeline: Pipeline, summary: bool) -> int:
     return 0
 
 
+def start_monitoring(device: DeviceConfig, model: Any, source: str) -> DeviceServices:
+    """Start the device services for this run and say where their endpoint is (stderr)."""
+    from edge_runtime.monitoring.service import source_info, start_services
+
+    services = start_services(device, model.manifest, source=source_info(source, source_kind(source)))
+    if services.http is not None:
+        host = device.http.host if device.http else "127.0.0.1"
+        print(f"edge-runtime: metrics on http://{host}:{services.http.port}/metrics, health on /health",
+              file=sys.stderr, flush=True)
+    return services
+
+
+def format_services(services: DeviceServices) -> str:
+    """One summary line about where the records went (after close)."""
+    if services.outbox is None:
+        return f"monitor: {services.monitor.frames} frames observed (no outbox)"
+    fwd = services.forwarder
+    sent = f"{fwd.counters['records_delivered']} delivered to the broker, " if fwd is not None else "no broker, "
+    return f"outbox {services.outbox.path}: {sent}{services.left_in_outbox} waiting"
+
+
 def run(args: argparse.Namespace) -> int:
     from edge_runtime.sinks import DetectionSnapshotSink, JsonLinesSink
 
     check_arguments(args)
+    device = device_config(args)  # a bad config file ends here, before the model is loaded
     model = load_model(args)
+    services = None
     try:
         sinks: list[Sink] = [JsonLinesSink(args.out)]
         if args.save_detections:
             sinks.append(DetectionSnapshotSink(args.save_detections, args.max_saved, clip_frames=args.clip_frames))
         pipeline = build_pipeline(args, model, sinks)
+        if device is not None:
+            try:
+                services = start_monitoring(device, model, args.source)
+            except BaseException:
+                pipeline.source.close()
+                raise
+            services.attach(pipeline)
         return run_pipeline(pipeline, summary=not args.no_summary)
     finally:
+        if services is not None:
+            services.close()
+            if not args.no_summary:
+                print(format_services(services), file=sys.stderr)
         close = getattr(model, "close", None)
         if callable(close):
             close()

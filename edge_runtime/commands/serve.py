@@ -1,11 +1,18 @@
-"""`edge-runtime serve --package PKG`: the runtime as an HTTP microservice (FastAPI + uvicorn, extra "serve")."""
+"""`edge-runtime serve --package PKG`: the runtime as an HTTP microservice (FastAPI + uvicorn, extra "serve").
+
+Every prediction also feeds the monitor: /metrics and /health are served on the same port, and with
+``--config device.yaml`` (or ``--mqtt``/``--device-id``/``--outbox``) metric records go to the outbox and on to MQTT.
+"""
 
 from __future__ import annotations
 
 import argparse
 import logging
+import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
 
-from edge_runtime.commands.run import add_model_arguments, load_model
+from edge_runtime.commands.run import add_device_arguments, add_model_arguments, device_config, load_model
 from edge_runtime.errors import ConfigError, MissingDependencyError
 
 
@@ -13,6 +20,19 @@ def configure(p: argparse.ArgumentParser) -> None:
     add_model_arguments(p)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0: all)")
     p.add_argument("--port", type=int, default=8080, help="port (default 8080)")
+    add_device_arguments(p, http=False)
+
+
+@contextmanager
+def _signals_end_cleanly() -> Iterator[None]:
+    """uvicorn shuts down gracefully on SIGINT/SIGTERM, then re-raises the signal to the handler that was there
+    before it; a no-op handler here turns that into a normal exit 0, as with `run` (systemctl stop is no failure)."""
+    previous = {s: signal.signal(s, lambda *_: None) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -22,11 +42,20 @@ def run(args: argparse.Namespace) -> int:
         import uvicorn
     except ImportError as exc:
         raise MissingDependencyError("uvicorn (for `serve`)", "serve") from exc
+    from edge_runtime.device_config import DeviceConfig
+    from edge_runtime.monitoring.service import start_services
     from edge_runtime.serve import ModelService, create_app
 
+    device = device_config(args) or DeviceConfig(device_id="local")  # no config: monitor in memory, no outbox
     service = ModelService(lambda: load_model(args))
     service.load(raise_errors=True)  # before listening: a bad package fails with one line, not a 503 forever
-    app = create_app(service, load_in_background=False)
-    level = "info" if logging.getLogger().level <= logging.INFO else "warning"
-    uvicorn.run(app, host=args.host, port=args.port, log_level=level)
+    source = {"kind": "http", "spec": f"http://{args.host}:{args.port}/predict"}
+    services = start_services(device, service.model.manifest, http=False, source=source)
+    try:
+        app = create_app(service, load_in_background=False, services=services)
+        level = "info" if logging.getLogger().level <= logging.INFO else "warning"
+        with _signals_end_cleanly():
+            uvicorn.run(app, host=args.host, port=args.port, log_level=level)
+    finally:
+        services.close()  # idempotent: normally done by the app's shutdown (which also closes the model)
     return 0

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -77,19 +77,27 @@ def _gauges(monitor: Monitor, Gauge: Any) -> Iterator[Any]:  # noqa: N803 - a cl
         yield g
 
 
+def make_registry(monitor: Monitor) -> Any:
+    """A prometheus-client registry exposing ``monitor`` (None, with a warning, without prometheus-client)."""
+    try:
+        from prometheus_client import CollectorRegistry
+    except ImportError:
+        log.warning("prometheus-client is not installed: /metrics disabled (pip install 'edge-runtime[monitor]')")
+        return None
+    registry = CollectorRegistry()
+    registry.register(_collector(monitor))
+    return registry
+
+
 class MonitorHttpServer:
-    """``start()`` serves on a daemon thread; ``port`` is the bound port (pass 0 to pick a free one)."""
+    """``start()`` serves on a daemon thread; ``port`` is the bound port (pass 0 to pick a free one).
+    ``health`` replaces ``monitor.health`` as the /health document (device services add source and forwarder)."""
 
-    def __init__(self, monitor: Monitor, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(self, monitor: Monitor, host: str = "127.0.0.1", port: int = 0,
+                 health: Callable[[], dict[str, Any]] | None = None) -> None:
         self.monitor = monitor
-        self._registry = None
-        try:
-            from prometheus_client import CollectorRegistry
-
-            self._registry = CollectorRegistry()
-            self._registry.register(_collector(monitor))
-        except ImportError:
-            log.warning("prometheus-client is not installed: /metrics disabled (pip install 'edge-runtime[monitor]')")
+        self.health = health or monitor.health
+        self._registry = make_registry(monitor)
         self._server = ThreadingHTTPServer((host, port), self._handler())
         self._server.daemon_threads = True
         self.port = int(self._server.server_address[1])
@@ -104,7 +112,7 @@ class MonitorHttpServer:
                 if path == "/metrics":
                     outer._metrics(self)
                 elif path in ("/health", "/healthz"):
-                    body = json.dumps(outer.monitor.health(), default=str).encode()
+                    body = json.dumps(outer.health(), default=str).encode()
                     self._send(200, "application/json", body)
                 else:
                     self._send(404, "text/plain", b"not found: try /metrics or /health\n")

@@ -1,0 +1,249 @@
+"""Device services around a model: monitor, durable outbox, forwarder, MQTT link and local HTTP endpoint.
+
+:func:`start_services` builds them from one :class:`~edge_runtime.device_config.DeviceConfig` in dependency
+order (outbox -> link -> forwarder -> monitor -> HTTP), and :meth:`DeviceServices.close` takes them down in
+reverse so nothing is lost: the monitor's last record goes into the outbox, the forwarder gets a bounded chance
+to deliver it, and only then the link says offline. No broker, or an unreachable one, is normal: records wait
+in the outbox. `run`, `serve` and `agent` all use this; the agent passes its own link so metrics and updates
+share one MQTT connection.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit, urlunsplit
+
+from edge_runtime.device_config import DeviceConfig
+from edge_runtime.errors import ConfigError
+from edge_runtime.monitoring.monitor import Monitor
+
+if TYPE_CHECKING:
+    from edge_runtime.monitoring.http import MonitorHttpServer
+    from edge_runtime.package.manifest import Manifest
+    from edge_runtime.pipeline import FrameResult, Pipeline
+    from edge_runtime.sync.forwarder import Forwarder
+    from edge_runtime.sync.mqtt import MqttLink
+    from edge_runtime.sync.outbox import Outbox
+
+log = logging.getLogger(__name__)
+
+
+def source_info(spec: str, kind: str | None = None) -> dict[str, Any]:
+    """What health shows about the input: the spec with any URL password removed (RTSP URLs often hold one)."""
+    shown = spec
+    if "://" in spec:
+        parts = urlsplit(spec)
+        if parts.password is not None or parts.username is not None:
+            host = parts.hostname or ""
+            netloc = f"{host}:{parts.port}" if parts.port else host
+            shown = urlunsplit((parts.scheme, f"***@{netloc}", parts.path, parts.query, parts.fragment))
+    return {"spec": shown, **({"kind": kind} if kind else {})}
+
+
+@dataclass
+class DeviceServices:
+    """The running services; use as a context manager or call :meth:`close`."""
+
+    config: DeviceConfig
+    monitor: Monitor
+    outbox: Outbox | None = None
+    link: MqttLink | None = None
+    forwarder: Forwarder | None = None
+    http: MonitorHttpServer | None = None
+    owns_link: bool = True
+    source: dict[str, Any] | None = None
+    left_in_outbox: int | None = None  # records still waiting when closed (for the next run)
+    _pipeline: Pipeline | None = field(default=None, repr=False)
+    _closed: bool = field(default=False, repr=False)
+
+    # ----------------------------------------------------------------- feeding the monitor
+    def attach(self, pipeline: Pipeline) -> None:
+        """Monitor this pipeline: a sink for predictions, a stage hook for time spent in sinks, its counters.
+
+        The sink is a wrapper, not the Monitor itself, because the pipeline closes its sinks when a run ends
+        and the monitor must outlive that (its last record is written in :meth:`close`)."""
+        self._pipeline = pipeline
+        self.monitor.pipeline_stats = pipeline.stats
+        pipeline.add_sink(self.observe)
+        pipeline.add_stage_hook(self._stage_times)
+
+    def observe(self, result: FrameResult) -> None:
+        """Feed one result to the monitor (a pipeline sink; `serve` calls it per request)."""
+        p = result.prediction
+        if p.model and (p.version != self.monitor.version or p.model != self.monitor.model):
+            self._follow_model()
+        self.monitor(result)
+
+    def _stage_times(self, stages: Mapping[str, float]) -> None:
+        ms = stages.get("sinks")
+        if ms is not None:
+            self.monitor.latency.add("sinks", ms)
+
+    def _follow_model(self) -> None:
+        """The pipeline swapped models (OTA): label metrics with the new one and restart drift on its reference."""
+        from edge_runtime.monitoring.drift import DriftDetector
+        from edge_runtime.monitoring.quality import QualityStats
+
+        if self._pipeline is None:
+            return
+        m = self._pipeline.model.manifest
+        mon = self.monitor
+        old = (mon.model, mon.version)
+        if mon.frames:
+            mon.report()  # close the period of the old model so its figures are not mixed with the new one's
+        mon.model, mon.version, mon.manifest = m.name, m.version, m
+        mon.quality = QualityStats(labels=m.outputs.labels)
+        drift_cfg = mon.config.drift
+        mon.drift = DriftDetector(m.reference, drift_cfg) if m.reference is not None and drift_cfg.enabled else None
+        mon.event("model_changed", {"from": {"name": old[0], "version": old[1]}})
+        if self.link is not None and self.owns_link:
+            self.link.update_state(model=m.name, version=m.version)
+
+    # ----------------------------------------------------------------- health
+    def health(self) -> dict[str, Any]:
+        """The /health document: model, source, outbox, broker and forwarder, plus ``status`` and ``problems``."""
+        h = self.monitor.health()
+        h = {"device": self.config.device_id, **h}
+        if self.source is not None:
+            h["source"] = {**self.source, **(h.get("source") or {})}
+        if self.link is not None:
+            h["broker"] = {"configured": True, **(h.get("broker") or {})}
+        if self.forwarder is not None:
+            h["forwarder"] = self.forwarder.stats()
+        problems = _problems(h)
+        h["status"] = "degraded" if problems else "ok"
+        h["problems"] = problems
+        return h
+
+    # ----------------------------------------------------------------- shutdown
+    def close(self) -> None:
+        """Stop in reverse order: HTTP, monitor (last record), a bounded drain to the broker, forwarder, link."""
+        if self._closed:
+            return
+        self._closed = True
+        if self.http is not None:
+            self.http.stop()
+        self.monitor.close()
+        if self.forwarder is not None:
+            self.forwarder.wake()
+            self._drain(self.config.shutdown_flush_s)
+            self.forwarder.stop()
+        if self.link is not None and self.owns_link:
+            self.link.stop()
+        if self.outbox is not None:
+            self.left_in_outbox = self.outbox.count()
+            self.outbox.close()
+
+    def _drain(self, timeout: float) -> None:
+        """Give the forwarder up to ``timeout`` s to empty the outbox while connected (offline: leave it)."""
+        assert self.outbox is not None and self.link is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self.link.connected and self.outbox.count() > 0:
+            time.sleep(0.05)
+        left = self.outbox.count()
+        if left:
+            log.info("%d records stay in the outbox %s for the next run", left, self.outbox.path)
+
+    def __enter__(self) -> DeviceServices:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _problems(h: Mapping[str, Any]) -> list[str]:
+    """Conditions an operator should act on. Being offline is not one of them; a refused login is."""
+    out: list[str] = []
+    broker = h.get("broker") or {}
+    if broker.get("refused") or str(broker.get("last_error") or "").startswith("TLS"):
+        out.append(f"broker: {broker.get('last_error')}")
+    ob = h.get("outbox") or {}
+    if ob.get("append_failures") or ob.get("set_aside"):
+        out.append(f"outbox: {ob.get('last_error') or 'write failures'}")
+    if h.get("emit_dropped"):
+        out.append(f"monitor: {h['emit_dropped']} records dropped before the outbox (writer too slow)")
+    return out
+
+
+def _open_outbox(config: DeviceConfig) -> Outbox | None:
+    from edge_runtime.sync.outbox import Outbox
+
+    if config.outbox is None:
+        return None
+    try:
+        return Outbox(config.outbox)
+    except (OSError, sqlite3.Error) as exc:
+        raise ConfigError(f"cannot open the outbox {config.outbox.path}: {exc}") from exc
+
+
+def _make_link(config: DeviceConfig) -> MqttLink | None:
+    from edge_runtime.sync.mqtt import MqttLink
+
+    if config.mqtt is None:
+        return None
+    tls = config.mqtt.tls
+    if tls is not None:
+        for name in ("ca_cert", "client_cert", "client_key"):
+            path = getattr(tls, name)
+            if path is not None and not path.is_file():
+                raise ConfigError(f"mqtt.tls.{name}: {path} is not a file")
+    try:
+        return MqttLink(config.mqtt)
+    except OSError as exc:  # ssl.SSLError included: an unreadable certificate or key
+        raise ConfigError(f"mqtt.tls: cannot load the TLS files: {exc}") from exc
+
+
+def _start_http(services: DeviceServices, config: DeviceConfig) -> MonitorHttpServer | None:
+    from edge_runtime.monitoring.http import MonitorHttpServer
+
+    if config.http is None:
+        return None
+    try:
+        server = MonitorHttpServer(services.monitor, config.http.host, config.http.port, health=services.health)
+    except OSError as exc:
+        raise ConfigError(f"cannot listen on {config.http.host}:{config.http.port}: {exc.strerror or exc}") from exc
+    return server.start()
+
+
+def start_services(config: DeviceConfig, manifest: Manifest | None = None, *, link: MqttLink | None = None,
+                   http: bool = True, source: dict[str, Any] | None = None) -> DeviceServices:
+    """Build and start the services ``config`` asks for. ``link``: an already made link to share (the caller
+    starts and stops it); ``http``: serve /metrics and /health when the config names a port (serve has its own).
+    A configuration problem (unwritable outbox, missing TLS file, busy port) raises ConfigError, after closing
+    whatever was already started."""
+    owns_link = link is None
+    outbox = _open_outbox(config)
+    services: DeviceServices | None = None
+    try:
+        if link is None:
+            link = _make_link(config)
+        forwarder = None
+        if link is not None and outbox is not None:
+            from edge_runtime.sync.forwarder import Forwarder
+
+            forwarder = Forwarder(outbox, link, config.forwarder)
+        monitor = Monitor(config.monitor, manifest, outbox, device_id=config.device_id,
+                          on_record=forwarder.wake if forwarder is not None else None)
+        services = DeviceServices(config, monitor, outbox, link, forwarder, owns_link=owns_link, source=source)
+        if link is not None:
+            monitor.attach_link(link)
+            if owns_link:
+                if manifest is not None:
+                    link.update_state(model=manifest.name, version=manifest.version)
+                link.start()
+        if forwarder is not None:
+            forwarder.start()
+        if http:
+            services.http = _start_http(services, config)
+    except BaseException:
+        if services is not None:
+            services.close()
+        elif outbox is not None:
+            outbox.close()
+        raise
+    return services

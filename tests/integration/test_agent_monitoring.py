@@ -1,0 +1,52 @@
+"""`edge-runtime agent` monitors its pipeline too, over the same MQTT connection it takes updates on."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+
+import pytest
+import yaml
+
+from edge_runtime.package import load_private_key
+from tests.integration.helpers import CLI, health, wait_until
+from tests.model_factory import classifier_package
+from tests.mqtt_broker import free_port
+from tests.sync.subscriber import Subscriber
+
+
+@pytest.mark.mqtt
+def test_agent_sends_metrics_over_its_one_mqtt_link(broker, signing_keys, tmp_path):
+    priv, pub = signing_keys
+    pkg = classifier_package(tmp_path / "pkg", golden=False, sign_key=load_private_key(priv))
+    port = free_port()
+    cfg = tmp_path / "agent.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "device_id": "ag-1", "profile": "x86-laptop", "state_dir": str(tmp_path / "state"),
+        "trusted_keys": [str(pub)], "initial_package": str(pkg.root), "fps": 30,
+        "mqtt": {"host": "127.0.0.1", "port": broker.port, "reconnect_min_s": 0.2, "reconnect_max_s": 1.0},
+        "monitoring": {"monitor": {"period_s": 0.3}, "http": {"port": port}},
+    }))  # fmt: skip
+    sub = Subscriber(broker.port, ["edge/devices/ag-1/metrics"])
+    proc = subprocess.Popen([*CLI, "agent", "--config", str(cfg)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        assert sub.wait_for(lambda m: len(m) >= 2, 60), "metric batches arrive from the agent"
+        h = wait_until(lambda: health(port), 10, proc)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+        sub.close()
+    assert proc.returncode == 0, err
+    batch = json.loads(sub.snapshot()[0][1])
+    record = batch["records"][0]["data"]
+    assert record["device"] == "ag-1" and record["model"] == "tiny" and record["frames"] > 0
+    assert h["broker"]["configured"] and h["broker"]["connected"] and h["source"]["spec"] == "synthetic"
+    assert h["outbox"]["path"] == str(tmp_path / "state" / "outbox.db")
+    # one connection for metrics and updates: the broker saw this device's client connect exactly once
+    broker.stop()  # flushes its log
+    assert broker.log.read_text().count(" as edge-ag-1 ") == 1, broker.log.read_text()
