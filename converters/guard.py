@@ -1,8 +1,9 @@
 """Accuracy guard: compare the quantized model with the float one on held-back data, and repair a miss.
 
 Metrics: top-1 agreement for classifiers; mean cosine similarity and max absolute error of the outputs for every
-model. Remedies, in order: the other calibration methods (minmax, entropy, percentile), then keeping the most
-error-sensitive nodes in float, found by comparing float and int8 intermediate tensors node by node.
+model. Remedies, in order: the other calibration methods (minmax, entropy, percentile) the target can do (the
+others are recorded as skipped), then keeping the most error-sensitive nodes in float, found by comparing float
+and int8 intermediate tensors node by node (ONNX here; TFLite in converters.targets.tflite_sensitivity).
 """
 
 from __future__ import annotations
@@ -101,6 +102,65 @@ Evaluate = Callable[[QuantizedModel], Agreement]
 Sensitivity = Callable[[QuantizedModel], list[list[str]]]  # worst first: groups of nodes to keep in float
 
 
+@dataclass
+class _Search:
+    """What the guard has tried so far and the best model seen."""
+
+    budget: dict[str, float]
+    progress: Callable[[str], None]
+    tried: list[str] = field(default_factory=list)
+    methods_run: list[str] = field(default_factory=list)
+    best: tuple[QuantizedModel, Agreement] | None = None
+
+    def check(self, qm: QuantizedModel, ag: Agreement) -> bool:
+        if self.best is None or _key(ag) > _key(self.best[1]):
+            self.best = (qm, ag)
+        return passes(ag, self.budget)
+
+
+def _try_methods(s: _Search, quantize: Quantize, evaluate: Evaluate, order: list[str], supported: Sequence[str],
+                 target: str) -> GuardResult | None:  # fmt: skip
+    """Calibration methods in ``order``; the ones the target cannot do are recorded as skipped, not tried."""
+    first = order[0]
+    for method in order:
+        if method not in supported:
+            s.tried.append(f"calibration method {method} skipped: the {target} target calibrates with "
+                           f"{', '.join(supported)} only")  # fmt: skip
+            s.progress(f"guard: {method} calibration skipped ({target} target: {', '.join(supported)} only)")
+            continue
+        qm = quantize(method, (), method)
+        ag = evaluate(qm)
+        s.methods_run.append(method)
+        s.progress(f"guard: {method} calibration: {_describe(ag)}")
+        if s.check(qm, ag):
+            remedies = [] if method == first else s.tried + [f"calibration method {method} met the budget"]
+            return GuardResult(qm, report(ag, s.budget), remedies)
+        s.tried.append(f"calibration method {method} missed the budget ({_describe(ag)})")
+    return None
+
+
+def _try_float_nodes(s: _Search, quantize: Quantize, evaluate: Evaluate, sensitivity: Sensitivity,
+                     max_float_nodes: int, first_method: str) -> GuardResult | None:  # fmt: skip
+    """Keep the 1, 2, 4, 8 most error-sensitive node groups in float (at most ``max_float_nodes`` nodes)."""
+    assert s.best is not None
+    groups = sensitivity(s.best[0])[:8]
+    method = s.best[0].calibration_method or first_method
+    for k in sorted({min(k, len(groups)) for k in (1, 2, 4, 8)} - {0}):
+        keep = sorted({n for g in groups[:k] for n in g})
+        if len(keep) > max_float_nodes:
+            break
+        qm = quantize(method, keep, f"{method}-float{k}")
+        ag = evaluate(qm)
+        s.progress(f"guard: {len(keep)} sensitive node(s) kept in float: {_describe(ag)}")
+        if s.check(qm, ag):
+            s.tried.append(f"kept {len(keep)} error-sensitive node(s) in float: {', '.join(keep)}")
+            return GuardResult(qm, report(ag, s.budget), s.tried)
+        s.tried.append(f"keeping {len(keep)} sensitive node(s) in float missed the budget ({_describe(ag)})")
+    if not groups:
+        s.tried.append("per-node error analysis found no node to keep in float")
+    return None
+
+
 def guard(
     quantize: Quantize,
     evaluate: Evaluate,
@@ -109,43 +169,30 @@ def guard(
     sensitivity: Sensitivity | None = None,
     progress: Callable[[str], None] = lambda s: None,
     max_float_nodes: int = 8,
+    methods: Sequence[str] = METHOD_ORDER,
+    target: str = "ONNX",
 ) -> GuardResult:
-    """Quantize, check, and try the remedies in order until the budget is met; AccuracyBudgetError otherwise."""
-    methods = [first_method] + [m for m in METHOD_ORDER if m != first_method]
-    tried: list[str] = []
-    best: tuple[QuantizedModel, Agreement] | None = None
-    for method in methods:
-        qm = quantize(method, (), method)
-        ag = evaluate(qm)
-        progress(f"guard: {method} calibration: {_describe(ag)}")
-        if best is None or _key(ag) > _key(best[1]):
-            best = (qm, ag)
-        if passes(ag, budget):
-            remedies = [] if method == first_method else tried + [f"calibration method {method} met the budget"]
-            return GuardResult(qm, report(ag, budget), remedies)
-        tried.append(f"calibration method {method} missed the budget ({_describe(ag)})")
-    assert best is not None
-    if sensitivity is not None and max_float_nodes > 0:
-        groups = sensitivity(best[0])[:8]
-        method = best[0].calibration_method or first_method
-        keep: list[str] = []
-        for k in sorted({min(k, len(groups)) for k in (1, 2, 4, 8)} - {0}):
-            keep = sorted({n for g in groups[:k] for n in g})
-            if len(keep) > max_float_nodes:
-                break
-            qm = quantize(method, keep, f"{method}-float{k}")
-            ag = evaluate(qm)
-            progress(f"guard: {len(keep)} sensitive node(s) kept in float: {_describe(ag)}")
-            if passes(ag, budget):
-                tried.append(f"kept {len(keep)} error-sensitive node(s) in float: {', '.join(keep)}")
-                return GuardResult(qm, report(ag, budget), tried)
-            if _key(ag) > _key(best[1]):
-                best = (qm, ag)
-        tried.append(f"keeping up to {max_float_nodes} sensitive node(s) in float did not meet the budget")
+    """Quantize, check, and try the remedies in order until the budget is met; AccuracyBudgetError otherwise.
+
+    ``methods``: the calibration methods the target can do (TFLite: minmax only); the others are recorded as
+    skipped in the remedies rather than tried.
+    """
+    if first_method not in methods:
+        raise ValueError(f"first calibration method {first_method!r} is not one the {target} target supports")
+    s = _Search(budget, progress)
+    order = [first_method] + [m for m in METHOD_ORDER if m != first_method]
+    result = _try_methods(s, quantize, evaluate, order, methods, target)
+    if result is None and sensitivity is not None and max_float_nodes > 0:
+        result = _try_float_nodes(s, quantize, evaluate, sensitivity, max_float_nodes, first_method)
+    if result is not None:
+        return result
+    assert s.best is not None
     want = ", ".join(f"{k} {v}" for k, v in budget.items())
+    skipped = [m for m in order if m not in methods]
     raise AccuracyBudgetError(
-        f"int8 model misses the accuracy budget ({want}): best {_describe(best[1])} after trying "
-        f"{', '.join(METHOD_ORDER)} calibration"
+        f"int8 model misses the accuracy budget ({want}): best {_describe(s.best[1])} after trying "
+        f"{', '.join(s.methods_run)} calibration"
+        + (f" ({', '.join(skipped)}: not supported by the {target} target)" if skipped else "")
         + (
             f" and keeping up to {max_float_nodes} sensitive node(s) in float"
             if sensitivity and max_float_nodes

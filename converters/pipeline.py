@@ -11,7 +11,7 @@ import itertools
 import math
 import sys
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -20,11 +20,10 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from converters import calibration as cal
-from converters import guard, packager
-from converters.model import FloatModel, QuantizedModel
+from converters import packager
+from converters.model import FloatModel
 from edge_runtime.errors import ConversionError, PackageError
 from edge_runtime.package.manifest import (
-    AccuracyReport,
     Decoding,
     InputSpec,
     QuantizationInfo,
@@ -145,12 +144,28 @@ def plan(opts: ConvertOptions) -> Plan:
     return Plan(
         profile=profile,
         fmt=fmt,
-        method=opts.calibration_method or profile.quantization.calibration_method,
+        method=_first_method(opts, profile, fmt),
         max_samples=opts.max_samples or profile.quantization.calibration_samples,
         key=key,
         labels=_read_labels(opts.labels),
         name=name,
     )
+
+
+def _first_method(opts: ConvertOptions, profile: DeviceProfile, fmt: str) -> str:
+    """The first calibration method: the flag's, else the profile's, else (TFLite, which calibrates with minmax
+    only, under a profile asking for another) minmax; the guard records the methods it skipped."""
+    from converters.targets.tflite_int8 import SUPPORTED_METHODS
+
+    method = opts.calibration_method or profile.quantization.calibration_method
+    if fmt != "tflite" or opts.precision != "int8" or method in SUPPORTED_METHODS:
+        return method
+    if opts.calibration_method is not None:
+        raise ConversionError(
+            f"the TFLite int8 target calibrates with {', '.join(SUPPORTED_METHODS)} only; "
+            f"--calibration-method {method} needs --format onnx"
+        )
+    return SUPPORTED_METHODS[0]
 
 
 def _stderr(msg: str) -> None:
@@ -180,16 +195,6 @@ def open_data(opts: ConvertOptions, p: Plan, names: list[str]) -> tuple[cal.Subs
         return calib, valid, data
     data = dataset(opts.calibration, p.max_samples)
     return cal.Subset(data, "all", p.max_samples), cal.Subset(dataset(opts.validation, p.max_samples)), data
-
-
-def float_reference(fm: FloatModel) -> Callable[[list[np.ndarray]], list[np.ndarray]]:
-    """A runner for the float model behind a TFLite target (float TFLite, else its ONNX form)."""
-    from converters.evaluate import ModelRunner
-    from converters.sources import ensure_onnx
-
-    if fm.tflite_path is not None:
-        return ModelRunner(fm.tflite_path).run_float
-    return ModelRunner(ensure_onnx(fm)).run_float
 
 
 def _guess_image(shape: tuple[int, ...]) -> bool:
@@ -228,86 +233,6 @@ def input_specs(fm: FloatModel, opts: ConvertOptions) -> list[InputSpec]:
         except ValueError as exc:
             raise ConversionError(f"input {t.name!r}: {str(exc).splitlines()[-1].strip()}") from exc
     return specs
-
-
-def packaged_specs(float_specs: list[InputSpec], qm: QuantizedModel) -> list[InputSpec]:
-    """The packaged model's inputs: the float spec with the target's dtype and input quantization."""
-    out = []
-    for spec, t, q in zip(float_specs, qm.inputs, qm.input_quantization, strict=True):
-        out.append(spec.model_copy(update={"name": t.name, "dtype": t.dtype, "quantization": q}))
-    return out
-
-
-@dataclass
-class Built:
-    """The target model with its float reference and what the guard found."""
-
-    model: QuantizedModel
-    float_run: Callable[[list[np.ndarray]], list[np.ndarray]]
-    accuracy: AccuracyReport | None
-    remedies: list[str]
-
-
-def _evaluator(fspecs, vbuild, valid, float_run, class_idx):  # type: ignore[no-untyped-def]
-    from converters.evaluate import ModelRunner
-
-    def evaluate(qm: QuantizedModel) -> guard.Agreement:
-        qrun = ModelRunner(qm.path)
-        qbuild = cal.InputBuilder(packaged_specs(fspecs, qm), vbuild.frame_order, vbuild.source)
-        pairs = ((float_run(vbuild(s, i)), qrun.run_float(qbuild(s, i))) for i, s in enumerate(valid))
-        return guard.measure(pairs, class_idx)
-
-    return evaluate
-
-
-def build_target(ctx: Context) -> Built:
-    """Quantize (or copy in float) for the target format; int8 goes through the accuracy guard."""
-    from converters.evaluate import ModelRunner
-    from converters.sources import ensure_onnx
-    from converters.targets import onnx_int8
-
-    opts, p, work = ctx.opts, ctx.plan, ctx.work
-    calibration = ctx.calibration
-    if p.fmt == "onnx":
-        float_onnx = ensure_onnx(ctx.fm)
-        if opts.precision != "int8":  # no guard to pass, but the agreement with float is still measured
-            qm = onnx_int8.write_float_onnx(float_onnx, opts.precision, work / "model.out.onnx")
-            ctx.float_run = ModelRunner(float_onnx).run_float
-            ctx.decide_outputs()
-            ag = _evaluator(ctx.fspecs, ctx.vbuild, ctx.valid, ctx.float_run, ctx.class_idx)(qm)
-            return Built(
-                qm, ctx.float_run, guard.report(ag, guard.budget_for(p.profile, ctx.class_idx is not None)), []
-            )
-        prepared = onnx_int8.preprocess(float_onnx, work / "prepared.onnx")
-        float_run = ModelRunner(prepared).run_float
-
-        def quantize(method: str, keep: Sequence[str], tag: str) -> QuantizedModel:
-            ctx.say(f"quantizing to int8 ONNX ({method} calibration on {ctx.n_calib} samples)")
-            return onnx_int8.quantize_onnx(prepared, calibration, p.profile, work / f"q-{tag}.onnx", method, keep)
-
-        def sensitivity(qm: QuantizedModel) -> list[list[str]]:
-            ctx.say("per-node error analysis (float vs int8 intermediate tensors)")
-            names = [s.name for s in ctx.fspecs]
-            few = lambda: itertools.islice(calibration(), 16)  # noqa: E731
-            return guard.onnx_sensitivity(prepared, qm.path, lambda: onnx_int8.reader(names, few), work)
-
-        sens: guard.Sensitivity | None = sensitivity
-    else:
-        from converters.targets.tflite_int8 import quantize_tflite
-
-        float_run = float_reference(ctx.fm)
-
-        def quantize(method: str, keep: Sequence[str], tag: str) -> QuantizedModel:
-            ctx.say(f"quantizing to int8 TFLite ({method} calibration on {ctx.n_calib} samples)")
-            return quantize_tflite(ctx.fm, calibration, p.profile, work / f"q-{tag}.tflite", method)
-
-        sens = None
-    ctx.float_run = float_run
-    ctx.decide_outputs()
-    budget = guard.budget_for(p.profile, ctx.class_idx is not None)
-    evaluate = _evaluator(ctx.fspecs, ctx.vbuild, ctx.valid, float_run, ctx.class_idx)
-    result = guard.guard(quantize, evaluate, budget, p.method, sens, ctx.say, opts.max_float_nodes)
-    return Built(result.model, float_run, result.agreement, result.remedies)
 
 
 class Context:
@@ -349,6 +274,8 @@ class Context:
 
 def run_stages(opts: ConvertOptions, p: Plan, work: Path, say: Progress) -> Package:
     """Load and check data, build the target, then gather the manifest's parts and write the package."""
+    from converters.build import build_target, packaged_specs
+
     ctx = Context(opts, p, work, say)
     built = build_target(ctx)
     qm = built.model
@@ -383,7 +310,7 @@ def run_stages(opts: ConvertOptions, p: Plan, work: Path, say: Progress) -> Pack
         accuracy=built.accuracy,
         reference=ref,
         golden=golden,
-        golden_atol=packager.golden_atol(qm, golden),
+        golden_atols=packager.golden_atols(qm, golden),
         source=SourceInfo(format=ctx.fm.source_format, filename=Path(opts.source).name, sha256=ctx.fm.source_sha256),
         tools=tools,
         extra_files=opts.extra_files,

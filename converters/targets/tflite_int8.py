@@ -163,7 +163,9 @@ def _keeping_float(fm: FloatModel, data: _CheckedCalibration, profile: DevicePro
         out = mlir_quantize(
             calibrated,
             disable_per_channel=not q.per_channel,
-            fully_quantize=True,
+            # fully_quantize=True would force int8 I/O whatever the types asked; without it the I/O follows
+            # input/output_data_type (float32, int8 or uint8) and the body is quantized all the same
+            fully_quantize=False,
             input_data_type=_tf_dtype(tf, q.input_dtype),
             output_data_type=_tf_dtype(tf, q.output_dtype),
             denylisted_nodes=list(keep),

@@ -268,6 +268,11 @@ class GoldenSet(BaseModel):
     file: str = Field(description="Package .npz file: input_<i>_<k> and output_<i>_<k> arrays.")
     count: int = Field(ge=1, description="Number of pairs.")
     atol: float = Field(ge=0, description="Absolute tolerance on dequantized outputs.")
+    atol_per_output: tuple[Annotated[float, Field(ge=0)], ...] | None = Field(
+        default=None,
+        description="Absolute tolerance per output tensor, in model order (overrides atol where given): outputs "
+        "on different scales, e.g. box offsets in pixels and scores, each get their own.",
+    )
     top1_must_match: bool = Field(default=False, description="Classifiers: top-1 must match exactly.")
 
 
@@ -331,6 +336,11 @@ class Manifest(BaseModel):
                 raise ValueError(f"{ref!r} is referenced but not listed in files")
         if {MANIFEST_NAME, SIGNATURE_NAME} & set(paths):
             raise ValueError("files must not list the manifest or the signature")
+        per_output = self.golden.atol_per_output if self.golden else None
+        if per_output is not None and len(per_output) != len(self.outputs.tensors):
+            raise ValueError(
+                f"golden.atol_per_output has {len(per_output)} values for {len(self.outputs.tensors)} outputs"
+            )
         return self
 
     def file_entry(self, path: str) -> FileEntry:

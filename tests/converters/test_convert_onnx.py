@@ -47,8 +47,13 @@ def test_package_is_int8_qdq_with_int8_weights(cnn_package):
         assert inits[weight_dq.input[0]].dtype == np.int8  # weights stored as int8
         assert inits[weight_dq.input[1]].size > 1  # per-channel scales (profile per_channel: true)
         assert producer[node.input[0]].op_type == "DequantizeLinear"  # activations quantized too
+    # activations: uint8 with a zero point of their own (asymmetric), onnxruntime's fast u8 x s8 kernels
+    act_zps = [inits[n.input[2]] for n in model.graph.node if n.op_type == "QuantizeLinear"]
+    assert act_zps and all(z.dtype == np.uint8 for z in act_zps)
+    assert any(int(z) != 0 for z in act_zps)  # signed tensors (the logits) sit off zero: asymmetric
     m = load_package(cnn_package).manifest
-    assert m.quantization.precision == "int8" and m.quantization.method == "ort-static-qdq"
+    assert m.quantization.precision == "int8" and m.quantization.method == "ort-static-qdq-u8a-s8w"
+    assert m.quantization.symmetric_activations is False
     assert m.quantization.per_channel is True and m.quantization.calibration_samples == 80
     assert m.inputs[0].dtype == "float32" and m.inputs[0].quantization is None  # QDQ keeps float I/O: say so
     assert (m.inputs[0].layout, m.inputs[0].color_order, tuple(m.inputs[0].shape)) == ("NCHW", "GRAY", (1, 1, 16, 16))
@@ -111,6 +116,7 @@ def test_tensorrt_profile_gets_symmetric_activations(onnx_cnn, data_dir, tmp_pat
     assert zps and all(z.dtype == np.int8 and not z.any() for z in zps)
     q = load_package(out).manifest.quantization
     assert q.symmetric_activations is True and q.calibration_method == "entropy"  # the profile's first method
+    assert q.method == "ort-static-qdq-s8a-s8w"
 
 
 def test_float16_target_keeps_float32_io_and_matches_float(onnx_cnn, data_dir, tmp_path):

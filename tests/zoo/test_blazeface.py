@@ -107,6 +107,7 @@ def demo_package(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPa
 @pytest.mark.slow
 def test_demo_package_is_int8_signed_and_detects_like_float(demo_package, photos: dict[str, np.ndarray]):  # noqa: ANN001
     from edge_runtime.api import load
+    from edge_runtime.golden import smoke_test
 
     pkg, public = demo_package
     m = load_package(pkg.root, TrustStore.from_paths([public])).manifest
@@ -116,8 +117,14 @@ def test_demo_package_is_int8_signed_and_detects_like_float(demo_package, photos
     if m.format == "tflite":
         assert m.inputs[0].dtype == "int8" and m.inputs[0].quantization is not None
         assert [t.dtype for t in m.outputs.tensors] == ["int8", "int8"]
+        steps = [t.quantization.scale[0] for t in m.outputs.tensors]
+        assert m.golden.atol_per_output == pytest.approx([1.5 * s for s in steps])  # stated: 1.5 steps each
+    # box offsets (input pixels) and score logits get tolerances of their own, not the boxes' for both
+    atol = dict(zip([t.name for t in m.outputs.tensors], m.golden.atol_per_output, strict=True))
+    assert atol["classificators"] < atol["regressors"] and m.golden.atol == max(atol.values())
     float_face = _float_detect(photos["astronaut"])[0]
     with load(pkg.root, trust=TrustStore.from_paths([public])) as model:
+        assert smoke_test(model).passed  # the golden pairs replay within their per-output tolerances
         faces = model.predict(photos["astronaut"], frame_order="RGB").detections
         assert model.predict(photos["coffee"], frame_order="RGB").detections == ()
     assert len(faces) == 1 and faces[0].label == "face"

@@ -1,0 +1,154 @@
+"""Build the target model for a conversion: a float copy, or int8 through the accuracy guard.
+
+Each target format brings its own quantizer, the calibration methods it can do and its per-node error analysis
+(the guard's last remedy): ONNX compares float and QDQ intermediate tensors; TFLite ranks the int8 model's ops
+with :mod:`converters.targets.tflite_sensitivity` and re-quantizes with the worst ones denylisted (kept float).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from converters import calibration as cal
+from converters import guard
+from converters.model import FloatModel, QuantizedModel
+from edge_runtime.package.manifest import AccuracyReport, InputSpec
+
+if TYPE_CHECKING:
+    from converters.pipeline import Context
+
+Runner = Callable[[list[np.ndarray]], list[np.ndarray]]
+
+
+@dataclass
+class Built:
+    """The target model with its float reference and what the guard found."""
+
+    model: QuantizedModel
+    float_run: Runner
+    accuracy: AccuracyReport | None
+    remedies: list[str]
+
+
+@dataclass
+class TargetHooks:
+    """What the guard needs from one target format."""
+
+    float_run: Runner
+    quantize: guard.Quantize
+    sensitivity: guard.Sensitivity
+    methods: Sequence[str]
+    target: str
+
+
+def packaged_specs(float_specs: list[InputSpec], qm: QuantizedModel) -> list[InputSpec]:
+    """The packaged model's inputs: the float spec with the target's dtype and input quantization."""
+    out = []
+    for spec, t, q in zip(float_specs, qm.inputs, qm.input_quantization, strict=True):
+        out.append(spec.model_copy(update={"name": t.name, "dtype": t.dtype, "quantization": q}))
+    return out
+
+
+def float_reference(fm: FloatModel) -> Runner:
+    """A runner for the float model behind a TFLite target (float TFLite, else its ONNX form)."""
+    from converters.evaluate import ModelRunner
+    from converters.sources import ensure_onnx
+
+    if fm.tflite_path is not None:
+        return ModelRunner(fm.tflite_path).run_float
+    return ModelRunner(ensure_onnx(fm)).run_float
+
+
+def evaluator(fspecs, vbuild, valid, float_run, class_idx) -> guard.Evaluate:  # type: ignore[no-untyped-def]
+    """Float vs quantized outputs on the held-back samples, each fed as its model expects."""
+    from converters.evaluate import ModelRunner
+
+    def evaluate(qm: QuantizedModel) -> guard.Agreement:
+        qrun = ModelRunner(qm.path)
+        qbuild = cal.InputBuilder(packaged_specs(fspecs, qm), vbuild.frame_order, vbuild.source)
+        pairs = ((float_run(vbuild(s, i)), qrun.run_float(qbuild(s, i))) for i, s in enumerate(valid))
+        return guard.measure(pairs, class_idx)
+
+    return evaluate
+
+
+def onnx_hooks(ctx: Context) -> TargetHooks:
+    """onnxruntime static QDQ; sensitivity from float vs QDQ intermediate tensors (SQNR drop per node)."""
+    from converters.evaluate import ModelRunner
+    from converters.sources import ensure_onnx
+    from converters.targets import onnx_int8
+
+    work, calibration = ctx.work, ctx.calibration
+    prepared = onnx_int8.preprocess(ensure_onnx(ctx.fm), work / "prepared.onnx")
+
+    def quantize(method: str, keep: Sequence[str], tag: str) -> QuantizedModel:
+        ctx.say(f"quantizing to int8 ONNX ({method} calibration on {ctx.n_calib} samples)")
+        return onnx_int8.quantize_onnx(prepared, calibration, ctx.plan.profile, work / f"q-{tag}.onnx", method, keep)
+
+    def sensitivity(qm: QuantizedModel) -> list[list[str]]:
+        ctx.say("per-node error analysis (float vs int8 intermediate tensors)")
+        names = [s.name for s in ctx.fspecs]
+        few = lambda: itertools.islice(calibration(), 16)  # noqa: E731
+        return guard.onnx_sensitivity(prepared, qm.path, lambda: onnx_int8.reader(names, few), work)
+
+    return TargetHooks(ModelRunner(prepared).run_float, quantize, sensitivity, onnx_int8.CALIBRATION_METHODS, "ONNX")
+
+
+def tflite_hooks(ctx: Context) -> TargetHooks:
+    """Full-int8 TFLite (minmax calibration only); sensitivity from per-op float vs int8 tensor errors.
+
+    The model's own input and output tensors are never kept in float: their dtype is the profile's I/O contract.
+    """
+    from converters.targets.tflite_int8 import SUPPORTED_METHODS, float_flatbuffer, quantize_tflite
+    from converters.targets.tflite_sensitivity import rank_tensors
+
+    work, calibration = ctx.work, ctx.calibration
+
+    def quantize(method: str, keep: Sequence[str], tag: str) -> QuantizedModel:
+        kept = f", {len(keep)} op(s) kept in float" if keep else ""
+        ctx.say(f"quantizing to int8 TFLite ({method} calibration on {ctx.n_calib} samples{kept})")
+        return quantize_tflite(ctx.fm, calibration, ctx.plan.profile, work / f"q-{tag}.tflite", method, keep)
+
+    def sensitivity(qm: QuantizedModel) -> list[list[str]]:
+        ctx.say("per-op error analysis (float vs int8 TFLite tensors)")
+        io = {t.name for t in (*qm.inputs, *qm.outputs)}
+        ranked = rank_tensors(float_flatbuffer(ctx.fm), qm.path, calibration, samples=8, top=8 + len(io))
+        return [[name] for name in ranked if name not in io]
+
+    return TargetHooks(float_reference(ctx.fm), quantize, sensitivity, SUPPORTED_METHODS, "TFLite")
+
+
+def _float_target(ctx: Context) -> Built:
+    """float32/float16 ONNX: no guard to pass, but the agreement with float is still measured."""
+    from converters.evaluate import ModelRunner
+    from converters.sources import ensure_onnx
+    from converters.targets import onnx_int8
+
+    float_onnx = ensure_onnx(ctx.fm)
+    qm = onnx_int8.write_float_onnx(float_onnx, ctx.opts.precision, ctx.work / "model.out.onnx")
+    ctx.float_run = ModelRunner(float_onnx).run_float
+    ctx.decide_outputs()
+    ag = evaluator(ctx.fspecs, ctx.vbuild, ctx.valid, ctx.float_run, ctx.class_idx)(qm)
+    budget = guard.budget_for(ctx.plan.profile, ctx.class_idx is not None)
+    return Built(qm, ctx.float_run, guard.report(ag, budget), [])
+
+
+def build_target(ctx: Context) -> Built:
+    """Quantize (or copy in float) for the target format; int8 goes through the accuracy guard."""
+    if ctx.plan.fmt == "onnx" and ctx.opts.precision != "int8":
+        return _float_target(ctx)
+    hooks = onnx_hooks(ctx) if ctx.plan.fmt == "onnx" else tflite_hooks(ctx)
+    ctx.float_run = hooks.float_run
+    ctx.decide_outputs()
+    budget = guard.budget_for(ctx.plan.profile, ctx.class_idx is not None)
+    evaluate = evaluator(ctx.fspecs, ctx.vbuild, ctx.valid, hooks.float_run, ctx.class_idx)
+    result = guard.guard(
+        hooks.quantize, evaluate, budget, ctx.plan.method, hooks.sensitivity, ctx.say, ctx.opts.max_float_nodes,
+        methods=hooks.methods, target=hooks.target,
+    )  # fmt: skip
+    return Built(result.model, hooks.float_run, result.agreement, result.remedies)
