@@ -5,8 +5,14 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pydantic import ValidationError
 
 from edge_runtime.errors import ConfigError
+
+if TYPE_CHECKING:
+    from fleet.rollout import RolloutPlan
 
 
 def configure(p: argparse.ArgumentParser) -> None:
@@ -17,25 +23,44 @@ def configure(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="fleet_cmd", required=True)
     pub = sub.add_parser("publish", help="upload a package and set it as desired for a device or group:NAME")
     pub.add_argument("package")
-    pub.add_argument("--target", required=True, help="device id, or group:NAME")
-    pub.add_argument("--key", required=True, help="Ed25519 private key that signs the desired document")
+    pub.add_argument("--target", help="device id, or group:NAME (without it: upload and register only)")
+    pub.add_argument("--key", help="Ed25519 private key that signs the desired document (with --target)")
     pub.add_argument("--url", help="optional HTTP(S) URL of the same archive")
     st = sub.add_parser("status", help="show every device's model, update state and health")
     st.add_argument("--wait", type=float, default=1.0, help="seconds to collect retained messages")
     st.add_argument("--json", action="store_true")
     rb = sub.add_parser("rollback", help="signed rollback of a device or group to a published version")
     rb.add_argument("--target", required=True)
-    rb.add_argument("--to", required=True, help="version to go back to")
+    rb.add_argument("--to", required=True, help="version to go back to (published from this registry)")
     rb.add_argument("--key", required=True)
-    ro = sub.add_parser("rollout", help="canary rollout: canaries first, watch, promote or roll back")
+    ro = sub.add_parser("rollout", help="canary rollout: canaries first, watch, then promote or roll back")
     ro.add_argument("package")
-    ro.add_argument("--key", required=True)
-    ro.add_argument("--canary", type=float, help="percent of devices used as canaries")
-    ro.add_argument("--canary-devices", help="comma-separated canary device ids")
-    ro.add_argument("--group", help="promote through this group's desired document")
+    ro.add_argument("--key", required=True, help="Ed25519 private key that signs the desired documents")
+    pick = ro.add_mutually_exclusive_group(required=True)
+    pick.add_argument("--canary", type=float, metavar="PERCENT", help="percent of devices used as canaries")
+    pick.add_argument("--canary-devices", metavar="A,B", help="comma-separated canary device ids")
+    ro.add_argument("--group", help="only devices of this group; promote through the group's desired document")
     ro.add_argument("--window", type=float, default=30.0, help="seconds to watch the canaries after they commit")
-    ro.add_argument("--max-error-rate", type=float, default=0.05)
-    ro.add_argument("--previous", help="version to roll canaries back to (from the registry)")
+    ro.add_argument("--max-error-rate", type=float, default=0.05, help="canary error rate that stops the rollout")
+    ro.add_argument("--max-latency-ms", type=float, help="canary latency p95 that stops the rollout")
+    ro.add_argument("--ignore-drift", action="store_true", help="do not stop when a canary reports drift")
+    ro.add_argument("--timeout", type=float, default=180.0, help="seconds allowed for each phase")
+    ro.add_argument("--json", action="store_true", help="print the result as JSON")
+
+
+def rollout_plan(args: argparse.Namespace) -> RolloutPlan:
+    """The rollout plan from the command line, checked before anything is uploaded."""
+    from fleet.rollout import RolloutPlan
+
+    listed = tuple(d.strip() for d in args.canary_devices.split(",") if d.strip()) if args.canary_devices else ()
+    try:
+        return RolloutPlan(canary_percent=args.canary, canary_devices=listed, window_s=args.window,
+                           max_error_rate=args.max_error_rate, max_latency_ms=args.max_latency_ms,
+                           stop_on_drift=not args.ignore_drift, group=args.group, timeout_s=args.timeout)
+    except ValidationError as exc:
+        e = exc.errors()[0]
+        where = ".".join(map(str, e["loc"])) or "rollout"
+        raise ConfigError(f"invalid rollout options: {where}: {e['msg']}") from None
 
 
 def _link(args: argparse.Namespace):  # type: ignore[no-untyped-def]
@@ -50,40 +75,52 @@ def _link(args: argparse.Namespace):  # type: ignore[no-untyped-def]
 
 def run(args: argparse.Namespace) -> int:
     from edge_runtime.package import load_private_key
-    from fleet import publish, rollout, status
 
+    plan = rollout_plan(args) if args.fleet_cmd == "rollout" else None
+    if args.fleet_cmd == "publish" and args.target and not args.key:
+        raise ConfigError("fleet publish --target needs --key to sign the desired document")
+    key = load_private_key(args.key) if getattr(args, "key", None) else None
     link = _link(args)
-    topics = link.topics
-    registry = publish.Registry(Path(args.registry))
     try:
-        if args.fleet_cmd == "status":
-            devices = status.collect(link, topics, args.wait)
-            print(json.dumps(devices, indent=1) if args.json else status.table(devices))
-            return 0
-        key = load_private_key(args.key)
-        if args.fleet_cmd == "publish":
-            pub = publish.upload(link, topics, Path(args.package))
-            registry.add(pub)
-            doc = publish.set_desired(link, topics, pub, args.target, key, url=args.url)
-            print(f"published {pub.name} {pub.version} ({pub.meta.size} bytes, {len(pub.meta.chunk_sha256)} chunks) "
-                  f"as desired for {args.target} (sequence {doc.sequence})")
-            return 0
-        if args.fleet_cmd == "rollback":
-            pub = registry.find(args.to)
-            publish.set_desired(link, topics, pub, args.target, key, rollback=True)
-            print(f"rollback of {args.target} to {pub.name} {pub.version} requested")
-            return 0
-        pub = publish.upload(link, topics, Path(args.package))
-        registry.add(pub)
-        seen = status.collect(link, topics, 1.0)
-        devices = [d for d in seen if d != "fleet-cli"]
-        listed = args.canary_devices.split(",") if args.canary_devices else None
-        prev = registry.find(args.previous) if args.previous else None
-        res = rollout.rollout(link, topics, pub, devices, key, canary_percent=args.canary, canary_devices=listed,
-                              window_s=args.window, max_error_rate=args.max_error_rate, group=args.group,
-                              previous=prev)
-        print(json.dumps({"promoted": res.promoted, "canaries": res.canaries, "reason": res.reason,
-                          "states": res.states}, indent=1))
-        return 0 if res.promoted else 1
+        return _dispatch(args, link, key, plan)
     finally:
         link.stop()
+
+
+def _dispatch(args: argparse.Namespace, link: Any, key: Any, plan: RolloutPlan | None) -> int:
+    from fleet import publish
+    from fleet.rollout import Rollout
+    from fleet.status import FleetWatch, collect, table
+
+    topics = link.topics
+    registry = publish.Registry(Path(args.registry))
+    if args.fleet_cmd == "status":
+        devices = collect(link, topics, args.wait)
+        print(json.dumps(devices, indent=1) if args.json else table(devices))
+        return 0
+    if args.fleet_cmd == "rollback":
+        pub = registry.find(args.to)
+        publish.set_desired(link, topics, pub, args.target, key, rollback=True)
+        print(f"rollback of {args.target} to {pub.name} {pub.version} requested")
+        return 0
+    watch = FleetWatch(link, topics) if plan is not None else None
+    pub = publish.upload(link, topics, Path(args.package))
+    registry.add(pub)
+    if args.fleet_cmd == "publish":
+        if not args.target:
+            print(f"uploaded {pub.name} {pub.version} ({pub.meta.size} bytes); registered in {registry.path}")
+            return 0
+        doc = publish.set_desired(link, topics, pub, args.target, key, url=args.url)
+        print(f"published {pub.name} {pub.version} ({pub.meta.size} bytes, {len(pub.meta.chunk_sha256)} chunks) "
+              f"as desired for {args.target} (sequence {doc.sequence})")
+        return 0
+    assert watch is not None and plan is not None
+    watch.settle()
+    res = Rollout(link, watch, pub, key, plan, registry).run()
+    if args.json:
+        print(json.dumps(res.to_dict(), indent=1))
+    else:
+        print(f"{res.code}: {res.reason}")
+        print(f"canaries: {', '.join(res.canaries)}; rolled back: {', '.join(res.rolled_back) or '-'}")
+        print(table(watch.snapshot()))
+    return 0 if res.promoted else 1

@@ -68,7 +68,7 @@ def _wait_all(handles: list[Any], timeout: float) -> None:
     deadline = time.monotonic() + timeout
     for h in handles:
         if not h.wait(max(0.0, deadline - time.monotonic())):
-            raise ConfigError(f"the broker did not acknowledge a package chunk ({h.error or 'timeout'})")
+            raise ConfigError(f"the broker did not acknowledge a message ({h.error or 'timeout'})")
 
 
 def parse_target(target: str) -> tuple[str, str]:
@@ -82,17 +82,33 @@ def desired_topic(topics: Topics, scope: str, target: str) -> str:
     return topics.group_desired(target) if scope == "group" else topics.desired(target)
 
 
-def set_desired(link: Any, topics: Topics, pub: Published, target: str, key: Ed25519PrivateKey,
-                rollback: bool = False, url: str | None = None, timeout: float = 10.0) -> DesiredModel:
-    """Sign and publish (retained) the desired document naming ``pub`` for ``target``."""
+def desired_for(pub: Published, target: str, rollback: bool = False, url: str | None = None) -> DesiredModel:
+    """The (unsigned) desired document naming ``pub`` for ``target`` (a device id or group:NAME)."""
     scope, name = parse_target(target)
-    doc = DesiredModel(
+    return DesiredModel(
         scope=scope, target=name, name=pub.name, version=pub.version, profile=pub.profile,  # type: ignore[arg-type]
         package_id=pub.meta.package_id, sha256=pub.meta.sha256, size=pub.meta.size, url=url, rollback=rollback,
         sequence=new_sequence(), issued=time.time(),
     )
-    _wait_all([link.publish(desired_topic(topics, scope, name), sign_desired(doc, key), qos=1, retain=True)], timeout)
-    return doc
+
+
+def set_desired(link: Any, topics: Topics, pub: Published, target: str, key: Ed25519PrivateKey,
+                rollback: bool = False, url: str | None = None, timeout: float = 10.0) -> DesiredModel:
+    """Sign and publish (retained) the desired document naming ``pub`` for ``target``."""
+    return set_desired_many(link, topics, pub, [target], key, rollback, url, timeout)[target]
+
+
+def set_desired_many(link: Any, topics: Topics, pub: Published, targets: list[str], key: Ed25519PrivateKey,
+                     rollback: bool = False, url: str | None = None, timeout: float = 30.0) -> dict[str, DesiredModel]:
+    """Sign and publish one desired document per target, then wait for every acknowledgement."""
+    docs, handles = {}, []
+    for target in targets:
+        doc = desired_for(pub, target, rollback, url)
+        topic = desired_topic(topics, doc.scope, doc.target)
+        handles.append(link.publish(topic, sign_desired(doc, key), qos=1, retain=True))
+        docs[target] = doc
+    _wait_all(handles, timeout)
+    return docs
 
 
 class Registry:
@@ -119,3 +135,10 @@ class Registry:
                 return Published(entry["name"], entry["version"], entry["profile"],
                                  ChunkMeta.model_validate(entry["meta"]))
         raise ConfigError(f"version {version} was never published from this registry ({self.path})")
+
+    def find_key(self, key: str) -> Published | None:
+        """The entry for slot key ``name-version`` (as devices report what they serve), or None."""
+        entry = self._read().get(key)
+        if entry is None:
+            return None
+        return Published(entry["name"], entry["version"], entry["profile"], ChunkMeta.model_validate(entry["meta"]))

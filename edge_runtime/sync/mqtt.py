@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 import ssl
 import threading
 import time
@@ -292,7 +293,8 @@ class MqttLink:
             handlers.append(handler)
             self._subs[topic] = (max(qos, self._subs[topic][0]), handlers)
             self._client.message_callback_add(topic, self._dispatch_for(topic))
-        if self.connected:
+            send = self.connected  # decided under the lock: else _on_connect's snapshot covers this topic
+        if send:
             self._client.subscribe(topic, qos=qos)
 
     def unsubscribe(self, topic: str) -> None:
@@ -323,14 +325,15 @@ class MqttLink:
         self.refused = False
         self.last_error = None
         self.counters["connects"] += 1
-        with self._lock:
+        _no_delay(client)
+        with self._lock:  # snapshot and flag together: a subscribe() racing with this sends its topic itself
             subs = [(t, q) for t, (q, _) in self._subs.items()]
             retained = list(self._retained.items())
+            self.connected = True
         for topic, qos in subs:
             client.subscribe(topic, qos=qos)
         for topic, payload in retained:
             self.publish(topic, payload, qos=1, retain=True)
-        self.connected = True
         self._connected_event.set()
         log.info("MQTT connected to %s:%s (MQTT %s)", self.settings.host, self.settings.port, self.protocol_in_use)
 
@@ -409,6 +412,16 @@ class MqttLink:
             "pending_acks": len(self._handles),
             **self.counters,
         }
+
+
+def _no_delay(client: mqtt.Client) -> None:
+    """Turn Nagle off: MQTT sends small request packets (SUBSCRIBE after PUBACK) that Nagle and the peer's
+    delayed ACK would otherwise hold back ~40 ms each (chunked OTA transfers wait on exactly that)."""
+    sock = client.socket()
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # type: ignore[union-attr]
+    except (AttributeError, OSError):  # not a TCP socket (e.g. websockets) or already closed
+        pass
 
 
 def settings_from_url(url: str, device_id: str, **extra: Any) -> MqttSettings:

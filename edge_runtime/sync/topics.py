@@ -82,6 +82,9 @@ class Topics:
     def all_metrics(self) -> str:
         return f"{self.prefix}/devices/+/metrics"
 
+    def all_events(self) -> str:
+        return f"{self.prefix}/devices/+/events"
+
     @staticmethod
     def device_from(topic: str) -> str | None:
         parts = topic.split("/")

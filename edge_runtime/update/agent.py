@@ -24,7 +24,7 @@ from edge_runtime.sync.topics import Topics
 from edge_runtime.update import steps
 from edge_runtime.update.desired import SignedDesired, open_desired, pin_allows, resolve
 from edge_runtime.update.errors import UpdateError, VerificationError
-from edge_runtime.update.health import HealthWindow
+from edge_runtime.update.health import HealthWindow, LiveReport
 from edge_runtime.update.machine import UpdateMachine, UpdateRecord, status_payload
 from edge_runtime.update.runtime import ModelRuntime, agree, prediction_ok
 from edge_runtime.update.settings import UpdateSettings
@@ -79,6 +79,8 @@ class UpdateAgent:
         self._worker: threading.Thread | None = None
         self.rejections: list[str] = []
         self._resume: tuple[State, Any] | None = None
+        self.live_report = LiveReport(self.budget_ms)
+        self._reporter: threading.Thread | None = None
 
     # ------------------------------------------------------------------------------- reporting
     @property
@@ -87,7 +89,8 @@ class UpdateAgent:
         return f"{m.name}-{m.version}" if m is not None else self.slots.pointers().active
 
     def _publish(self, record: UpdateRecord, **extra: Any) -> None:
-        payload = status_payload(record, self.s.device_id, self.serving, **extra)
+        payload = status_payload(record, self.s.device_id, self.serving, profile=self.s.profile,
+                                 groups=list(self.s.groups), **extra)
         try:
             self.link.set_retained(self.topics.update_status(self.s.device_id), payload)
             update_state = getattr(self.link, "update_state", None)
@@ -96,10 +99,24 @@ class UpdateAgent:
         except Exception:  # reporting must never stop an update or a rollback
             log.exception("cannot publish update status")
 
-    def _reject(self, reason: str, code: str) -> None:
+    def _reject(self, reason: str, code: str, sequence: int | None = None) -> None:
         log.warning("desired document rejected: %s", reason)
         self.rejections.append(code)
-        self._publish(self.machine.record, rejected=code, rejected_reason=reason)
+        self._publish(self.machine.record, rejected=code, rejected_reason=reason, rejected_sequence=sequence)
+
+    def publish_live(self) -> dict[str, float]:
+        """Publish the serving model's error and latency statistics since the last report (fleet canary watch)."""
+        try:
+            errors = int(self.error_count())
+        except Exception:  # a host that cannot count errors reports what the sink saw
+            errors = 0
+        live = self.live_report.take(errors)
+        self._publish(self.machine.record, live=live)
+        return live
+
+    def _report_loop(self) -> None:
+        while not self.stop_event.wait(self.s.live_report_s):
+            self.publish_live()
 
     # ------------------------------------------------------------------------------- start / stop
     def boot(self) -> Any:
@@ -119,14 +136,18 @@ class UpdateAgent:
         steps.resume_pending(self)
         self._worker = threading.Thread(target=self._work, name="update-agent", daemon=True)
         self._worker.start()
+        if self.s.live_report_s > 0:
+            self._reporter = threading.Thread(target=self._report_loop, name="update-live", daemon=True)
+            self._reporter.start()
         self.link.subscribe(self.topics.desired(self.s.device_id), self._on_desired)
         for g in self.s.groups:
             self.link.subscribe(self.topics.group_desired(g), self._on_desired)
 
     def stop(self) -> None:
         self.stop_event.set()
-        if self._worker is not None:
-            self._worker.join(timeout=10)
+        for t in (self._worker, self._reporter):
+            if t is not None:
+                t.join(timeout=10)
 
     # ------------------------------------------------------------------------------- desired documents
     def _on_desired(self, topic: str, payload: bytes) -> None:
@@ -140,8 +161,9 @@ class UpdateAgent:
                 except VerificationError as exc:
                     self._reject(str(exc), exc.code)
                     return
-                if doc.document.target != Topics.device_from(topic) and doc.document.scope == "device":
-                    self._reject("document is for another device", "wrong_target")
+                if not self._addressed_here(topic, doc):
+                    self._reject(f"document for {doc.document.scope} {doc.document.target} arrived on {topic}",
+                                 "wrong_target", doc.document.sequence)
                     return
                 self._docs[topic] = doc
             dev = self._docs.get(self.topics.desired(self.s.device_id))
@@ -150,16 +172,24 @@ class UpdateAgent:
         if chosen is not None:
             self._offer(chosen)
 
+    def _addressed_here(self, topic: str, signed: SignedDesired) -> bool:
+        """A signed document counts only on the topic it was signed for (no copying a group's to another)."""
+        doc = signed.document
+        if topic == self.topics.desired(self.s.device_id):
+            return doc.scope == "device" and doc.target == self.s.device_id
+        return doc.scope == "group" and topic == self.topics.group_desired(doc.target)
+
     def _offer(self, signed: SignedDesired) -> None:
         doc, rec = signed.document, self.machine.record
         if not pin_allows(doc, self.s.pin_version):
-            self._reject(f"device is pinned to {self.s.pin_version}; ignoring {doc.version}", "pinned")
+            self._reject(f"device is pinned to {self.s.pin_version}; ignoring {doc.version}", "pinned", doc.sequence)
             return
         if self.serving == f"{doc.name}-{doc.version}" or rec.package_id == doc.package_id and not self.machine.resting:
             return
         if doc.sequence < rec.accepted_sequence or (doc.sequence == rec.accepted_sequence and rec.package_id
                                                      != doc.package_id):
-            self._reject(f"document sequence {doc.sequence} is older than {rec.accepted_sequence}", "replay")
+            self._reject(f"document sequence {doc.sequence} is older than {rec.accepted_sequence}", "replay",
+                         doc.sequence)
             return
         if doc.package_id in rec.failed_packages and doc.sequence <= rec.sequence:
             return  # this very document already failed: only a newer signed document tries the package again
@@ -191,7 +221,7 @@ class UpdateAgent:
             Event.UPDATE_OFFERED, f"desired {doc.name} {doc.version} (seq {doc.sequence})",
             package_id=doc.package_id, target_version=doc.version, target_key=f"{doc.name}-{doc.version}",
             from_key=self.slots.pointers().active, rollback=doc.rollback, sequence=doc.sequence, progress=0.0,
-            recoveries=0,
+            recoveries=0, shadow={}, health={},
         )
         return self.run_from(State.DOWNLOADING, doc)
 
@@ -207,8 +237,10 @@ class UpdateAgent:
         """Pipeline sink: feed the health window and the shadow run (cheap; never raises)."""
         health, shadow = self._health, self._shadow
         pred = getattr(result, "prediction", result)
+        ok, latency = prediction_ok(pred), float(getattr(result, "end_to_end_ms", pred.timings.total_ms))
+        self.live_report.record(ok, latency)
         if health is not None:
-            health.record(prediction_ok(pred), float(getattr(result, "end_to_end_ms", pred.timings.total_ms)))
+            health.record(ok, latency)
         if shadow is not None:
             shadow.offer(getattr(result, "frame", None), pred)
 

@@ -52,6 +52,13 @@ class HealthWindow:
                 if len(self._lat) > 4096:
                     del self._lat[:2048]
 
+    def add_failures(self, n: int) -> None:
+        """Count ``n`` inferences that failed outright (the pipeline's error counter, not seen by ``record``)."""
+        if n > 0:
+            with self._lock:
+                self.total += n
+                self.errors += n
+
     def stats(self) -> dict[str, float]:
         with self._lock:
             lat = sorted(self._lat)
@@ -72,3 +79,28 @@ class HealthWindow:
         if elapsed >= self.s.max_window_s:
             return Verdict(True, False, f"only {st['inferences']:.0f} inferences in {elapsed:.0f} s", st)
         return Verdict(False, False, "watching", st)
+
+
+class LiveReport:
+    """Rolling error/latency statistics of whatever model serves, reported (and reset) once per period.
+
+    The fleet's canary rollout reads these from the retained update status while it watches the canaries.
+    """
+
+    def __init__(self, latency_budget_ms: float) -> None:
+        self.budget_ms = latency_budget_ms
+        self._window = HealthWindow(HealthSettings(), latency_budget_ms)
+        self._base_errors: int | None = None
+
+    def record(self, ok: bool, latency_ms: float) -> None:
+        self._window.record(ok, latency_ms)
+
+    def take(self, pipeline_errors: int) -> dict[str, float]:
+        """Statistics since the last call, counting pipeline errors that happened meanwhile; then start over."""
+        window, self._window = self._window, HealthWindow(HealthSettings(), self.budget_ms)
+        if self._base_errors is not None:
+            window.add_failures(pipeline_errors - self._base_errors)
+        self._base_errors = pipeline_errors
+        st = window.stats()
+        st["period_s"] = round(time.monotonic() - window.started, 3)
+        return st

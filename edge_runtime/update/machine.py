@@ -54,6 +54,7 @@ class UpdateRecord(BaseModel):
     code: str = Field(default="", description="Machine-readable reason code (e.g. signature_invalid).")
     progress: float = Field(default=0.0, ge=0, le=1, description="Download progress 0..1.")
     health: dict[str, float] = Field(default_factory=dict, description="Last health window statistics.")
+    shadow: dict[str, float] = Field(default_factory=dict, description="Last shadow run: inputs, agreed, agreement.")
     failed_packages: list[str] = Field(default_factory=list, description="Package ids that failed (not retried).")
     history: list[Transition] = Field(default_factory=list, description="Recent transitions, oldest first.")
 
@@ -154,12 +155,14 @@ def status_payload(record: UpdateRecord, device_id: str, serving: str | None, **
         "package_id": record.package_id,
         "target_version": record.target_version,
         "rollback": record.rollback,
+        "sequence": record.sequence,
         "reason": record.reason,
         "code": record.code,
         "progress": round(record.progress, 4),
         "retries": record.retries,
         "recoveries": record.recoveries,
         "health": record.health,
+        "shadow": record.shadow,
         "failed_packages": record.failed_packages[-5:],
         "at": time.time(),
     }

@@ -28,6 +28,9 @@ class UpdateSettings(BaseModel):
     smoke_budget_ms: float | None = Field(default=None, gt=0, description="Smoke-test p95 budget (profile's if None).")
     shadow_s: float = Field(default=0.0, ge=0, description="Shadow-run the new model this long (0: no shadow).")
     min_agreement: float = Field(default=0.9, ge=0, le=1, description="Shadow agreement needed to go on.")
+    live_report_s: float = Field(
+        default=10.0, ge=0, description="Publish live error/latency statistics this often (0: never)."
+    )
     allow_http: bool = Field(default=True, description="Use the document's HTTP(S) URL when it has one.")
     transfer: TransferSettings = Field(default_factory=TransferSettings, description="Chunked transfer settings.")
     health: HealthSettings = Field(default_factory=HealthSettings, description="Health window after the swap.")

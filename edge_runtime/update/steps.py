@@ -216,7 +216,8 @@ def shadow_run(agent: UpdateAgent, model: Any) -> float:
         rate = shadow.run(agent.s.shadow_s)
     finally:
         agent._shadow = None
-    agent.machine.update(reason=f"shadow: {shadow.agreed}/{shadow.total} agree")
+    agent.machine.update(reason=f"shadow: {shadow.agreed}/{shadow.total} agree",
+                         shadow={"inputs": shadow.total, "agreed": shadow.agreed, "agreement": round(rate, 4)})
     if shadow.total == 0 or rate < agent.s.min_agreement:
         raise UpdateError(f"shadow agreement {rate:.1%} over {shadow.total} inputs is below "
                           f"{agent.s.min_agreement:.0%}", "shadow_disagrees")

@@ -19,7 +19,7 @@ def ota_keys(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 @pytest.fixture(scope="session")
 def ota_packages(tmp_path_factory: pytest.TempPathFactory, ota_keys: dict[str, Path]) -> dict[str, Path]:
-    """Signed ONNX classifier packages: v1 (serving), v2 and v3 (good), bad-golden, other profile, unsigned."""
+    """Signed ONNX classifier packages: v1 (serving), v2, v3, a twin of v1, and faulty ones (see the keys)."""
     from tests.model_factory import classifier_package
     from tests.update.models import nan_package
 
@@ -30,6 +30,7 @@ def ota_packages(tmp_path_factory: pytest.TempPathFactory, ota_keys: dict[str, P
         "v1": classifier_package(d / "v1", version="1.0.0", sign_key=key, seed=0).root,
         "v2": classifier_package(d / "v2", version="2.0.0", sign_key=key, seed=1).root,
         "v3": classifier_package(d / "v3", version="3.0.0", sign_key=key, seed=2).root,
+        "v1_twin": classifier_package(d / "twin", version="1.1.0", sign_key=key, seed=0).root,  # v1's weights
         "bad_golden": classifier_package(d / "bad", version="2.1.0", sign_key=key, corrupt_golden=True).root,
         "other_profile": classifier_package(d / "pi", version="2.2.0", sign_key=key, profile="raspberry-pi-4").root,
         "unsigned": classifier_package(d / "unsigned", version="2.3.0").root,

@@ -131,7 +131,9 @@ class InProcessDevice:
             upd = UpdateSettings(device_id=c.device_id, profile=c.profile, state_dir=c.state_dir,
                                  trusted_keys=tuple(c.trusted_keys), groups=tuple(c.groups), **c.update)
             agent = UpdateAgent(upd, link, PackageRuntime(c.profile, TrustStore.from_paths(c.trusted_keys)),
-                                latency_budget_ms=50)
+                                # generous: the tests here are about errors and states, and a loaded 2-core CI
+                                # machine can push a tiny model's p95 past tens of ms
+                                latency_budget_ms=2000)
             if agent.slots.pointers().active is None:
                 cmd.seed_initial(agent, c.initial_package)
             model = agent.boot()
