@@ -89,7 +89,9 @@ def device_config(tmp: Path, device: str, port: int, pub_key: Path, initial: Pat
         "device_id": device, "profile": "x86-laptop", "state_dir": str(tmp / device), "trusted_keys": [str(pub_key)],
         "groups": update.pop("groups", []), "initial_package": str(initial), "fps": 30,
         "mqtt": {"host": "127.0.0.1", "port": port, "reconnect_min_s": 0.2, "reconnect_max_s": 1.0},
-        "update": {"health": {"window_s": 1.0, "min_inferences": 5}, **update},
+        # latency limits are generous: these tests are about states and errors, not speed, on a loaded CI machine
+        "update": {"smoke_budget_ms": 2000, **update,
+                   "health": {"window_s": 1.0, "min_inferences": 5, "latency_p95_ms": 2000, **update.get("health", {})}},
     }  # fmt: skip
     path = tmp / f"{device}.yaml"
     path.write_text(yaml.safe_dump(cfg))
