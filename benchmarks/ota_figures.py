@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -34,6 +33,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from edge_runtime.benchmark.machine import machine_summary  # noqa: E402
 from edge_runtime.package import generate_keypair, load_private_key  # noqa: E402
 from edge_runtime.sync.mqtt import MqttLink, MqttSettings  # noqa: E402
 from edge_runtime.sync.topics import Topics  # noqa: E402
@@ -44,21 +44,13 @@ from tests.mqtt_broker import Mosquitto  # noqa: E402
 FRAME_MS = 1000.0 / 30
 
 
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+def mosquitto_version() -> str:
+    """The broker's version line: the transfer and fleet figures depend on it."""
     try:
         mosq = subprocess.run(["mosquitto", "-h"], capture_output=True, text=True, timeout=5).stdout.split("\n")[0]
     except (OSError, subprocess.SubprocessError):
         mosq = "mosquitto ?"
-    return (f"{platform.node()} | {cpu} | {os.cpu_count()} logical CPUs | load {os.getloadavg()[0]:.1f} | "
-            f"{platform.system()} {platform.release()} | Python {platform.python_version()} | {mosq.strip()}")
+    return mosq.strip()
 
 
 def _link(port: int, name: str) -> MqttLink:
@@ -303,7 +295,7 @@ def main() -> int:
     ap.add_argument("--mb", type=float, default=10.0)
     args = ap.parse_args()
     parts = set(args.only.split(","))
-    print(f"machine: {machine()}")
+    print(f"machine: {machine_summary()}; {mosquitto_version()}")
     with tempfile.TemporaryDirectory(prefix="ota-figures-") as tmp:
         work = Path(tmp)
         pk = _packages(work)

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import sys
 import tempfile
 import threading
@@ -28,23 +26,12 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from edge_runtime.benchmark.machine import machine_summary  # noqa: E402
 from edge_runtime.sync.forwarder import Forwarder, ForwarderConfig  # noqa: E402
 from edge_runtime.sync.mqtt import MqttLink, MqttSettings  # noqa: E402
 from edge_runtime.sync.outbox import Outbox, OutboxConfig  # noqa: E402
 from tests.mqtt_broker import Mosquitto  # noqa: E402
 from tests.sync.subscriber import Subscriber  # noqa: E402
-
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{platform.node()} | {cpu} | {os.cpu_count()} cores | Python {platform.python_version()}"
 
 
 def outage_drain(records: int, work: Path) -> dict[str, float]:
@@ -150,7 +137,7 @@ def main() -> int:
     ap.add_argument("--records", type=int, default=100_000)
     ap.add_argument("--frames", type=int, default=2000)
     args = ap.parse_args()
-    print(f"machine: {machine()}")
+    print(f"machine: {machine_summary()}")
     with tempfile.TemporaryDirectory() as d:
         r = outage_drain(args.records, Path(d))
         ok = r["delivered"] == r["records"] and r["drain_s"] <= 20

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -31,6 +30,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from converters.zoo.mobilenet import INPUT_SHAPE, save_mobilenet_v2  # noqa: E402
+from edge_runtime.benchmark.machine import describe_machine, machine_summary  # noqa: E402
+from edge_runtime.benchmark.schema import MachineInfo  # noqa: E402
 from edge_runtime.package.manifest import InputSpec, Normalization  # noqa: E402
 from edge_runtime.preprocess import ImagePreprocessor  # noqa: E402
 
@@ -132,31 +133,6 @@ def measure(models: dict[str, Path], rounds: int, runs: int, warmup: int = 10) -
     return times
 
 
-def machine() -> dict[str, str]:
-    cpu = platform.processor() or "?"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    import onnxruntime
-
-    from converters.sources.tflite import package_version
-
-    return {
-        "cpu": cpu,
-        "cores": str(os.cpu_count()),
-        "machine": platform.machine(),
-        "python": platform.python_version(),
-        "onnxruntime": onnxruntime.__version__,
-        "ai-edge-litert": package_version("ai-edge-litert") or "?",
-        "tensorflow": package_version("tensorflow") or package_version("tensorflow-cpu") or "?",
-        "loadavg_1min": f"{os.getloadavg()[0]:.2f}",
-    }
-
-
 def summarize(models: dict[str, Path], times: dict[str, list[list[float]]]) -> dict[str, object]:
     stats: dict[str, dict[str, float]] = {}
     for name, per_round in times.items():
@@ -176,12 +152,8 @@ def summarize(models: dict[str, Path], times: dict[str, list[list[float]]]) -> d
     return {"variants": stats, "int8_vs_float": ratios}
 
 
-def report(summary: dict[str, object], info: dict[str, str], rounds: int, runs: int) -> None:
-    print(
-        f"machine: {info['cpu']} ({info['machine']}, {info['cores']} cores, load {info['loadavg_1min']}); "
-        f"onnxruntime {info['onnxruntime']}, ai-edge-litert {info['ai-edge-litert']}, "
-        f"tensorflow {info['tensorflow']}, python {info['python']}"
-    )
+def report(summary: dict[str, object], info: MachineInfo, rounds: int, runs: int) -> None:
+    print(f"machine: {machine_summary(info)}")
     print(f"MobileNetV2-224, random weights, batch 1, 1 thread, {rounds} interleaved rounds x {runs} runs\n")
     print(f"{'variant':<14}{'size MB':>9}{'p50 ms':>9}{'p90 ms':>9}   round medians (min..max)")
     for name, s in summary["variants"].items():  # type: ignore[attr-defined]
@@ -209,11 +181,11 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     args.cache.mkdir(parents=True, exist_ok=True)
     models = build_models(args.cache)
-    info = machine()
+    info = describe_machine(extra_libraries=("tensorflow", "tensorflow-cpu"))
     summary = summarize(models, measure(models, args.rounds, args.runs))
     report(summary, info, args.rounds, args.runs)
     if args.json:
-        args.json.write_text(json.dumps({"machine": info, **summary}, indent=2))
+        args.json.write_text(json.dumps({"machine": info.model_dump(), **summary}, indent=2))
     return 0
 
 

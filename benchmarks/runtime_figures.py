@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -37,31 +35,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from edge_runtime.api import load  # noqa: E402
+from edge_runtime.benchmark.machine import machine_summary  # noqa: E402
 from edge_runtime.pipeline import Pipeline  # noqa: E402
 from edge_runtime.preprocess import ImagePreprocessor  # noqa: E402
 from edge_runtime.sources import IterableSource, SourceOptions, open_source  # noqa: E402
 
 FORMATS = {"tflite": "mobilenet_v2_int8_tflite", "onnxruntime": "mobilenet_v2_int8_onnx"}
-
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    import onnxruntime
-
-    try:
-        from ai_edge_litert import __version__ as litert
-    except ImportError:
-        litert = "?"
-    return (f"{cpu}, {os.cpu_count()} logical CPUs, {platform.system()} {platform.release()}, Python "
-            f"{platform.python_version()}, onnxruntime {onnxruntime.__version__}, ai-edge-litert {litert}, "
-            f"OpenCV {cv2.__version__}")  # fmt: skip
 
 
 def packages(cache: Path) -> dict[str, Path]:
@@ -177,8 +156,7 @@ def throughput(pkg: Path, backend: str, threads: int, video: Path, frames: int) 
     return {
         "model_rate_fps": model_rate, "pipeline_mem_fps": mem_rate, "pipeline_file_fps": file_rate,
         "mem_pct": mem_rate / model_rate * 100, "file_pct": file_rate / model_rate * 100,
-        "paced_fps": slow_fps, "e2e_p50_ms": lat["end_to_end"]["p50"], "e2e_p95_ms": float(
-            np.percentile(list(paced.latency._samples["end_to_end"]), 95)),
+        "paced_fps": slow_fps, "e2e_p50_ms": lat["end_to_end"]["p50"], "e2e_p95_ms": lat["end_to_end"]["p95"],
         "inference_p50_ms": lat["inference"]["p50"],
     }  # fmt: skip
 
@@ -218,8 +196,9 @@ def main() -> int:
     ap.add_argument("--json", type=Path, help="also write the figures as JSON")
     a = ap.parse_args()
     pkgs = packages(a.cache)
-    print(f"machine: {machine()}\nthreads: {a.threads}, rounds: {a.rounds} x {a.runs} runs\n")
-    results: dict[str, object] = {"machine": machine(), "threads": a.threads}
+    machine = machine_summary()
+    print(f"machine: {machine}\nthreads: {a.threads}, rounds: {a.rounds} x {a.runs} runs\n")
+    results: dict[str, object] = {"machine": machine, "threads": a.threads}
     with tempfile.TemporaryDirectory() as tmp:
         video = Path(tmp) / "clip.avi"
         w = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 30, (640, 480))

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from edge_runtime.errors import ConversionError
+from edge_runtime.errors import ConversionError, first_validation_error
 
 
 def _floats(text: str) -> tuple[float, ...]:
@@ -70,10 +70,9 @@ def _options(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     try:
         return ConvertOptions(**fields)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        where = ".".join(str(x) for x in err["loc"])
+        where, msg = first_validation_error(exc)
         flag = f"--{where.replace('_', '-')}: " if where else ""
-        raise ConversionError(f"{flag}{err['msg'].removeprefix('Value error, ')}") from exc
+        raise ConversionError(f"{flag}{msg}") from exc
 
 
 def run(args: argparse.Namespace) -> int:

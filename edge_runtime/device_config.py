@@ -21,13 +21,13 @@ import re
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from edge_runtime.errors import ConfigError
+from edge_runtime.errors import ConfigError, validation_message
+from edge_runtime.fsutil import read_yaml
 from edge_runtime.monitoring.config import MonitorConfig
 from edge_runtime.sync.forwarder import ForwarderConfig
-from edge_runtime.sync.mqtt import MqttSettings
+from edge_runtime.sync.mqtt_settings import MqttSettings
 from edge_runtime.sync.outbox import OutboxConfig
 from edge_runtime.sync.topics import check_segment
 
@@ -121,15 +121,6 @@ def resolve_paths(cfg: DeviceConfig, base: Path) -> DeviceConfig:
     return cfg.model_copy(update=update)
 
 
-def validation_message(exc: ValidationError) -> str:
-    """The first problem of a pydantic error as one line: ``mqtt.tls.ca_cert: Field required``."""
-    e = exc.errors()[0]
-    loc = ".".join(str(p) for p in e["loc"])
-    msg = str(e["msg"]).removeprefix("Value error, ")
-    more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
-    return f"{loc}: {msg}{more}" if loc else f"{msg}{more}"
-
-
 def parse_device_config(data: Any, base: Path, what: str = "device config", expand: bool = True) -> DeviceConfig:
     """Validate a parsed document (env refs expanded, default outbox ``outbox.db``, paths resolved)."""
     if not isinstance(data, dict):
@@ -151,14 +142,7 @@ def parse_device_config(data: Any, base: Path, what: str = "device config", expa
 def load_device_config(path: str | Path) -> DeviceConfig:
     """Read a device YAML (or JSON) file; any problem is one ConfigError line naming the file and the field."""
     path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except OSError as exc:
-        raise ConfigError(f"cannot read device config {path}: {exc.strerror or exc}") from exc
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        at = f" at line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"device config {path} is not valid YAML{at}: {getattr(exc, 'problem', exc)}") from exc
+    data = read_yaml(path, "device config")
     return parse_device_config(data, path.resolve().parent, f"device config {path}")
 
 

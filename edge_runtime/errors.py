@@ -7,6 +7,11 @@ bug and is allowed to end in a traceback.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pydantic import ValidationError
+
 
 class EdgeRuntimeError(Exception):
     """Base class for errors caused by input, configuration or environment, not by a bug."""
@@ -60,3 +65,26 @@ class SourceError(EdgeRuntimeError):
 
 class ConfigError(EdgeRuntimeError):
     """A configuration file or option is invalid."""
+
+
+def first_line(exc: BaseException) -> str:
+    """A third-party exception as one line (``ValueError: first line``), to put inside an EdgeRuntimeError."""
+    text = str(exc).strip().splitlines()
+    return f"{exc.__class__.__name__}: {text[0]}" if text else exc.__class__.__name__
+
+
+def first_validation_error(exc: ValidationError) -> tuple[str, str]:
+    """(dotted location, message) of a pydantic error's first problem; pydantic's 'Value error, ' prefix dropped."""
+    e = exc.errors()[0]
+    return ".".join(str(p) for p in e["loc"]), str(e["msg"]).removeprefix("Value error, ")
+
+
+def validation_message(exc: ValidationError, root: str = "") -> str:
+    """The first problem of a pydantic error as one line: ``mqtt.tls.ca_cert: Field required (and 2 more)``.
+
+    ``root`` names the location when the problem is with the whole document (empty: the message alone).
+    """
+    loc, msg = first_validation_error(exc)
+    loc = loc or root
+    more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+    return f"{loc}: {msg}{more}" if loc else f"{msg}{more}"

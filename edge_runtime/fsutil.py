@@ -1,4 +1,4 @@
-"""Small filesystem helpers: hashing and crash-safe writes (temp file, fsync, rename)."""
+"""Small filesystem helpers: hashing, crash-safe writes (temp file, fsync, rename), reading YAML configs."""
 
 from __future__ import annotations
 
@@ -9,6 +9,9 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
+
+from edge_runtime.errors import ConfigError, EdgeRuntimeError
 
 _CHUNK = 1 << 20
 
@@ -93,3 +96,20 @@ def atomic_directory(target: str | Path, overwrite: bool = False) -> Iterator[Pa
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def read_yaml(path: Path, what: str, error: type[EdgeRuntimeError] = ConfigError) -> Any:
+    """Parse a YAML (or JSON) file; an unreadable file or bad YAML is one ``error`` line naming the file (and line).
+
+    ``what`` names the file for the message, e.g. "device config".
+    """
+    import yaml
+
+    try:
+        return yaml.safe_load(Path(path).read_text())
+    except OSError as exc:
+        raise error(f"cannot read {what} {path}: {exc.strerror or exc}") from exc
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f" at line {mark.line + 1}" if mark is not None else ""
+        raise error(f"{what} {path} is not valid YAML{at}: {getattr(exc, 'problem', None) or exc}") from exc

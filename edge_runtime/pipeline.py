@@ -12,7 +12,6 @@ import queue
 import signal
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -22,13 +21,13 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from edge_runtime.errors import ConfigError, EdgeRuntimeError
+from edge_runtime.latency import STAGES, LatencyRecorder  # noqa: F401 - STAGES re-exported: hooks get these keys
 from edge_runtime.package.manifest import InputSpec, Manifest
 from edge_runtime.results import Prediction
 from edge_runtime.sources.base import END, Sample, ThreadedSource
 from edge_runtime.sources.motion import MotionGate
 
 log = logging.getLogger(__name__)
-STAGES = ("capture_wait", "preprocess", "inference", "postprocess", "sinks", "end_to_end")
 
 
 class Predictor(Protocol):
@@ -98,42 +97,6 @@ class PipelineConfig(BaseModel):
     )
     keep_frames: bool = Field(default=True, description="Pass the input frame or window to sinks.")
     latency_window: int = Field(default=10000, ge=10, description="Recent samples kept per stage for percentiles.")
-
-
-class LatencyRecorder:
-    """Recent per-stage latencies (bounded) and their percentiles."""
-
-    def __init__(self, window: int = 10000) -> None:
-        self._samples = {stage: deque(maxlen=window) for stage in STAGES}
-        self._lock = threading.Lock()
-
-    def add(self, stages: Mapping[str, float]) -> None:
-        with self._lock:
-            for stage, ms in stages.items():
-                if stage in self._samples:
-                    self._samples[stage].append(ms)
-
-    def summary(self) -> dict[str, dict[str, float]]:
-        """stage -> {count, p50, p90, p99, mean} in milliseconds (stages without samples are left out)."""
-        with self._lock:
-            data = {k: np.asarray(v, dtype=np.float64) for k, v in self._samples.items() if v}
-        return {
-            k: {
-                "count": float(v.size),
-                "p50": float(np.percentile(v, 50)),
-                "p90": float(np.percentile(v, 90)),
-                "p99": float(np.percentile(v, 99)),
-                "mean": float(v.mean()),
-            }
-            for k, v in data.items()
-        }
-
-    def format(self) -> str:
-        """A small table for humans (stderr at the end of a run)."""
-        rows = [f"{'stage':<13}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}{'n':>8}"]
-        for stage, s in self.summary().items():
-            rows.append(f"{stage:<13}{s['p50']:>9.2f}{s['p90']:>9.2f}{s['p99']:>9.2f}{int(s['count']):>8}")
-        return "\n".join(rows)
 
 
 class _Guarded:
@@ -218,7 +181,7 @@ class Pipeline:
         self._sinks.items.append(sink)
 
     def add_stage_hook(self, hook: StageHook) -> None:
-        """``hook({stage: ms})`` after every processed sample (stages: see STAGES), guarded like a sink."""
+        """``hook({stage: ms})`` after every processed sample (stages: see edge_runtime.latency.STAGES), guarded."""
         self._hooks.items.append(hook)
 
     def swap_model(self, new_model: Predictor) -> Predictor:

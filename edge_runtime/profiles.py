@@ -10,10 +10,10 @@ import os
 from pathlib import Path
 from typing import Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from edge_runtime.errors import ProfileError
+from edge_runtime.errors import ProfileError, validation_message
+from edge_runtime.fsutil import read_yaml
 
 ModelFormat = Literal["tflite", "onnx"]
 Precision = Literal["int8", "float16", "float32"]
@@ -31,7 +31,9 @@ class CpuSpec(BaseModel):
     qemu_cpu: str | None = Field(
         default=None, description="QEMU -cpu name that emulates this core, for the arm64 emulation check."
     )
-    features: tuple[str, ...] = Field(default=(), description="Instruction-set features, e.g. neon, dotprod, avx512_vnni.")
+    features: tuple[str, ...] = Field(
+        default=(), description="Instruction-set features, e.g. neon, dotprod, avx512_vnni."
+    )
 
 
 class FormatPolicy(BaseModel):
@@ -150,27 +152,16 @@ def _search_dirs() -> list[Path]:
     return dirs
 
 
-def _format_validation_error(path: Path, err: ValidationError) -> str:
-    first = err.errors()[0]
-    key = ".".join(str(p) for p in first["loc"]) or "(root)"
-    return f"invalid profile {path}: key '{key}': {first['msg']}"
-
-
 def load_profile_file(path: str | Path) -> DeviceProfile:
     """Load and validate one profile file."""
     path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except OSError as exc:
-        raise ProfileError(f"cannot read profile {path}: {exc.strerror}") from exc
-    except yaml.YAMLError as exc:
-        raise ProfileError(f"invalid profile {path}: not valid YAML ({exc.__class__.__name__})") from exc
+    data = read_yaml(path, "profile", ProfileError)
     if not isinstance(data, dict):
         raise ProfileError(f"invalid profile {path}: expected a mapping at the top level")
     try:
         return DeviceProfile.model_validate(data)
     except ValidationError as exc:
-        raise ProfileError(_format_validation_error(path, exc)) from exc
+        raise ProfileError(f"invalid profile {path}: {validation_message(exc, root='(root)')}") from exc
 
 
 def list_profiles() -> dict[str, Path]:
@@ -195,5 +186,5 @@ def load_profile(name_or_path: str | Path) -> DeviceProfile:
         raise ProfileError(f"unknown profile '{text}' (known: {known})")
     profile = load_profile_file(profiles[text])
     if profile.name != text:
-        raise ProfileError(f"invalid profile {profiles[text]}: key 'name': '{profile.name}' does not match file name")
+        raise ProfileError(f"invalid profile {profiles[text]}: name: '{profile.name}' does not match file name")
     return profile

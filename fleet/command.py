@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
-from edge_runtime.errors import ConfigError
+from edge_runtime.errors import ConfigError, validation_message
 
 if TYPE_CHECKING:
     from fleet.rollout import RolloutPlan
@@ -58,9 +58,7 @@ def rollout_plan(args: argparse.Namespace) -> RolloutPlan:
                            max_error_rate=args.max_error_rate, max_latency_ms=args.max_latency_ms,
                            stop_on_drift=not args.ignore_drift, group=args.group, timeout_s=args.timeout)
     except ValidationError as exc:
-        e = exc.errors()[0]
-        where = ".".join(map(str, e["loc"])) or "rollout"
-        raise ConfigError(f"invalid rollout options: {where}: {e['msg']}") from None
+        raise ConfigError(f"invalid rollout options: {validation_message(exc, root='rollout')}") from None
 
 
 def _link(args: argparse.Namespace):  # type: ignore[no-untyped-def]

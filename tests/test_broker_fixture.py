@@ -16,7 +16,8 @@ def test_tls_and_password_broker_refuses_wrong_password(tmp_path):
     tls = make_tls(tmp_path / "tls")
     b = Mosquitto(tmp_path / "b", tls=tls, passwords={"dev1": "secret"}).start()
     try:
-        base = ["mosquitto_pub", "-h", "localhost", "-p", str(b.port), "--cafile", str(tls.ca_cert), "-t", "a", "-m", "1"]
+        base = ["mosquitto_pub", "-h", "localhost", "-p", str(b.port), "--cafile", str(tls.ca_cert)]
+        base += ["-t", "a", "-m", "1"]
         ok = subprocess.run(base + ["-u", "dev1", "-P", "secret"], capture_output=True, timeout=10)
         assert ok.returncode == 0, ok.stderr
         bad = subprocess.run(base + ["-u", "dev1", "-P", "wrong"], capture_output=True, timeout=10)

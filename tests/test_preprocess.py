@@ -13,7 +13,9 @@ from edge_runtime.preprocess import ImagePreprocessor, TensorPreprocessor
 from edge_runtime.quant import dequantize, quantize
 
 
-def spec(dtype="float32", layout="NHWC", order="RGB", resize="stretch", hw=(4, 6), c=3, q=None, mean=(127.5,), std=(127.5,)):
+def spec(
+    dtype="float32", layout="NHWC", order="RGB", resize="stretch", hw=(4, 6), c=3, q=None, mean=(127.5,), std=(127.5,)
+):
     shape = (1, hw[0], hw[1], c) if layout == "NHWC" else (1, c, hw[0], hw[1])
     return InputSpec(
         name="x", shape=shape, dtype=dtype, kind="image", layout=layout, color_order=order, resize=resize,

@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from converters.model import FloatModel, TensorInfo
-from converters.sources.tflite import tool_versions
-from edge_runtime.errors import ConversionError, MissingDependencyError
+from converters.sources.tflite import import_tf2onnx, tool_versions, write_tf2onnx
+from edge_runtime.errors import ConversionError, MissingDependencyError, first_line
 from edge_runtime.fsutil import sha256_file
 
 SIGNATURE_KEY = "serving_default"
@@ -62,7 +62,7 @@ def _load_keras_file(path: Path) -> Any:
     try:
         model = tf.keras.models.load_model(str(path), compile=False)
     except Exception as exc:  # keras raises ValueError, OSError, zipfile/h5py errors on a bad file
-        raise ConversionError(f"cannot load Keras model {path.name}: {_first_line(exc)}") from exc
+        raise ConversionError(f"cannot load Keras model {path.name}: {first_line(exc)}") from exc
     if not getattr(model, "inputs", None):
         raise ConversionError(f"Keras model {path.name} has no defined inputs (build it with an Input layer)")
     return model
@@ -74,7 +74,7 @@ def _saved_model_signature(path: Path) -> tuple[Any, Any]:
     try:
         loaded = tf.saved_model.load(str(path))
     except Exception as exc:  # tensorflow raises many error types on a corrupt SavedModel
-        raise ConversionError(f"cannot load SavedModel {path.name}: {_first_line(exc)}") from exc
+        raise ConversionError(f"cannot load SavedModel {path.name}: {first_line(exc)}") from exc
     if SIGNATURE_KEY not in loaded.signatures:
         raise ConversionError(f"SavedModel {path.name} has no '{SIGNATURE_KEY}' signature")
     return loaded, loaded.signatures[SIGNATURE_KEY]
@@ -156,24 +156,10 @@ def keras_to_onnx(fm: FloatModel, opset: int = 17) -> Path:
     """Keras/SavedModel -> float ONNX (batch 1) with tf2onnx, cached in ``fm.onnx_path``."""
     if fm.onnx_path is not None and fm.onnx_path.is_file():
         return fm.onnx_path
-    try:
-        import tf2onnx
-    except ImportError as exc:
-        raise MissingDependencyError("tf2onnx", "convert") from exc
+    tf2onnx = import_tf2onnx()
     fn, specs = _concrete_function(fm)
-    out = fm.workdir / "float32.onnx"
-    tmp = fm.workdir / ".float32.onnx.tmp"
-    try:
-        tf2onnx.convert.from_function(fn, input_signature=specs, opset=opset, output_path=str(tmp))
-    except Exception as exc:  # tf2onnx raises bare ValueError/KeyError on unsupported ops
-        tmp.unlink(missing_ok=True)
-        raise ConversionError(f"tf2onnx cannot convert {fm.source_path.name}: {_first_line(exc)}") from exc
-    tmp.replace(out)
-    fm.onnx_path = out
-    fm.tool_versions.update(tool_versions("tf2onnx", "onnx"))
-    return out
 
+    def convert(output_path: str) -> None:
+        tf2onnx.convert.from_function(fn, input_signature=specs, opset=opset, output_path=output_path)
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{exc.__class__.__name__}: {text[0]}" if text else exc.__class__.__name__
+    return write_tf2onnx(fm, convert)

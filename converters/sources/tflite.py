@@ -10,11 +10,13 @@ from __future__ import annotations
 import importlib.metadata
 import logging
 import warnings
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from converters.model import FloatModel, TensorInfo
 from converters.sources import tflite_graph
-from edge_runtime.errors import ConversionError, MissingDependencyError
+from edge_runtime.errors import ConversionError, MissingDependencyError, first_line
 from edge_runtime.fsutil import atomic_write_bytes, sha256_file
 
 log = logging.getLogger(__name__)
@@ -109,25 +111,38 @@ def tflite_to_onnx(fm: FloatModel, opset: int = 17) -> Path:
         return fm.onnx_path
     if fm.tflite_path is None:
         raise ConversionError("no float TFLite model to convert to ONNX")
+    tf2onnx = import_tf2onnx()
+
+    def convert(output_path: str) -> None:
+        with warnings.catch_warnings():  # tf2onnx reads the model with the deprecated tf.lite.Interpreter
+            warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated")
+            tf2onnx.convert.from_tflite(str(fm.tflite_path), opset=opset, output_path=output_path)
+
+    return write_tf2onnx(fm, convert)
+
+
+def import_tf2onnx() -> Any:
+    """The tf2onnx module, or MissingDependencyError naming the extra that brings it."""
     try:
         import tf2onnx
     except ImportError as exc:
         raise MissingDependencyError("tf2onnx", "convert") from exc
+    return tf2onnx
+
+
+def write_tf2onnx(fm: FloatModel, convert: Callable[[str], object]) -> Path:
+    """Run ``convert(output_path)`` (a tf2onnx call) into ``fm.workdir/float32.onnx`` and cache it in ``fm``.
+
+    The file appears under its name only when tf2onnx succeeded; a tf2onnx failure becomes a ConversionError.
+    """
     out = fm.workdir / "float32.onnx"
     tmp = fm.workdir / ".float32.onnx.tmp"
     try:
-        with warnings.catch_warnings():  # tf2onnx reads the model with the deprecated tf.lite.Interpreter
-            warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated")
-            tf2onnx.convert.from_tflite(str(fm.tflite_path), opset=opset, output_path=str(tmp))
+        convert(str(tmp))
     except Exception as exc:  # tf2onnx raises bare ValueError/KeyError/NotImplementedError on unsupported ops
         tmp.unlink(missing_ok=True)
-        raise ConversionError(f"tf2onnx cannot convert {fm.source_path.name}: {_first_line(exc)}") from exc
+        raise ConversionError(f"tf2onnx cannot convert {fm.source_path.name}: {first_line(exc)}") from exc
     tmp.replace(out)
     fm.onnx_path = out
     fm.tool_versions.update(tool_versions("tf2onnx", "onnx"))
     return out
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{exc.__class__.__name__}: {text[0]}" if text else exc.__class__.__name__

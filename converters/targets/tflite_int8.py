@@ -22,7 +22,7 @@ from converters.model import FloatModel, QuantizedModel, TensorInfo
 from converters.sources import tflite_graph
 from converters.sources.keras import import_tensorflow
 from converters.sources.tflite import tool_versions
-from edge_runtime.errors import CalibrationError, ConversionError, MissingDependencyError
+from edge_runtime.errors import CalibrationError, ConversionError, MissingDependencyError, first_line
 from edge_runtime.fsutil import atomic_write_bytes
 from edge_runtime.package.manifest import Quantization
 from edge_runtime.profiles import DeviceProfile
@@ -106,7 +106,7 @@ def _from_tf(fm: FloatModel, data: _CheckedCalibration, profile: DeviceProfile) 
             return bytes(converter.convert())
     except Exception as exc:  # TF raises ConverterError/ValueError/RuntimeError; unsupported ops land here
         data.raise_if_failed()
-        raise ConversionError(f"TFLite int8 conversion of {fm.source_path.name} failed: {_first_line(exc)}") from exc
+        raise ConversionError(f"TFLite int8 conversion of {fm.source_path.name} failed: {first_line(exc)}") from exc
 
 
 def _from_flatbuffer(fm: FloatModel, data: _CheckedCalibration, profile: DeviceProfile) -> bytes:
@@ -127,7 +127,7 @@ def _from_flatbuffer(fm: FloatModel, data: _CheckedCalibration, profile: DeviceP
         )
     except Exception as exc:  # the C++ wrapper raises RuntimeError/ValueError with the op that failed
         data.raise_if_failed()
-        raise ConversionError(f"TFLite int8 calibration of {fm.source_path.name} failed: {_first_line(exc)}") from exc
+        raise ConversionError(f"TFLite int8 calibration of {fm.source_path.name} failed: {first_line(exc)}") from exc
     return bytes(out)
 
 
@@ -146,7 +146,7 @@ def float_flatbuffer(fm: FloatModel) -> bytes:
     try:
         buf = bytes(converter.convert())
     except Exception as exc:  # TF raises ConverterError/ValueError for unsupported graphs
-        raise ConversionError(f"float TFLite conversion of {fm.source_path.name} failed: {_first_line(exc)}") from exc
+        raise ConversionError(f"float TFLite conversion of {fm.source_path.name} failed: {first_line(exc)}") from exc
     atomic_write_bytes(cached, buf)
     return buf
 
@@ -174,7 +174,7 @@ def _keeping_float(fm: FloatModel, data: _CheckedCalibration, profile: DevicePro
         raise
     except Exception as exc:  # the quantizer raises RuntimeError/ValueError with the op that failed
         data.raise_if_failed()
-        raise ConversionError(f"TFLite int8 quantization of {fm.source_path.name} failed: {_first_line(exc)}") from exc
+        raise ConversionError(f"TFLite int8 quantization of {fm.source_path.name} failed: {first_line(exc)}") from exc
     return bytes(out)
 
 
@@ -217,7 +217,7 @@ def _io_details(path: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]
         interp = Interpreter(model_path=str(path))
         interp.allocate_tensors()
     except (RuntimeError, ValueError) as exc:
-        raise ConversionError(f"the quantized model does not load in LiteRT: {_first_line(exc)}") from exc
+        raise ConversionError(f"the quantized model does not load in LiteRT: {first_line(exc)}") from exc
     return interp.get_input_details(), interp.get_output_details()
 
 
@@ -327,8 +327,3 @@ def quantize_tflite(
         float_nodes=leftover,
         tool_versions=versions,
     )
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{exc.__class__.__name__}: {text[0]}" if text else exc.__class__.__name__

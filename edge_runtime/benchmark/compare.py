@@ -15,10 +15,13 @@ from pydantic import ValidationError
 
 from edge_runtime.benchmark import BenchmarkError
 from edge_runtime.benchmark.schema import BenchReport
+from edge_runtime.errors import validation_message
 
 Status = Literal["ok", "regression", "improvement", "info"]
 # Suite figures where a larger value is better; the others (overheads, size ratios) are better smaller.
-HIGHER_IS_BETTER_SUFFIXES = ("speedup",)
+HIGHER_IS_BETTER_SUFFIXES = ("speedup", "_fps")
+# Suite figures in absolute units: judged only on the reference's CPU model.
+ABSOLUTE_SUFFIXES = ("_ms", "_fps")
 
 
 @dataclass(frozen=True)
@@ -49,9 +52,7 @@ def load_reference(path: str | Path) -> BenchReport:
     except FileNotFoundError as exc:
         raise BenchmarkError(f"reference {path} does not exist") from exc
     except ValidationError as exc:
-        err = exc.errors()[0]
-        where = ".".join(str(p) for p in err["loc"])
-        raise BenchmarkError(f"reference {path} is not a bench result ({where}: {err['msg']})") from exc
+        raise BenchmarkError(f"reference {path} is not a bench result ({validation_message(exc)})") from exc
 
 
 def _row(subject: str, metric: str, ref: float, cur: float, tol: float, higher_better: bool, judge: bool) -> CompareRow:
@@ -98,7 +99,7 @@ def compare(current: BenchReport, reference: BenchReport, tolerance: float) -> C
     for name, ref_value in reference.figures.items():
         if name in current.figures:
             higher = name.endswith(HIGHER_IS_BETTER_SUFFIXES)
-            judge = same_cpu or not name.endswith("_ms")
+            judge = same_cpu or not name.endswith(ABSOLUTE_SUFFIXES)
             out.rows.append(_row("figure", name, ref_value, current.figures[name], tolerance, higher, judge))
     return out
 

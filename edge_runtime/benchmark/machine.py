@@ -81,8 +81,11 @@ def library_versions(names: tuple[str, ...] = _LIBRARIES) -> dict[str, str]:
     return out
 
 
-def describe_machine() -> MachineInfo:
-    """Collect a MachineInfo for this host (Linux first; other systems get what platform tells)."""
+def describe_machine(extra_libraries: tuple[str, ...] = ()) -> MachineInfo:
+    """Collect a MachineInfo for this host (Linux first; other systems get what platform tells).
+
+    `extra_libraries` adds distributions whose versions matter to a particular benchmark (e.g. tensorflow).
+    """
     text = _read("/proc/cpuinfo") or ""
     model, isa = parse_cpuinfo(text)
     model = model or _arm_model() or platform.processor() or "unknown CPU"
@@ -106,9 +109,16 @@ def describe_machine() -> MachineInfo:
         memory_bytes=_memory_bytes(),
         system=f"{platform.system()} {platform.release()}",
         python=platform.python_version(),
-        libraries=library_versions(),
+        libraries=library_versions(_LIBRARIES + extra_libraries),
         load_average=load,
     )
+
+
+def machine_summary(info: MachineInfo | None = None) -> str:
+    """One line for a benchmark script's header: CPU, cores, ISA, governor, load, OS, Python, library versions."""
+    info = info or describe_machine()
+    libs = ", ".join(f"{name} {version}" for name, version in info.libraries.items())
+    return f"{info.describe()}; {info.system}, Python {info.python}; {libs}"
 
 
 def machine_slug(info: MachineInfo) -> str:

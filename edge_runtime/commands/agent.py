@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from edge_runtime.errors import ConfigError
+from edge_runtime.errors import ConfigError, validation_message
+from edge_runtime.fsutil import read_yaml
 from edge_runtime.sources.base import DropPolicy, ThreadedSource
 
 log = logging.getLogger(__name__)
@@ -68,15 +68,11 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 
 def load_config(path: Path) -> AgentConfig:
-    try:
-        data = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError(f"cannot read agent config {path}: {exc}") from exc
+    data = read_yaml(path, "agent config")
     try:
         return AgentConfig.model_validate(data)
     except ValidationError as exc:
-        e = exc.errors()[0]
-        raise ConfigError(f"invalid agent config {path}: {'.'.join(map(str, e['loc']))}: {e['msg']}") from exc
+        raise ConfigError(f"invalid agent config {path}: {validation_message(exc)}") from exc
 
 
 def _source(cfg: AgentConfig, model: Any) -> ThreadedSource:

@@ -10,7 +10,7 @@ import bisect
 import math
 from typing import Any
 
-STAGES = ("capture_wait", "preprocess", "inference", "postprocess", "sinks", "end_to_end")
+from edge_runtime.latency import STAGES
 
 
 def log_buckets(lo_ms: float = 0.01, hi_ms: float = 120_000.0, ratio: float = 1.15) -> tuple[float, ...]:

@@ -25,7 +25,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from edge_runtime.errors import PackageError, SignatureError
+from edge_runtime.errors import PackageError, SignatureError, validation_message
 from edge_runtime.fsutil import atomic_directory, atomic_write_bytes, sha256_file
 from edge_runtime.package.manifest import MANIFEST_NAME, SIGNATURE_NAME, FileEntry, Manifest
 from edge_runtime.package.signing import Ed25519PrivateKey, TrustStore, key_id, sign_bytes, verify_bytes
@@ -81,7 +81,7 @@ def finalize_package(root: Path, fields: Mapping[str, Any], sign_key: Ed25519Pri
     try:
         manifest = Manifest.model_validate(data)
     except ValidationError as exc:
-        raise PackageError(f"cannot build manifest: {_first_error(exc)}") from exc
+        raise PackageError(f"cannot build manifest: {validation_message(exc, root='(root)')}") from exc
     raw = manifest_bytes(manifest)
     atomic_write_bytes(root / MANIFEST_NAME, raw)
     if sign_key is not None:
@@ -122,12 +122,6 @@ def sign_package(root: str | Path, key: Ed25519PrivateKey) -> str:
     return verify_bytes(raw, (pkg.root / SIGNATURE_NAME).read_bytes(), trust)
 
 
-def _first_error(exc: ValidationError) -> str:
-    e = exc.errors()[0]
-    loc = ".".join(str(p) for p in e["loc"]) or "(root)"
-    return f"{loc}: {e['msg']}"
-
-
 def read_manifest(root: str | Path) -> tuple[Manifest, bytes]:
     root = Path(root)
     try:
@@ -139,7 +133,7 @@ def read_manifest(root: str | Path) -> tuple[Manifest, bytes]:
     try:
         return Manifest.model_validate_json(raw), raw
     except ValidationError as exc:
-        raise PackageError(f"invalid manifest in {root}: {_first_error(exc)}") from exc
+        raise PackageError(f"invalid manifest in {root}: {validation_message(exc, root='(root)')}") from exc
 
 
 def verify_files(root: Path, manifest: Manifest) -> None:

@@ -8,10 +8,11 @@ queue is where capture and inference overlap, and where frames are dropped (and 
 from __future__ import annotations
 
 import enum
+import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
@@ -19,6 +20,8 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from edge_runtime.errors import ConfigError, SourceError
+
+log = logging.getLogger(__name__)
 
 SampleKind = Literal["frame", "window"]
 
@@ -221,6 +224,23 @@ class ThreadedSource:
     def _wait(self, seconds: float) -> bool:
         """Sleep unless stopped; True if the source was asked to stop."""
         return self._stop.wait(seconds)
+
+    def _reconnect_with(self, policy: ReconnectPolicy, try_open: Callable[[], bool]) -> bool:
+        """Release a live input that dropped and reopen it with backoff (``try_open()`` True: reopened).
+
+        False if the source was stopped meanwhile; SourceError once the policy's bound is reached.
+        """
+        self._release()
+        log.warning("%s dropped; reconnecting", self.name)
+        for delay in policy.delays():
+            if self._wait(delay):
+                return False
+            self.counters.reconnect_attempts += 1
+            if try_open():
+                self.counters.reconnects += 1
+                log.warning("%s reconnected", self.name)
+                return True
+        raise SourceError(f"{self.name} vanished and did not come back after {policy.max_attempts} attempts")
 
 
 class IterableSource(ThreadedSource):

@@ -104,14 +104,4 @@ class VideoSource(ThreadedSource):
 
     def _reconnect(self) -> bool:
         """Reopen a live input that dropped; False if stopped, SourceError once the bound is reached."""
-        self._release()
-        log.warning("%s dropped; reconnecting", self.name)
-        for delay in self.reconnect.delays():
-            if self._wait(delay):
-                return False
-            self.counters.reconnect_attempts += 1
-            if self._try_open():
-                self.counters.reconnects += 1
-                log.warning("%s reconnected", self.name)
-                return True
-        raise SourceError(f"{self.name} vanished and did not come back after {self.reconnect.max_attempts} attempts")
+        return self._reconnect_with(self.reconnect, self._try_open)

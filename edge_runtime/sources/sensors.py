@@ -211,16 +211,7 @@ class SerialSource(LineSource):
             yield chunk
 
     def _reopen(self) -> bool:
-        self._release()
-        log.warning("%s dropped; reconnecting", self.name)
-        for delay in self.reconnect.delays():
-            if self._wait(delay):
-                return False
-            self.counters.reconnect_attempts += 1
-            if self._try_open() is None:
-                self.counters.reconnects += 1
-                return True
-        raise SourceError(f"{self.name} vanished and did not come back after {self.reconnect.max_attempts} attempts")
+        return self._reconnect_with(self.reconnect, lambda: self._try_open() is None)
 
     def _lines(self) -> Iterator[bytes]:
         return split_lines(self._chunks())

@@ -64,7 +64,7 @@ versions = st.tuples(st.integers(0, 50), st.integers(0, 50), st.integers(0, 50))
 
 @given(versions, versions)
 def test_semver_order_matches_numeric_order(a, b):
-    assert (parse_semver("%d.%d.%d" % a) < parse_semver("%d.%d.%d" % b)) == (a < b)
+    assert (parse_semver("{}.{}.{}".format(*a)) < parse_semver("{}.{}.{}".format(*b))) == (a < b)
 
 
 def test_prerelease_sorts_before_release():

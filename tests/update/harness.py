@@ -91,7 +91,8 @@ def device_config(tmp: Path, device: str, port: int, pub_key: Path, initial: Pat
         "mqtt": {"host": "127.0.0.1", "port": port, "reconnect_min_s": 0.2, "reconnect_max_s": 1.0},
         # latency limits are generous: these tests are about states and errors, not speed, on a loaded CI machine
         "update": {"smoke_budget_ms": 2000, **update,
-                   "health": {"window_s": 1.0, "min_inferences": 5, "latency_p95_ms": 2000, **update.get("health", {})}},
+                   "health": {"window_s": 1.0, "min_inferences": 5, "latency_p95_ms": 2000,
+                              **update.get("health", {})}},
     }  # fmt: skip
     path = tmp / f"{device}.yaml"
     path.write_text(yaml.safe_dump(cfg))
