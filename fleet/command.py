@@ -45,6 +45,8 @@ def configure(p: argparse.ArgumentParser) -> None:
     ro.add_argument("--max-latency-ms", type=float, help="canary latency p95 that stops the rollout")
     ro.add_argument("--ignore-drift", action="store_true", help="do not stop when a canary reports drift")
     ro.add_argument("--timeout", type=float, default=180.0, help="seconds allowed for each phase")
+    ro.add_argument("--waves", type=int, default=1, help="promote the other devices in this many waves, each "
+                    "committing before the next starts")
     ro.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
@@ -56,7 +58,8 @@ def rollout_plan(args: argparse.Namespace) -> RolloutPlan:
     try:
         return RolloutPlan(canary_percent=args.canary, canary_devices=listed, window_s=args.window,
                            max_error_rate=args.max_error_rate, max_latency_ms=args.max_latency_ms,
-                           stop_on_drift=not args.ignore_drift, group=args.group, timeout_s=args.timeout)
+                           stop_on_drift=not args.ignore_drift, group=args.group, timeout_s=args.timeout,
+                           waves=args.waves)
     except ValidationError as exc:
         raise ConfigError(f"invalid rollout options: {validation_message(exc, root='rollout')}") from None
 

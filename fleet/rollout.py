@@ -4,7 +4,12 @@ Steps: (1) the canaries get a signed per-device desired document and run the who
 smoke test, swap, health window); a canary that fails any of it switches back by itself. (2) For ``window_s``
 the fleet watches the canaries' live reports (error rate, latency p95) and drift; crossing a threshold stops
 the rollout. (3) Stopping rolls every committed canary back to the version it served before, with a signed
-rollback document. (4) Otherwise every other device (or the group) gets the desired document.
+rollback document. (4) Otherwise every other device (or the group) gets the desired document, optionally in
+``waves``: each wave must commit (a failure share above ``max_error_rate`` stops the rollout) before the next.
+
+A device's own desired document overrides its group's, so a device that still has an older per-device document
+(say, a canary of an earlier rollout) would ignore a group promotion; such devices are promoted through
+per-device documents instead.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ class RolloutPlan(BaseModel):
     stop_on_drift: bool = Field(default=True, description="Drift reported by a canary in the window stops it.")
     group: str | None = Field(default=None, description="Only devices of this group; promote via its document.")
     timeout_s: float = Field(default=180.0, gt=0, description="Time allowed for each phase's devices to finish.")
+    waves: int = Field(default=1, ge=1, le=100, description="Promote the other devices in this many waves.")
 
     @model_validator(mode="after")
     def _one_way_to_pick(self) -> RolloutPlan:
@@ -46,7 +52,7 @@ class RolloutPlan(BaseModel):
 @dataclass
 class RolloutResult:
     promoted: bool
-    code: str  # promoted | partial | canary_failed | error_threshold | latency_threshold | drift
+    code: str  # promoted | partial | canary_failed | error_threshold | latency_threshold | drift | wave_failed
     reason: str
     canaries: list[str]
     states: dict[str, str] = field(default_factory=dict)
@@ -67,6 +73,19 @@ def pick_canaries(devices: list[str], plan: RolloutPlan) -> list[str]:
         return list(plan.canary_devices)
     n = max(1, math.ceil(len(devices) * (plan.canary_percent or 0) / 100))
     return sorted(devices)[:n]
+
+
+def split_waves(devices: list[str], waves: int) -> list[list[str]]:
+    """``devices`` (sorted) in ``waves`` consecutive groups of nearly equal size, none empty."""
+    ordered = sorted(devices)
+    n = max(1, min(waves, len(ordered)))
+    size, extra = divmod(len(ordered), n)
+    out, start = [], 0
+    for i in range(n):
+        end = start + size + (1 if i < extra else 0)
+        out.append(ordered[start:end])
+        start = end
+    return out
 
 
 class Rollout:
@@ -112,12 +131,16 @@ class Rollout:
         if not todo:
             return out
         topics = self.watch.topics
-        if group is not None:
+        seqs: dict[str, int] = {}
+        # A device with its own desired document ignores the group's: promote it through its own document.
+        own = [d for d in todo if group is None or self.watch.has_device_desired(d)]
+        via_group = [d for d in todo if d not in own]
+        if group is not None:  # published even when every device here has its own: it is the group's state
             doc = set_desired_many(self.link, topics, pub, [f"group:{group}"], self.key, rollback)[f"group:{group}"]
-            seqs = {d: doc.sequence for d in todo}
-        else:
-            seqs = {d: doc.sequence for d, doc in set_desired_many(self.link, topics, pub, todo, self.key,
-                                                                   rollback).items()}
+            seqs.update({d: doc.sequence for d in via_group})
+        if own:
+            seqs.update({d: doc.sequence for d, doc in set_desired_many(self.link, topics, pub, own, self.key,
+                                                                        rollback).items()})
         done = self.watch.wait_outcomes(seqs, self.plan.timeout_s)
         out.update({d: done.get(d, "no answer") for d in todo})
         self.states.update(out)
@@ -172,6 +195,19 @@ class Rollout:
             self.update([d], previous[d], rollback=True)
         return back
 
+    def promote(self, rest: list[str]) -> str | None:
+        """Update ``rest`` in ``plan.waves`` waves (the last through the group's document, if any); the reason
+        a wave stopped the rollout, or None."""
+        waves = split_waves(rest, self.plan.waves)
+        for i, wave in enumerate(waves):
+            last = i == len(waves) - 1
+            out = self.update(wave, self.pub, group=self.plan.group if last else None)
+            bad = sorted(d for d, st in out.items() if st != "committed")
+            if not last and len(bad) > self.plan.max_error_rate * len(wave):
+                return f"wave {i + 1}/{len(waves)}: {len(bad)} of {len(wave)} devices did not commit " \
+                    f"({', '.join(f'{d}: {out[d]}' for d in bad[:10])})"
+        return None
+
     # ------------------------------------------------------------------------------------- all of it
     def run(self) -> RolloutResult:
         t0 = time.monotonic()
@@ -195,8 +231,12 @@ class Rollout:
                                  metrics, timings)
         metrics = self.last_metrics
         t_promote = time.monotonic()
-        self.update(rest, self.pub, group=self.plan.group)
+        stopped = self.promote(rest)
         timings["promote_s"] = time.monotonic() - t_promote
+        if stopped is not None:
+            timings["total_s"] = time.monotonic() - t0
+            return RolloutResult(False, "wave_failed", f"rollout stopped: {stopped}", canaries, dict(self.states), [],
+                                 metrics, timings)
         timings["total_s"] = time.monotonic() - t0
         ok = all(self.states.get(d) == "committed" for d in canaries + rest)
         failed = sorted(d for d in rest if self.states.get(d) != "committed")

@@ -27,10 +27,12 @@ class FleetWatch:
         self.finished: dict[str, dict[int, str]] = {}  # device -> desired sequence -> committed|failed|rejected
         self.live: dict[str, list[Status]] = {}  # device -> live reports, oldest first (bounded)
         self.drift: dict[str, list[tuple[float, str]]] = {}  # device -> (unix time, feature) of drift seen
+        self.device_desired: dict[str, dict[str, Any]] = {}  # device -> its retained per-device desired document
         self.cond = threading.Condition()
         self._last_new = time.monotonic()
         link.subscribe(topics.all_update_status(), self._on_update)
         link.subscribe(topics.all_device_states(), self._on_state)
+        link.subscribe(topics.all_device_desired(), self._on_desired)
         link.subscribe(topics.all_metrics(), self._on_batch)
         link.subscribe(topics.all_events(), self._on_batch)
 
@@ -61,6 +63,20 @@ class FleetWatch:
             with self.cond:
                 self.states[dev] = doc
                 self._touch()
+
+    def _on_desired(self, topic: str, payload: bytes) -> None:
+        """Per-device desired documents override the group's on the device, so a group rollout must know them."""
+        dev = Topics.device_from(topic)
+        if dev is None:
+            return
+        env = _json(payload)
+        doc = _json(env["document"].encode()) if env and isinstance(env.get("document"), str) else None
+        with self.cond:
+            if doc is None:
+                self.device_desired.pop(dev, None)
+            else:
+                self.device_desired[dev] = doc
+            self._touch()
 
     def _on_batch(self, topic: str, payload: bytes) -> None:
         """Metric batches and events from the outbox: remember drift (a drift event, or a drifted feature)."""
@@ -105,6 +121,11 @@ class FleetWatch:
                     continue
                 out.append(dev)
             return sorted(out)
+
+    def has_device_desired(self, device: str) -> bool:
+        """Whether ``device`` has its own retained desired document (which overrides any group document)."""
+        with self.cond:
+            return device in self.device_desired
 
     def status(self, device: str) -> Status | None:
         with self.cond:

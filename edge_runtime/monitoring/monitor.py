@@ -45,18 +45,10 @@ class Monitor:
     def __init__(self, config: MonitorConfig, manifest: Manifest | None = None, outbox: Outbox | None = None, *,
                  device_id: str = "device", pipeline_stats: Callable[[], Any] | None = None,
                  on_record: Callable[[], None] | None = None) -> None:
-        self.config, self.manifest, self.outbox = config, manifest, outbox
+        self.config, self.outbox = config, outbox
         self.device_id, self.pipeline_stats, self.on_record = device_id, pipeline_stats, on_record
-        self.model = manifest.name if manifest else ""
-        self.version = manifest.version if manifest else ""
-        spec = manifest.inputs[0] if manifest else None
-        self._kind = spec.kind if spec else "image"
-        self._flip = bool(spec and spec.color_order in ("RGB", "BGR") and config.frame_order in ("RGB", "BGR")
-                          and spec.color_order != config.frame_order)
+        self._use_model(manifest)
         self.latency = StageLatencies()
-        self.quality = QualityStats(labels=manifest.outputs.labels if manifest else None)
-        ref = manifest.reference if manifest else None
-        self.drift = DriftDetector(ref, config.drift) if ref is not None and config.drift.enabled else None
         self.samples = SampleStore(config.samples) if config.samples.directory else None
         self.system = SystemStats() if config.system else None
         self.link: MqttLink | None = None
@@ -71,6 +63,32 @@ class Monitor:
         self._queue: queue.Queue[tuple[str, dict[str, Any]] | None] = queue.Queue(maxsize=config.emit_queue)
         self._writer = threading.Thread(target=self._write_loop, name="monitor-writer", daemon=True)
         self._writer.start()
+
+    def _use_model(self, manifest: Manifest | None) -> None:
+        """Everything that depends on the model: labels, input kind and colour order, quality, drift reference."""
+        config = self.config
+        self.manifest = manifest
+        self.model = manifest.name if manifest else ""
+        self.version = manifest.version if manifest else ""
+        spec = manifest.inputs[0] if manifest else None
+        self._kind = spec.kind if spec else "image"
+        self._flip = bool(spec and spec.color_order in ("RGB", "BGR") and config.frame_order in ("RGB", "BGR")
+                          and spec.color_order != config.frame_order)
+        self.quality = QualityStats(labels=manifest.outputs.labels if manifest else None)
+        ref = manifest.reference if manifest else None
+        self.drift = DriftDetector(ref, config.drift) if ref is not None and config.drift.enabled else None
+
+    def set_model(self, manifest: Manifest) -> None:
+        """Follow a model swap (OTA), on the pipeline thread between two frames: the old model's period is closed
+        with its own record, then labels, quality and drift restart on the new model and its reference
+        statistics, and a ``model_changed`` event says from what."""
+        if (manifest.name, manifest.version) == (self.model, self.version) and manifest is self.manifest:
+            return
+        old = {"name": self.model, "version": self.version}
+        if self._period_frames:
+            self.report()
+        self._use_model(manifest)
+        self.event("model_changed", {"from": old})
 
     # ----------------------------------------------------------------- per frame (pipeline thread)
     def __call__(self, result: FrameResult) -> None:

@@ -86,21 +86,10 @@ class DeviceServices:
 
     def _follow_model(self) -> None:
         """The pipeline swapped models (OTA): label metrics with the new one and restart drift on its reference."""
-        from edge_runtime.monitoring.drift import DriftDetector
-        from edge_runtime.monitoring.quality import QualityStats
-
         if self._pipeline is None:
             return
         m = self._pipeline.model.manifest
-        mon = self.monitor
-        old = (mon.model, mon.version)
-        if mon.frames:
-            mon.report()  # close the period of the old model so its figures are not mixed with the new one's
-        mon.model, mon.version, mon.manifest = m.name, m.version, m
-        mon.quality = QualityStats(labels=m.outputs.labels)
-        drift_cfg = mon.config.drift
-        mon.drift = DriftDetector(m.reference, drift_cfg) if m.reference is not None and drift_cfg.enabled else None
-        mon.event("model_changed", {"from": {"name": old[0], "version": old[1]}})
+        self.monitor.set_model(m)
         if self.link is not None and self.owns_link:
             self.link.update_state(model=m.name, version=m.version)
 

@@ -4,8 +4,16 @@ One thread. While the link is down it waits (records keep accumulating in the ou
 connected it keeps up to ``max_in_flight`` batches unacknowledged; each batch is a run of consecutive records
 of one kind, so a batch covers an id range and the ack deletes exactly that range. A batch refused by the broker
 or not acknowledged in ``ack_timeout_s`` is sent again from the outbox (at-least-once: a receiver recognises
-a repeat by its (outbox epoch, record id)). Batches of one topic leave in id order, so a receiver sees each
-device's records in order.
+a repeat by its (outbox epoch, record id)). Batches leave in id order.
+
+A failed batch is sent again *followed by every later record*, even those the broker already took: batches
+sent after it are abandoned (their acknowledgements no longer delete anything), so the last copy of every record
+arrives in id order and a receiver that keeps the latest copy, or sorts by id, sees one ordered stream per
+device. Until a batch succeeds again only one batch is in flight, so a second failure cannot be overtaken. A
+batch the broker keeps refusing (e.g. an ACL that denies the topic) is retried with growing backoff, at most
+``max_refusals`` times, then dropped and counted: it must not block everything behind it for ever. If the
+outbox had to set a corrupt file aside (new epoch, ids restart), in-flight acknowledgements of the old file are
+ignored and forwarding restarts at the new file's first record.
 """
 
 from __future__ import annotations
@@ -36,7 +44,11 @@ class ForwarderConfig(BaseModel):
     max_in_flight: int = Field(default=8, ge=1, description="Unacknowledged batches at a time.")
     ack_timeout_s: float = Field(default=30.0, gt=0, description="Resend a batch not acknowledged by then.")
     poll_s: float = Field(default=1.0, gt=0, description="How often to look for new records when idle.")
-    retry_backoff_s: float = Field(default=2.0, ge=0, description="Pause after a batch is refused by the broker.")
+    retry_backoff_s: float = Field(default=2.0, ge=0, description="Pause after a failed batch; doubles per failure.")
+    max_backoff_s: float = Field(default=60.0, ge=0, description="Longest pause between retries of a failed batch.")
+    max_refusals: int = Field(
+        default=10, ge=1, description="Broker refusals of one batch before its records are dropped (and counted)."
+    )
 
 
 @dataclass
@@ -45,6 +57,7 @@ class _Batch:
     last_id: int
     count: int
     sent: float
+    epoch: str = ""
     handle: PublishHandle | None = None
     done: bool = field(default=False)
 
@@ -68,8 +81,12 @@ class Forwarder:
         self._cursor = 0  # highest record id handed to the link
         self._paused_until = 0.0
         self._connected_since: float | None = None
+        self._epoch = outbox.epoch
+        self._failing: tuple[int, int] | None = None  # (first id of the failing batch, consecutive failures)
+        self._refusals = 0  # broker refusals of the failing batch
         self.counters = {"batches_sent": 0, "batches_acked": 0, "records_delivered": 0, "resends": 0,
-                         "refused": 0, "dropped_oversize": 0}
+                         "refused": 0, "dropped_oversize": 0, "dropped_refused": 0, "abandoned": 0,
+                         "epoch_changes": 0}
         self.last_error: str | None = None
 
     def start(self) -> None:
@@ -99,18 +116,35 @@ class Forwarder:
                 self._stop.wait(self.config.poll_s)
 
     def _step(self) -> None:
+        self._check_epoch()
         self._drain_acks()
         self._expire()
         sent = 0
-        if self.link.connected and time.monotonic() >= self._paused_until:
-            while len(self._in_flight) < self.config.max_in_flight and not self._stop.is_set():
-                if not self._send_next():
-                    break
-                sent += 1
-                self._drain_acks()
+        while self._may_send() and not self._stop.is_set():
+            if not self._send_next():
+                break
+            sent += 1
+            self._drain_acks()
         if sent == 0:
             self._wake.wait(self.config.poll_s if not self._in_flight else 0.05)
             self._wake.clear()
+
+    def _may_send(self) -> bool:
+        """Connected, not backing off, and room in the window (one batch only while recovering from a failure)."""
+        window = 1 if self._failing is not None else self.config.max_in_flight
+        return self.link.connected and time.monotonic() >= self._paused_until and len(self._in_flight) < window
+
+    def _check_epoch(self) -> None:
+        """The outbox set a corrupt file aside: its ids restarted, so old acks must delete nothing."""
+        if self.outbox.epoch == self._epoch:
+            return
+        log.warning("outbox epoch changed (%s -> %s); forwarding restarts from its first record", self._epoch,
+                    self.outbox.epoch)
+        for batch in self._in_flight:
+            batch.done = True
+        self._in_flight.clear()
+        self._epoch, self._cursor, self._failing, self._refusals = self.outbox.epoch, 0, None, 0
+        self.counters["epoch_changes"] += 1
 
     def _send_next(self) -> bool:
         room = max(1024, self.link.max_payload - _ENVELOPE_BYTES)
@@ -119,7 +153,7 @@ class Forwarder:
             return False
         run = list(_same_kind_run(records))
         payload = self.encode(run)
-        batch = _Batch(run[0].id, run[-1].id, len(run), time.monotonic())
+        batch = _Batch(run[0].id, run[-1].id, len(run), time.monotonic(), self._epoch)
         try:
             handle = self.link.publish(self._topic(run[0].kind), payload, qos=1)
         except PayloadTooLarge as exc:  # one record alone is over the link's limit: it can never be sent
@@ -146,19 +180,22 @@ class Forwarder:
             except queue.Empty:
                 return
             if batch.done:
-                continue
+                continue  # abandoned (sent again after a failure) or from an outbox file set aside
             batch.done = True
             if batch in self._in_flight:
                 self._in_flight.remove(batch)
             if ok:
-                self.outbox.delete_range(batch.first_id, batch.last_id)
+                if batch.epoch == self.outbox.epoch:
+                    self.outbox.delete_range(batch.first_id, batch.last_id)
                 self.counters["batches_acked"] += 1
                 self.counters["records_delivered"] += batch.count
+                if self._failing is not None and batch.first_id >= self._failing[0]:
+                    self._failing, self._refusals = None, 0
             else:
-                self.counters["refused"] += 1
-                self.last_error = batch.handle.error if batch.handle else "publish failed"
-                self._rewind(batch)
-                self._paused_until = time.monotonic() + self.config.retry_backoff_s
+                refused = bool(batch.handle is not None and batch.handle.refused)
+                self.counters["refused"] += int(refused)
+                self._fail(batch, batch.handle.error if batch.handle and batch.handle.error else "publish failed",
+                           refused)
 
     def _expire(self) -> None:
         """Give up on batches unacknowledged for ack_timeout_s of connected time (paho re-sends after a
@@ -170,16 +207,36 @@ class Forwarder:
         if self._connected_since is None:
             self._connected_since = now
         for batch in list(self._in_flight):
-            if now - max(batch.sent, self._connected_since) > self.config.ack_timeout_s:
+            if not batch.done and now - max(batch.sent, self._connected_since) > self.config.ack_timeout_s:
                 batch.done = True
                 self._in_flight.remove(batch)
-                self.last_error = f"no PUBACK for records {batch.first_id}..{batch.last_id}"
-                self._rewind(batch)
+                self._fail(batch, f"no PUBACK for records {batch.first_id}..{batch.last_id}", refused=False)
 
-    def _rewind(self, batch: _Batch) -> None:
-        """Send again from the failed batch (records already acknowledged are gone from the outbox)."""
+    def _fail(self, batch: _Batch, reason: str, refused: bool) -> None:
+        """Send ``batch`` again, then everything after it (in order), after a backoff; bounded for refusals."""
+        self.last_error = reason
+        for later in [b for b in self._in_flight if b.first_id > batch.first_id]:
+            later.done = True  # its ack must not delete: its records are sent again after this batch's
+            self._in_flight.remove(later)
+            self.counters["abandoned"] += 1
+        tries = self._failing[1] + 1 if self._failing and self._failing[0] == batch.first_id else 1
+        if tries == 1:
+            self._refusals = 0
+        self._refusals += int(refused)
+        if refused and self._refusals >= self.config.max_refusals:
+            n = self.outbox.delete_range(batch.first_id, batch.last_id) if batch.epoch == self.outbox.epoch else 0
+            self.counters["dropped_refused"] += n
+            self.last_error = f"dropped records {batch.first_id}..{batch.last_id} after {self._refusals} " \
+                f"refusals: {reason}"
+            log.error(self.last_error)
+            self._failing, self._refusals = None, 0
+            self._cursor = min(self._cursor, batch.last_id)
+            return
+        self._failing = (batch.first_id, tries)
         self.counters["resends"] += 1
         self._cursor = min(self._cursor, batch.first_id - 1)
+        backoff = min(self.config.max_backoff_s, self.config.retry_backoff_s * 2 ** (tries - 1))
+        self._paused_until = time.monotonic() + backoff
 
     # ----------------------------------------------------------------- encoding
     def encode(self, records: list[Record]) -> bytes:
@@ -194,7 +251,7 @@ class Forwarder:
 
     def stats(self) -> dict[str, Any]:
         return {"in_flight": len(self._in_flight), "cursor": self._cursor, "last_error": self.last_error,
-                **self.counters}
+                "retrying": self._failing is not None, **self.counters}
 
 
 def _same_kind_run(records: list[Record]) -> Iterator[Record]:

@@ -47,15 +47,16 @@ class PublishHandle:
         self.mid = mid
         self._event = threading.Event()
         self.acked = False
+        self.refused = False  # the broker answered with a failure reason code (not a local or timeout failure)
         self.error: str | None = None
         self._callbacks: list[Callable[[PublishHandle], None]] = []
         self._lock = threading.Lock()
 
-    def _resolve(self, acked: bool, error: str | None = None) -> None:
+    def _resolve(self, acked: bool, error: str | None = None, refused: bool = False) -> None:
         with self._lock:
             if self._event.is_set():
                 return
-            self.acked, self.error = acked, error
+            self.acked, self.error, self.refused = acked, error, refused
             self._event.set()
             callbacks, self._callbacks = self._callbacks, []
         for cb in callbacks:
@@ -132,7 +133,7 @@ class MqttLink:
         self._subs: dict[str, tuple[int, list[Handler]]] = {}
         self._retained: dict[str, bytes] = {}
         self._handles: dict[int, PublishHandle] = {}
-        self._early: dict[int, tuple[bool, str | None]] = {}
+        self._early: dict[int, tuple[bool, str | None, bool]] = {}
         self._started = False
         self._client = self._make_client()
 
@@ -325,9 +326,9 @@ class MqttLink:
         with self._lock:
             handle = self._handles.pop(mid, None)
             if handle is None:
-                self._early[mid] = (ok, err)
+                self._early[mid] = (ok, err, not ok)
         if handle is not None:
-            handle._resolve(ok, err)
+            handle._resolve(ok, err, not ok)
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         log.debug("MQTT message on %s with no handler", msg.topic)

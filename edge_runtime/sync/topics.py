@@ -79,6 +79,9 @@ class Topics:
     def all_update_status(self) -> str:
         return f"{self.prefix}/devices/+/update/status"
 
+    def all_device_desired(self) -> str:
+        return f"{self.prefix}/devices/+/desired"
+
     def all_metrics(self) -> str:
         return f"{self.prefix}/devices/+/metrics"
 

@@ -132,8 +132,10 @@ class UpdateAgent:
             self.error_count = error_count
 
     def start(self) -> None:
-        """Subscribe to the desired documents and continue an update a restart interrupted."""
-        steps.resume_pending(self)
+        """Subscribe to the desired documents and continue an update a restart interrupted.
+
+        The interrupted update is continued on the worker thread itself, before any offer: an offer that
+        arrives meanwhile (the retained documents do, at once) waits in the queue instead of being dropped."""
         self._worker = threading.Thread(target=self._work, name="update-agent", daemon=True)
         self._worker.start()
         if self.s.live_report_s > 0:
@@ -179,20 +181,28 @@ class UpdateAgent:
             return doc.scope == "device" and doc.target == self.s.device_id
         return doc.scope == "group" and topic == self.topics.group_desired(doc.target)
 
-    def _offer(self, signed: SignedDesired) -> None:
+    def _wanted(self, signed: SignedDesired) -> bool:
+        """Whether ``signed`` should be applied now (pin, already serving, replay, already failed).
+
+        Checked when the document arrives and again on the worker right before applying it: meanwhile another
+        update may have raised the accepted sequence, which turns a queued older document into a replay."""
         doc, rec = signed.document, self.machine.record
         if not pin_allows(doc, self.s.pin_version):
             self._reject(f"device is pinned to {self.s.pin_version}; ignoring {doc.version}", "pinned", doc.sequence)
-            return
+            return False
         if self.serving == f"{doc.name}-{doc.version}" or rec.package_id == doc.package_id and not self.machine.resting:
-            return
+            return False
         if doc.sequence < rec.accepted_sequence or (doc.sequence == rec.accepted_sequence and rec.package_id
                                                      != doc.package_id):
             self._reject(f"document sequence {doc.sequence} is older than {rec.accepted_sequence}", "replay",
                          doc.sequence)
+            return False
+        # this very document already failed: only a newer signed document tries the package again
+        return not (doc.package_id in rec.failed_packages and doc.sequence <= rec.sequence)
+
+    def _offer(self, signed: SignedDesired) -> None:
+        if not self._wanted(signed):
             return
-        if doc.package_id in rec.failed_packages and doc.sequence <= rec.sequence:
-            return  # this very document already failed: only a newer signed document tries the package again
         try:
             self._offers.get_nowait()  # only the newest offer matters
         except queue.Empty:
@@ -200,13 +210,18 @@ class UpdateAgent:
         self._offers.put(signed)
 
     def _work(self) -> None:
+        try:
+            steps.resume_pending(self)
+        except Exception:  # a bug: log it, keep serving the live model
+            log.exception("resuming the interrupted update failed unexpectedly")
         while not self.stop_event.is_set():
             try:
                 signed = self._offers.get(timeout=0.2)
             except queue.Empty:
                 continue
             try:
-                self.apply(signed)
+                if self._wanted(signed):
+                    self.apply(signed)
             except Exception:  # a bug: log it, keep serving the live model
                 log.exception("update agent failed unexpectedly")
 
@@ -231,6 +246,9 @@ class UpdateAgent:
             return steps.run_steps(self, state, doc)
         except UpdateError as exc:
             return steps.fail(self, str(exc), exc.code, doc)
+        except Exception as exc:  # e.g. an unreadable archive or an I/O error: never leave the machine mid-step
+            log.exception("update step failed unexpectedly")
+            return steps.fail(self, f"unexpected error: {exc}", "internal_error", doc)
 
     # ------------------------------------------------------------------------------- the live loop
     def observe(self, result: Any) -> None:

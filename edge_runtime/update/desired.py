@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from edge_runtime.errors import SignatureError
 from edge_runtime.package.manifest import parse_semver
@@ -29,8 +29,8 @@ class DesiredModel(BaseModel):
     schema_: Literal["desired/1"] = Field(default=DOCUMENT_SCHEMA, alias="schema", description="Document schema.")
     scope: Literal["device", "group"] = Field(description="Whether `target` names a device or a group.")
     target: str = Field(description="Device id or group name.")
-    name: str = Field(description="Model name of the package.")
-    version: str = Field(description="Package version (semantic).")
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$", description="Model name of the package.")
+    version: str = Field(pattern=r"^[0-9A-Za-z][0-9A-Za-z.+-]{0,63}$", description="Package version (semantic).")
     profile: str = Field(description="Device profile the package was built for.")
     package_id: str = Field(pattern=r"^[0-9a-f]{16,64}$", description="Id of the chunked archive on the broker.")
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="SHA-256 of the whole package archive.")
@@ -41,6 +41,12 @@ class DesiredModel(BaseModel):
     issued: float = Field(description="Unix time the document was signed.")
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @field_validator("version")
+    @classmethod
+    def _semver(cls, v: str) -> str:
+        parse_semver(v)  # raises ValueError for anything else; name and version become a slot directory name
+        return v
 
     @property
     def version_key(self) -> tuple:  # type: ignore[type-arg]

@@ -8,7 +8,6 @@ from __future__ import annotations
 import logging
 import queue
 import shutil
-import threading
 from typing import TYPE_CHECKING, Any
 
 from edge_runtime.errors import EdgeRuntimeError
@@ -47,14 +46,14 @@ def recover(agent: UpdateAgent) -> None:
 
 
 def resume_pending(agent: UpdateAgent) -> None:
-    """After boot and attach: continue an update that a restart interrupted before the swap."""
+    """On the worker thread, before any offer: continue an update that a restart interrupted before the swap."""
     pending = agent._resume
     if pending is not None:
         agent._resume = None
         state, doc = pending
         if (state, Event.RETRY) in TRANSITIONS:
             agent.machine.fire(Event.RETRY, f"resuming {state.value} after a restart", "resumed")
-        threading.Thread(target=agent.run_from, args=(state, doc), name="update-resume", daemon=True).start()
+        agent.run_from(state, doc)
 
 
 def _stored_doc(agent: UpdateAgent) -> DesiredModel | None:
@@ -231,22 +230,14 @@ def activate(agent: UpdateAgent, doc: DesiredModel, new_model: Any) -> State:
     m.fire(Event.ACTIVATE, f"swapping in {key}")  # persisted before the live model changes
     agent.dwell(State.ACTIVATING)
     old = agent.live
-    if agent.host is not None:
-        agent.host.swap_model(new_model)
-    agent.live = new_model
-    agent.slots.activate(key)
-    window = HealthWindow(agent.s.health, agent.budget_ms)
-    base_errors = agent.error_count()
-    agent._health = window
-    m.fire(Event.SWAPPED, f"{key} serves; health window {agent.s.health.window_s:g} s")
-    agent.dwell(State.HEALTH_CHECK)
     try:
-        while not (verdict := window.verdict()).done:
-            window.errors = max(window.errors, agent.error_count() - base_errors)
-            if agent.stop_event.wait(0.1):
-                raise UpdateError("agent stopped during the health window", "interrupted")
-    finally:
-        agent._health = None
+        verdict = _swap_and_watch(agent, key, new_model)
+    except Exception as exc:  # the swap or the health window broke: the old model serves again, never the new one
+        code = exc.code if isinstance(exc, UpdateError) else "internal_error"
+        reason = f"{exc}" if isinstance(exc, UpdateError) else f"unexpected error after the swap: {exc}"
+        if m.state is not State.ROLLING_BACK:
+            m.fire(Event.ERROR, reason, code)
+        return switch_back(agent, old, new_model, reason, code)
     if not verdict.healthy:
         m.fire(Event.UNHEALTHY, f"health window failed: {verdict.reason}", "unhealthy", health=verdict.stats)
         return switch_back(agent, old, new_model, f"health window failed: {verdict.reason}", "unhealthy")
@@ -255,6 +246,27 @@ def activate(agent: UpdateAgent, doc: DesiredModel, new_model: Any) -> State:
     if old is not None:
         agent.runtime.close(old)
     return m.state
+
+
+def _swap_and_watch(agent: UpdateAgent, key: str, new_model: Any) -> Any:
+    """Swap ``new_model`` in between two inferences, then run the health window; return its verdict."""
+    if agent.host is not None:
+        agent.host.swap_model(new_model)
+    agent.live = new_model
+    agent.slots.activate(key)
+    window = HealthWindow(agent.s.health, agent.budget_ms)
+    base_errors = agent.error_count()
+    agent._health = window
+    agent.machine.fire(Event.SWAPPED, f"{key} serves; health window {agent.s.health.window_s:g} s")
+    agent.dwell(State.HEALTH_CHECK)
+    try:
+        while not (verdict := window.verdict()).done:
+            window.errors = max(window.errors, agent.error_count() - base_errors)
+            if agent.stop_event.wait(0.1):
+                raise UpdateError("agent stopped during the health window", "interrupted")
+    finally:
+        agent._health = None
+    return verdict
 
 
 def switch_back(agent: UpdateAgent, old: Any, new_model: Any, reason: str, code: str) -> State:

@@ -159,3 +159,74 @@ def test_live_error_reports_stop_rollout(tmp_path: Path, broker, ota_keys, ota_p
     assert rc == 1 and res["code"] == "error_threshold" and res["rolled_back"] == ["sim-0"], res
     assert res["canary_metrics"]["error_rate"] > 0.05 and "error rate" in res["reason"]
     assert serving == ["tiny-1.0.0", "tiny-1.0.0"]
+
+
+def test_split_waves_keeps_every_device_once_in_nearly_equal_waves() -> None:
+    from fleet.rollout import split_waves
+
+    devs = [f"d{i}" for i in range(7)]
+    waves = split_waves(list(reversed(devs)), 3)
+    assert waves == [["d0", "d1", "d2"], ["d3", "d4"], ["d5", "d6"]]
+    assert split_waves(devs[:2], 5) == [["d0"], ["d1"]] and split_waves([], 3) == [[]]
+
+
+@pytest.mark.mqtt
+def test_group_rollout_promotes_a_device_whose_own_older_document_overrides_the_group(
+        tmp_path: Path, broker, ota_keys, ota_packages, capsys) -> None:
+    """sim-2 still has a per-device document (v1, from an earlier `fleet publish --target`): it would ignore the
+    group's v2 document and never answer; the rollout promotes it through its own document instead."""
+    sims = [SimDevice(f"sim-{i}", tmp_path / f"sim-{i}", broker.port, [ota_keys["pub"]], ota_packages["v1"],
+                      groups=("lobby",)).start() for i in range(4)]
+    try:
+        key = str(ota_keys["priv"])
+        assert main(_cli(broker, tmp_path, "publish", str(ota_packages["v1"]), "--target", "sim-2", "--key", key)) == 0
+        capsys.readouterr()
+        rc = main(_cli(broker, tmp_path, "rollout", str(ota_packages["v2"]), "--key", key, "--canary-devices",
+                       "sim-0", "--group", "lobby", "--window", "0.2", "--timeout", "60", "--json"))
+        res = json.loads(capsys.readouterr().out)
+        serving = {d.agent.s.device_id: d.agent.serving for d in sims}
+    finally:
+        for d in sims:
+            d.stop()
+    assert rc == 0 and res["code"] == "promoted", res
+    assert set(serving.values()) == {"tiny-2.0.0"} and res["states"]["sim-2"] == "committed"
+
+
+@pytest.mark.mqtt
+def test_rollout_in_waves_starts_a_wave_only_after_the_previous_committed(tmp_path: Path, broker, ota_keys,
+                                                                         ota_packages, capsys) -> None:
+    watch = FleetSide(broker.port, ota_keys["priv"], name="watcher")
+    sims = [SimDevice(f"sim-{i}", tmp_path / f"sim-{i}", broker.port, [ota_keys["pub"]], ota_packages["v1"]).start()
+            for i in range(5)]
+    try:
+        assert main(_cli(broker, tmp_path, "publish", str(ota_packages["v1"]))) == 0
+        rc = main(_cli(broker, tmp_path, "rollout", str(ota_packages["v2"]), "--key", str(ota_keys["priv"]),
+                       "--canary-devices", "sim-0", "--waves", "2", "--window", "0.2", "--json"))
+        res = json.loads(capsys.readouterr().out.split("\n", 1)[1])
+    finally:
+        for d in sims:
+            d.stop()
+        watch.close()
+    assert rc == 0 and res["code"] == "promoted" and set(res["states"].values()) == {"committed"}, res
+    wave1_done = max(_first(watch, d, "committed") for d in ("sim-1", "sim-2"))
+    assert all(_first(watch, d, "downloading") > wave1_done for d in ("sim-3", "sim-4"))
+
+
+@pytest.mark.mqtt
+def test_a_failing_wave_stops_the_rollout_before_the_next_wave(tmp_path: Path, broker, ota_keys, ota_packages,
+                                                               capsys) -> None:
+    """sim-2 (wave 1) fails its health window on v2 and switches back; wave 2 (sim-3, sim-4) is never touched."""
+    sims = [SimDevice(f"sim-{i}", tmp_path / f"sim-{i}", broker.port, [ota_keys["pub"]], ota_packages["v1"],
+                      **({"rate_hz": 40, "error_rates": {"2.0.0": 1.0}} if i == 2 else {})).start() for i in range(5)]
+    try:
+        assert main(_cli(broker, tmp_path, "publish", str(ota_packages["v1"]))) == 0
+        rc = main(_cli(broker, tmp_path, "rollout", str(ota_packages["v2"]), "--key", str(ota_keys["priv"]),
+                       "--canary-devices", "sim-0", "--waves", "2", "--window", "0.2", "--json"))
+        res = json.loads(capsys.readouterr().out.split("\n", 1)[1])
+        serving = [d.agent.serving for d in sims]
+    finally:
+        for d in sims:
+            d.stop()
+    assert rc == 1 and res["code"] == "wave_failed" and "sim-2: failed" in res["reason"], res
+    assert serving == ["tiny-2.0.0", "tiny-2.0.0", "tiny-1.0.0", "tiny-1.0.0", "tiny-1.0.0"]
+    assert "sim-3" not in res["states"] and "sim-4" not in res["states"]

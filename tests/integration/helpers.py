@@ -23,7 +23,7 @@ def write_config(path: Path, **sections: Any) -> Path:
     return path
 
 
-def get(url: str, timeout: float = 5.0) -> tuple[int, str]:
+def get(url: str, timeout: float = 15.0) -> tuple[int, str]:
     try:
         with urllib.request.urlopen(url, timeout=timeout) as r:  # noqa: S310 - loopback test URL
             return r.status, r.read().decode()

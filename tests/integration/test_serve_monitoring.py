@@ -43,7 +43,7 @@ def test_serve_feeds_predictions_to_the_monitor_and_exposes_metrics_and_health(t
         assert h["model"]["name"] == "tiny" and h["broker"] == {"configured": False}
         assert h["outbox"]["records"] == 0  # the period is long: the record is written at shutdown
         proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=30)
+        _, err = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()

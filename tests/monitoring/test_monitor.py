@@ -108,3 +108,26 @@ def test_monitor_without_broker_or_outbox_keeps_records_in_memory():
     metrics = [d for k, d in mon.recent if k == "metrics"]
     assert metrics and sum(d["frames"] for d in metrics) == 20
     assert mon.health()["broker"] == {"configured": False} and mon.health()["outbox"] is None
+
+
+def test_set_model_closes_the_old_period_and_restarts_quality_and_drift_on_the_new_reference():
+    """An OTA swap: records before it are labelled with the old model, after it with the new one, and drift is
+    scored against the new package's own reference statistics."""
+    old_m = manifest_with_reference(seed=0)
+    new_m = manifest_with_reference(seed=5).model_copy(update={"version": "2.0.0"})
+    mon = Monitor(MonitorConfig(period_s=3600, system=False), old_m)
+    old_drift = mon.drift
+    for i, f in enumerate(frames(12, seed=1)):
+        mon(frame_result(i, f, top=1))
+    mon.set_model(new_m)
+    for i, f in enumerate(frames(7, seed=2)):
+        mon(frame_result(100 + i, f, top=2))
+    mon.close()
+    metrics = [d for k, d in mon.recent if k == "metrics"]
+    assert [(d["version"], d["frames"]) for d in metrics] == [("1.0.0", 12), ("2.0.0", 7)]
+    assert mon.drift is not old_drift and mon.drift.ref == new_m.reference and mon.manifest is new_m
+    changed = [d for k, d in mon.recent if k == "event" and d["type"] == "model_changed"]
+    assert len(changed) == 1 and changed[0]["from"] == {"name": "unit", "version": "1.0.0"}
+    assert changed[0]["version"] == "2.0.0"
+    mon.set_model(new_m)  # the same model again changes nothing
+    assert len([d for k, d in mon.recent if k == "event" and d["type"] == "model_changed"]) == 1

@@ -38,7 +38,7 @@ class Subscriber:
         self.client.on_subscribe = lambda *a: self._subscribed.set()
         self.client.connect_async(host, port)
         self.client.loop_start()
-        if not self._subscribed.wait(10):
+        if not self._subscribed.wait(30):
             raise RuntimeError("test subscriber could not subscribe")
 
     def _on_connect(self, client, userdata, flags, rc, props):  # noqa: ANN001

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import signal
+import sqlite3
 import threading
 import time
 
@@ -133,6 +135,114 @@ def test_a_single_record_too_big_for_the_link_is_dropped_not_retried_forever(tmp
         assert sub.wait_for(lambda m: len(m) >= 1, timeout=10)
         assert fwd.counters["dropped_oversize"] == 1 and big not in _ids(sub.snapshot())
         assert _ids(sub.snapshot()) == {small}
+    finally:
+        fwd.stop()
+        link.stop()
+        sub.close()
+
+
+def _wait(cond, timeout: float = 30.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def _last_copies_in_order(messages) -> list[int]:
+    """Record ids by the position of their LAST copy (what a receiver that keeps the latest copy sees)."""
+    last: dict[int, int] = {}
+    pos = 0
+    for topic, payload, _ in messages:
+        if topic.endswith("/state"):
+            continue
+        for r in json.loads(payload)["records"]:
+            last[r["id"]] = pos
+            pos += 1
+    return sorted(last, key=last.__getitem__)
+
+
+_ACL_NO_EVENTS = "topic read edge/#\ntopic write edge/devices/cam7/metrics\ntopic write edge/devices/cam7/state\n"
+
+
+def test_a_refused_batch_is_sent_again_before_the_records_after_it(tmp_path):
+    """The broker refuses the events batch (ACL, MQTT 5 PUBACK 0x87) while taking the metrics batch after it;
+    once the ACL allows events, the event and every later record are sent again, so the last copy of each
+    record arrives in id order for the device."""
+    broker = Mosquitto(tmp_path / "broker", acl=_ACL_NO_EVENTS).start()
+    sub = Subscriber(broker.port, ["edge/devices/cam7/#"])
+    outbox = Outbox(OutboxConfig(path=tmp_path / "o.db"))
+    items = [("metrics", b'{"n":%d}' % i) for i in range(5)] + [("event", b'{"n":5}')] + \
+        [("metrics", b'{"n":%d}' % i) for i in range(6, 11)]
+    ids = outbox.append_many(items)
+    link = _link(broker.port, "cam7")
+    fwd = Forwarder(outbox, link, ForwarderConfig(batch_max_records=5, poll_s=0.05, retry_backoff_s=1.0,
+                                                  max_backoff_s=1.0, max_refusals=1000))
+    link.start()
+    fwd.start()
+    try:
+        assert _wait(lambda: fwd.counters["refused"] >= 1)
+        acl = broker.workdir / "acl"
+        acl.write_text(_ACL_NO_EVENTS + "topic write edge/devices/cam7/events\n")
+        broker.proc.send_signal(signal.SIGHUP)  # mosquitto reloads its ACL file
+        assert _wait(lambda: outbox.count() == 0), fwd.stats()
+        assert sub.wait_for(lambda m: _ids(m) >= set(ids), timeout=20)
+        assert _last_copies_in_order(sub.snapshot()) == ids
+        assert fwd.counters["dropped_refused"] == 0
+    finally:
+        fwd.stop()
+        link.stop()
+        sub.close()
+        broker.stop()
+
+
+def test_a_batch_the_broker_always_refuses_is_dropped_after_bounded_retries(tmp_path):
+    """A permanent refusal must neither retry for ever nor block the records behind it."""
+    broker = Mosquitto(tmp_path / "broker", acl=_ACL_NO_EVENTS).start()
+    sub = Subscriber(broker.port, ["edge/devices/cam7/metrics"])
+    outbox = Outbox(OutboxConfig(path=tmp_path / "o.db"))
+    ids = outbox.append_many([("metrics", b'{"n":0}'), ("event", b'{"n":1}'), ("metrics", b'{"n":2}')])
+    link = _link(broker.port, "cam7")
+    fwd = Forwarder(outbox, link, ForwarderConfig(poll_s=0.05, retry_backoff_s=0.05, max_backoff_s=0.2,
+                                                  max_refusals=3))
+    link.start()
+    fwd.start()
+    try:
+        assert _wait(lambda: outbox.count() == 0), fwd.stats()
+        assert sub.wait_for(lambda m: _ids(m) >= {ids[0], ids[2]}, timeout=20)
+        assert fwd.counters["refused"] == 3 and fwd.counters["dropped_refused"] == 1
+        assert "refusals" in fwd.last_error
+    finally:
+        fwd.stop()
+        link.stop()
+        sub.close()
+        broker.stop()
+
+
+def test_acks_from_a_set_aside_outbox_file_delete_nothing_in_the_fresh_one(tmp_path, broker):
+    """After the outbox sets a corrupt file aside (new epoch, ids restart at 1), forwarding restarts at the new
+    file's first record and a late acknowledgement for old ids must not delete the new records."""
+    outbox = Outbox(OutboxConfig(path=tmp_path / "o.db"))
+    link = _link(broker.port, "cam8")
+    fwd = Forwarder(outbox, link, ForwarderConfig(poll_s=0.05))
+    sub = Subscriber(broker.port, ["edge/devices/cam8/metrics"])
+    old = outbox.append_many([("metrics", b'{"old":%d}' % i) for i in range(30)])
+    link.start()
+    fwd.start()
+    try:
+        assert _wait(lambda: outbox.count() == 0)
+        first_epoch = outbox.epoch
+        outbox._recover_if_corrupt(sqlite3.DatabaseError("database disk image is malformed"))  # the real path
+        assert outbox.epoch != first_epoch
+        new = outbox.append_many([("metrics", b'{"new":%d}' % i) for i in range(5)])
+        assert max(new) < max(old)  # ids restarted: the forwarder's old cursor is past them
+        fwd.wake()
+        assert _wait(lambda: outbox.count() == 0), fwd.stats()
+        assert sub.wait_for(lambda m: any(json.loads(p)["outbox"] == outbox.epoch for _, p, _ in m), timeout=20)
+        got = {r["id"] for _, p, _ in sub.snapshot() if json.loads(p)["outbox"] == outbox.epoch
+               for r in json.loads(p)["records"]}
+        assert got == set(new) and fwd.counters["epoch_changes"] == 1
     finally:
         fwd.stop()
         link.stop()

@@ -55,7 +55,7 @@ class FleetSide:
             seen = self.statuses.get(device)
             return seen[-1] if seen else None
 
-    def wait_for(self, device: str, pred: Any, timeout: float = 30.0) -> dict[str, Any]:
+    def wait_for(self, device: str, pred: Any, timeout: float = 60.0) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
         with self.cond:
             while True:

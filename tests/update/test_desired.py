@@ -117,3 +117,15 @@ def test_group_document_copied_to_another_group_is_refused(tmp_path: Path, broke
         dev.stop()
         fleet.close()
     assert (refused["rejected"], refused["serving"]) == ("wrong_target", "tiny-1.0.0")
+
+
+@pytest.mark.parametrize("bad", [{"name": "../../etc"}, {"name": "a/b"}, {"version": "1.0.0/../../x"},
+                                 {"version": ".."}, {"version": "latest"}])
+def test_a_signed_document_whose_name_or_version_is_not_a_plain_slot_name_is_refused(ota_keys, bad) -> None:
+    """name-version becomes a slot directory: a signed document must not point it outside the slot root."""
+    text = json.dumps({**_doc().model_dump(mode="json", by_alias=True), **bad}, sort_keys=True)
+    from edge_runtime.package.signing import sign_bytes
+
+    sig = json.loads(sign_bytes(load_private_key(ota_keys["priv"]), text.encode()))
+    payload = json.dumps({"schema": "desired-envelope/1", "document": text, "signature": sig}).encode()
+    assert _code(payload, TrustStore.from_paths([ota_keys["pub"]])) == "desired_malformed"
