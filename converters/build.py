@@ -69,7 +69,7 @@ def evaluator(fspecs, vbuild, valid, float_run, class_idx) -> guard.Evaluate:  #
     from converters.evaluate import ModelRunner
 
     def evaluate(qm: QuantizedModel) -> guard.Agreement:
-        qrun = ModelRunner(qm.path)
+        qrun = ModelRunner(qm.path, output_quant=qm.output_quantization)
         qbuild = cal.InputBuilder(packaged_specs(fspecs, qm), vbuild.frame_order, vbuild.source)
         pairs = ((float_run(vbuild(s, i)), qrun.run_float(qbuild(s, i))) for i, s in enumerate(valid))
         return guard.measure(pairs, class_idx)
@@ -78,23 +78,28 @@ def evaluator(fspecs, vbuild, valid, float_run, class_idx) -> guard.Evaluate:  #
 
 
 def onnx_hooks(ctx: Context) -> TargetHooks:
-    """onnxruntime static QDQ; sensitivity from float vs QDQ intermediate tensors (SQNR drop per node)."""
+    """onnxruntime static QDQ, then integer I/O where the profile asks for it (see converters.targets.onnx_io);
+    sensitivity from float vs QDQ intermediate tensors (SQNR drop per node)."""
     from converters.evaluate import ModelRunner
     from converters.sources import ensure_onnx
-    from converters.targets import onnx_int8
+    from converters.targets import onnx_int8, onnx_io
 
-    work, calibration = ctx.work, ctx.calibration
+    work, calibration, profile = ctx.work, ctx.calibration, ctx.plan.profile
     prepared = onnx_int8.preprocess(ensure_onnx(ctx.fm), work / "prepared.onnx")
+    state = {n for b in ctx.opts.state for n in (b.input, b.output)}
 
     def quantize(method: str, keep: Sequence[str], tag: str) -> QuantizedModel:
         ctx.say(f"quantizing to int8 ONNX ({method} calibration on {ctx.n_calib} samples)")
-        return onnx_int8.quantize_onnx(prepared, calibration, ctx.plan.profile, work / f"q-{tag}.onnx", method, keep)
+        qm = onnx_int8.quantize_onnx(prepared, calibration, profile, work / f"q-{tag}.onnx", method, keep)
+        sample = next(iter(calibration()))
+        return onnx_io.integer_io(qm, profile.quantization, work / f"q-{tag}.io.onnx", sample, keep_float=state)
 
     def sensitivity(qm: QuantizedModel) -> list[list[str]]:
         ctx.say("per-node error analysis (float vs int8 intermediate tensors)")
         names = [s.name for s in ctx.fspecs]
         few = lambda: itertools.islice(calibration(), 16)  # noqa: E731
-        return guard.onnx_sensitivity(prepared, qm.path, lambda: onnx_int8.reader(names, few), work)
+        qdq = qm.float_io_path or qm.path  # fed the same float tensors as the float model
+        return guard.onnx_sensitivity(prepared, qdq, lambda: onnx_int8.reader(names, few), work)
 
     return TargetHooks(ModelRunner(prepared).run_float, quantize, sensitivity, onnx_int8.CALIBRATION_METHODS, "ONNX")
 

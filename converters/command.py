@@ -48,12 +48,33 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--color-order", choices=["RGB", "BGR", "GRAY"], help="the model's colour order (default RGB)")
     p.add_argument("--layout", choices=["NHWC", "NCHW"], help="image layout (default: guessed from the shape)")
     p.add_argument("--resize", choices=["stretch", "letterbox", "center_crop"], default="stretch")
+    p.add_argument("--pad-value", type=int, help="letterbox padding pixel value 0-255 (default 114)")
+    p.add_argument("--decoding", type=Path, help="detection decoding file, YAML or JSON: SSD or YOLO fields")
+    p.add_argument("--anchors", type=Path, help="SSD anchors .npy, float [N, 4] cx,cy,w,h (stored as anchors.npy)")
     p.add_argument("--calibration-method", choices=["minmax", "entropy", "percentile"], help="default: profile's")
     p.add_argument("--max-samples", type=int, help="calibration samples to use (default: profile's)")
     p.add_argument("--max-float-nodes", type=int, default=8, help="most nodes the accuracy guard may keep in float")
     p.add_argument("--force", action="store_true", help="replace an existing --out directory")
     p.add_argument("--archive", type=Path, help="also write the package as one .erpkg file")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
+
+
+def _detection(args: argparse.Namespace) -> dict:
+    """``decoding`` and ``extra_files`` from --decoding/--anchors, read and checked before any model is loaded."""
+    from converters.decoding_file import ANCHORS_FILE, load_anchors, load_decoding
+
+    if args.decoding is None:
+        if args.anchors is not None:
+            raise ConversionError("--anchors needs --decoding FILE with an SSD decoding")
+        return {}
+    if not args.decoding.is_file():
+        raise ConversionError(f"--decoding {args.decoding}: no such file")
+    decoding = load_decoding(args.decoding, with_anchors=args.anchors is not None)
+    if args.anchors is None:
+        return {"decoding": decoding}
+    if not args.anchors.is_file():
+        raise ConversionError(f"--anchors {args.anchors}: no such file")
+    return {"decoding": decoding, "extra_files": {ANCHORS_FILE: load_anchors(args.anchors)}}
 
 
 def _options(args: argparse.Namespace):  # type: ignore[no-untyped-def]
@@ -64,9 +85,10 @@ def _options(args: argparse.Namespace):  # type: ignore[no-untyped-def]
         for k in (
             "source", "profile", "calibration", "validation", "out", "name", "version", "sign_key", "format",
             "precision", "labels", "task", "input_kind", "input_shape", "mean", "std", "color_order", "layout",
-            "resize", "calibration_method", "max_samples", "force", "archive", "max_float_nodes",
+            "resize", "calibration_method", "max_samples", "force", "archive", "max_float_nodes", "pad_value",
         )
     }  # fmt: skip
+    fields.update(_detection(args))
     try:
         return ConvertOptions(**fields)
     except ValidationError as exc:

@@ -6,7 +6,7 @@ Used by the accuracy guard, the reference statistics and the golden pairs. onnxr
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -29,13 +29,16 @@ def _quant(details: dict) -> Quantization | None:
 class ModelRunner:
     """One model file loaded for evaluation; ``run`` returns what the model returns, ``run_float`` dequantized."""
 
-    def __init__(self, path: Path, threads: int = 1) -> None:
+    def __init__(self, path: Path, threads: int = 1, output_quant: Sequence[Quantization | None] | None = None) -> None:
+        """``output_quant``: how to dequantize integer ONNX outputs (an ONNX file does not say; the manifest does)."""
         self.path = Path(path)
         self.is_tflite = self.path.suffix == ".tflite"
         if self.is_tflite:
             self._load_tflite(threads)
         else:
             self._load_onnx(threads)
+            if output_quant is not None:
+                self.output_quant = list(output_quant)
 
     def _load_onnx(self, threads: int) -> None:
         import onnxruntime as ort

@@ -58,3 +58,5 @@ class QuantizedModel:
     symmetric_activations: bool | None = None
     float_nodes: tuple[str, ...] = ()
     tool_versions: dict[str, str] = field(default_factory=dict)
+    # The same QDQ model with float32 I/O, when ``path`` has integer I/O (per-node error analysis feeds it floats).
+    float_io_path: Path | None = None

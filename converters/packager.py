@@ -99,11 +99,9 @@ def golden_atols(
     """
     steps: list[float | None] = [None] * len(model.outputs)
     if model.precision == "int8":
-        steps = (
-            [q.scale[0] if q else None for q in model.output_quantization]
-            if model.format == "tflite"
-            else onnx_output_steps(model.path)
-        )
+        steps = [q.scale[0] if q else None for q in model.output_quantization]  # integer outputs: their own step
+        if model.format == "onnx":  # float outputs of a QDQ model: the step of the DequantizeLinear making them
+            steps = [s if s is not None else d for s, d in zip(steps, onnx_output_steps(model.path), strict=True)]
     atols = []
     for k, t in enumerate(model.outputs):
         if not (t.dtype.startswith("float") or model.output_quantization[k]):

@@ -61,6 +61,7 @@ class ConvertOptions(BaseModel):
     std: tuple[float, ...] | None = Field(default=None, description="Normalisation std (pixel units for images).")
     color_order: Literal["RGB", "BGR", "GRAY"] | None = Field(default=None, description="Model's colour order.")
     resize: Literal["stretch", "letterbox", "center_crop"] = Field(default="stretch", description="Frame fitting.")
+    pad_value: int | None = Field(default=None, ge=0, le=255, description="Letterbox padding pixel (default 114).")
     layout: Literal["NHWC", "NCHW"] | None = Field(default=None, description="Image layout (default: guessed).")
     input_shape: tuple[int, ...] | None = Field(default=None, description="Input shape for dynamic/torch models.")
     calibration_method: Literal["minmax", "entropy", "percentile"] | None = Field(
@@ -70,7 +71,7 @@ class ConvertOptions(BaseModel):
     force: bool = Field(default=False, description="Replace an existing output directory.")
     archive: Path | None = Field(default=None, description="Also write the package as this .erpkg archive.")
     input_spec: InputSpec | None = Field(default=None, description="Full float input spec (overrides the flags).")
-    decoding: Decoding | None = Field(default=None, description="Output decoding, e.g. SSD for BlazeFace.")
+    decoding: Decoding | None = Field(default=None, description="Output decoding, e.g. SSD for BlazeFace (--decoding).")
     extra_files: dict[str, Path | bytes] = Field(default_factory=dict, description="More package files (anchors).")
     state: tuple[StateBinding, ...] = Field(default=(), description="Stateful streaming bindings.")
     max_float_nodes: int = Field(default=8, ge=0, description="Most nodes the accuracy guard may keep in float.")
@@ -80,7 +81,12 @@ class ConvertOptions(BaseModel):
     @model_validator(mode="after")
     def _consistent(self) -> ConvertOptions:
         if self.task == "detection" and self.decoding is None:
-            raise ValueError("--task detection needs a detection decoding (SSD or YOLO), given through the Python API")
+            raise ValueError("--task detection needs a detection decoding: give --decoding FILE (SSD or YOLO fields)")
+        dec = self.decoding
+        if dec is not None and dec.type == "ssd" and dec.anchors_file not in self.extra_files:
+            raise ValueError(f"an SSD decoding needs its anchors file {dec.anchors_file} (--anchors FILE.npy)")
+        if self.pad_value is not None and self.resize != "letterbox":
+            raise ValueError("--pad-value applies to --resize letterbox only")
         if self.decoding is not None and self.task is not None:
             ok = {"classification": ("classification",), "detection": ("ssd", "yolo"), "raw": ("raw",)}[self.task]
             if self.decoding.type not in ok:
@@ -225,6 +231,8 @@ def input_specs(fm: FloatModel, opts: ConvertOptions) -> list[InputSpec]:
             fields.update(
                 layout=layout, resize=opts.resize, color_order=opts.color_order or ("GRAY" if channels == 1 else "RGB")
             )
+            if opts.pad_value is not None:
+                fields["pad_value"] = opts.pad_value
             norm = {"mean": opts.mean or (0.0,), "std": opts.std or (255.0,)}
         else:
             norm = {"mean": opts.mean or (0.0,), "std": opts.std or (1.0,)}
@@ -244,6 +252,11 @@ class Context:
         self.opts, self.plan, self.work, self.say = opts, p, work, say
         say(f"loading {opts.source}")
         self.fm = load_source(Path(opts.source), work, opts.input_shape)
+        if opts.decoding is not None and opts.decoding.type in ("ssd", "yolo"):
+            from converters.decoding_file import check_against_model
+
+            anchors = opts.extra_files.get(opts.decoding.anchors_file) if opts.decoding.type == "ssd" else None
+            check_against_model(opts.decoding, self.fm.outputs, anchors)
         self.fspecs = input_specs(self.fm, opts)
         self.calib, self.valid, data = open_data(opts, p, [s.name for s in self.fspecs])
         self.data = data

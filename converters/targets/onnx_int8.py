@@ -1,7 +1,8 @@
 """ONNX target: static int8 quantization with onnxruntime (QDQ format), or a float32/float16 copy.
 
-The quantized model keeps float32 inputs and outputs (QuantizeLinear/DequantizeLinear at the edges), so the
-manifest records float32 I/O and no input quantization: the device feeds it the float tensors preprocess makes.
+``quantize_onnx`` writes a QDQ model with float32 inputs and outputs (QuantizeLinear/DequantizeLinear at the
+edges); where the profile asks for int8/uint8 I/O, :mod:`converters.targets.onnx_io` then removes those edge
+nodes so the device feeds the integer tensors its preprocessing makes directly.
 
 Activations are uint8 (asymmetric) with int8 weights, the pairing onnxruntime's CPU kernels are fastest with
 (u8 x s8 VNNI/dot-product paths; int8 activations fall back to slower kernels: 1.3x instead of ~2.4x faster than

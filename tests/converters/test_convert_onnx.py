@@ -37,7 +37,7 @@ def _session(path):
 def test_package_is_int8_qdq_with_int8_weights(cnn_package):
     model = onnx.load(str(cnn_package / "model.onnx"))
     ops = [n.op_type for n in model.graph.node]
-    assert ops.count("QuantizeLinear") >= 2 and ops.count("DequantizeLinear") >= 4
+    assert ops.count("QuantizeLinear") >= 1 and ops.count("DequantizeLinear") >= 4
     inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
     producer = {o: n for n in model.graph.node for o in n.output}
     for op in ("Conv", "Gemm"):
@@ -55,27 +55,37 @@ def test_package_is_int8_qdq_with_int8_weights(cnn_package):
     assert m.quantization.precision == "int8" and m.quantization.method == "ort-static-qdq-u8a-s8w"
     assert m.quantization.symmetric_activations is False
     assert m.quantization.per_channel is True and m.quantization.calibration_samples == 80
-    assert m.inputs[0].dtype == "float32" and m.inputs[0].quantization is None  # QDQ keeps float I/O: say so
+    # the profile asks for integer I/O: the graph takes and returns uint8 (the u8 activations' type), and the
+    # manifest carries the scale and zero point the device quantizes and dequantizes with
+    assert model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.UINT8
+    assert model.graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.UINT8
+    assert producer[model.graph.output[0].name].op_type != "DequantizeLinear"
+    readers = [n for n in model.graph.node if "image" in n.input]
+    assert readers and all(n.op_type == "DequantizeLinear" for n in readers)  # no QuantizeLinear on the input
+    assert m.inputs[0].dtype == "uint8" and m.inputs[0].quantization.scale == pytest.approx((1 / 255,))
+    assert m.outputs.tensors[0].dtype == "uint8" and m.outputs.tensors[0].quantization is not None
     assert (m.inputs[0].layout, m.inputs[0].color_order, tuple(m.inputs[0].shape)) == ("NCHW", "GRAY", (1, 1, 16, 16))
 
 
 def test_int8_agrees_with_float_on_held_back_frames(cnn_package, onnx_cnn, digits):
     """Stated tolerance: top-1 agreement >= 0.95 and mean cosine >= 0.98 on 200 digits never seen in calibration."""
     m = load_package(cnn_package).manifest
-    pre = ImagePreprocessor(InputSpec.model_validate(m.inputs[0].model_dump()), frame_order="GRAY")
+    pre = ImagePreprocessor(InputSpec.model_validate(m.inputs[0].model_dump()), frame_order="GRAY")  # uint8 LUT
+    float_spec = m.inputs[0].model_copy(update={"dtype": "float32", "quantization": None})
+    pre_f = ImagePreprocessor(float_spec, frame_order="GRAY")
     f_sess, q_sess = _session(onnx_cnn), _session(cnn_package / "model.onnx")
+    out_q = m.outputs.tensors[0].quantization
     agree, cos = 0, []
     frames = digits.frames[1500:1700]
     for frame in frames:
-        x, _ = pre(frame)
-        f = f_sess.run(None, {"image": x})[0].ravel()
-        q = q_sess.run(None, {"image": x})[0].ravel()
+        f = f_sess.run(None, {"image": pre_f(frame)[0]})[0].ravel()
+        q = dequantize(q_sess.run(None, {"image": pre(frame)[0]})[0], out_q).ravel()
         agree += int(f.argmax() == q.argmax())
         cos.append(float(f @ q / np.linalg.norm(f) / np.linalg.norm(q)))
     assert agree / len(frames) >= 0.95
     assert np.mean(cos) >= 0.98
     # the float model itself is a real classifier (not a constant): it gets most digits right
-    labels = [int(f_sess.run(None, {"image": pre(fr)[0]})[0].argmax()) for fr in frames]
+    labels = [int(f_sess.run(None, {"image": pre_f(fr)[0]})[0].argmax()) for fr in frames]
     assert np.mean(np.array(labels) == digits.y[1500:1700]) > 0.8
     assert m.accuracy is not None and m.accuracy.passed and m.accuracy.top1_agreement >= 0.98
 
@@ -84,11 +94,14 @@ def test_golden_pairs_replay_and_reference_stats(cnn_package):
     m = load_package(cnn_package).manifest
     assert m.golden is not None and 3 <= m.golden.count <= 5 and m.golden.top1_must_match
     sess = _session(cnn_package / "model.onnx")
+    out_q = m.outputs.tensors[0].quantization
+    assert m.golden.atol == pytest.approx(1.5 * out_q.scale[0])  # stated: 1.5 steps of the uint8 output
     with np.load(cnn_package / m.golden.file) as g:
         for i in range(m.golden.count):
             got = sess.run(None, {"image": g[f"input_{i}_0"]})[0]
-            assert np.max(np.abs(dequantize(got, None) - g[f"output_{i}_0"])) <= m.golden.atol
-            assert g[f"input_{i}_0"].dtype == np.float32 and g[f"input_{i}_0"].shape == (1, 1, 16, 16)
+            assert np.max(np.abs(dequantize(got, out_q) - dequantize(g[f"output_{i}_0"], out_q))) <= m.golden.atol
+            assert g[f"input_{i}_0"].dtype == np.uint8 and g[f"input_{i}_0"].shape == (1, 1, 16, 16)  # as fed
+            assert g[f"output_{i}_0"].dtype == np.uint8
     ref = m.reference
     assert ref is not None and ref.samples == 80 and len(ref.channel_mean) == 1
     assert ref.brightness is not None and abs(sum(ref.brightness.counts) - 1) < 1e-6
@@ -117,6 +130,10 @@ def test_tensorrt_profile_gets_symmetric_activations(onnx_cnn, data_dir, tmp_pat
     q = load_package(out).manifest.quantization
     assert q.symmetric_activations is True and q.calibration_method == "entropy"  # the profile's first method
     assert q.method == "ort-static-qdq-s8a-s8w"
+    m = load_package(out).manifest  # the Jetson profiles ask for float32 I/O: the QDQ edges stay
+    assert m.inputs[0].dtype == "float32" and m.inputs[0].quantization is None
+    assert model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    assert m.outputs.tensors[0].dtype == "float32"
 
 
 def test_float16_target_keeps_float32_io_and_matches_float(onnx_cnn, data_dir, tmp_path):

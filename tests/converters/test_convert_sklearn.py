@@ -14,6 +14,8 @@ from converters.pipeline import ConvertOptions, convert
 from edge_runtime.cli import main
 from edge_runtime.errors import ConversionError
 from edge_runtime.package import load_package
+from edge_runtime.preprocess import TensorPreprocessor
+from edge_runtime.quant import dequantize
 
 
 @pytest.mark.parametrize("source", ["mlp.pkl", "mlp.joblib"])
@@ -39,7 +41,11 @@ def test_mlp_to_int8_onnx_matches_estimator(source, sklearn_models, data_dir, di
     sess = ort.InferenceSession(str(pkg.model_path), providers=["CPUExecutionProvider"])
     x = digits.x[1500:1800]
     ref = est.predict_proba(x)
-    got = np.concatenate([sess.run(["probabilities"], {"X": row[None]})[0] for row in x])
+    # fed as the device feeds it: the manifest's input spec quantizes features to the graph's integer input
+    assert m.inputs[0].dtype == "uint8" and m.inputs[0].quantization is not None
+    pre = TensorPreprocessor(m.inputs[0])
+    out_q = next(t.quantization for t in m.outputs.tensors if t.name == "probabilities")
+    got = np.concatenate([dequantize(sess.run(["probabilities"], {"X": pre(row)})[0], out_q) for row in x])
     assert np.mean(ref.argmax(1) == got.argmax(1)) >= 0.97
     assert np.max(np.abs(ref - got)) <= 0.15
     assert m.reference.input_values is not None and len(m.reference.channel_mean) == 64

@@ -52,14 +52,18 @@ def two_scale_package(tmp_path_factory) -> Package:
 
 
 def _output_steps(model_path) -> dict[str, float]:
-    """Each graph output's quantization step, read from the DequantizeLinear producing it."""
+    """Each graph output's quantization step, read from the QuantizeLinear producing its integer tensor.
+
+    x86-laptop asks for integer outputs, so each output is a QuantizeLinear's result (no DequantizeLinear).
+    """
     model = onnx.load(str(model_path))
     inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
     producer = {o: n for n in model.graph.node for o in n.output}
     steps = {}
     for out in model.graph.output:
         node = producer[out.name]
-        assert node.op_type == "DequantizeLinear", (out.name, node.op_type)
+        assert node.op_type == "QuantizeLinear", (out.name, node.op_type)
+        assert out.type.tensor_type.elem_type == TensorProto.UINT8
         steps[out.name] = float(inits[node.input[1]])
     return steps
 
@@ -80,8 +84,15 @@ def _rewrite(pkg: Package, out, golden_update: dict, bump_scores: float = 0.0) -
     files: dict[str, bytes | object] = {f.path: (pkg.root / f.path).read_bytes() for f in pkg.manifest.files}
     with np.load(pkg.root / pkg.manifest.golden.file) as g:
         arrays = {k: g[k] for k in g.files}
+    q = pkg.manifest.outputs.tensors[1].quantization
     for k in [k for k in arrays if k.startswith("output_") and k.endswith("_1")]:  # output 1 = scores
-        arrays[k] = (arrays[k] + bump_scores).astype(arrays[k].dtype)
+        a = arrays[k]
+        if q is None:
+            arrays[k] = (a + bump_scores).astype(a.dtype)
+            continue
+        steps = int(round(bump_scores / q.scale[0]))  # integer output: move it by whole quantization steps
+        up = a.astype(np.int64) + steps <= np.iinfo(a.dtype).max
+        arrays[k] = np.where(up, a.astype(np.int64) + steps, a.astype(np.int64) - steps).astype(a.dtype)
     buf = io.BytesIO()
     np.savez(buf, **arrays)
     files[pkg.manifest.golden.file] = buf.getvalue()

@@ -58,11 +58,12 @@ def test_torchscript_to_int8_onnx(torch_digits, data_dir, digits, tmp_path):
     assert m.source.format == "torch" and "torch" in m.tools and m.accuracy.passed
     assert m.outputs.decoding.activation == "softmax"  # logits out: the runtime applies the softmax
     assert "QuantizeLinear" in {n.op_type for n in onnx.load(str(pkg.model_path)).graph.node}
-    pre = ImagePreprocessor(InputSpec.model_validate(m.inputs[0].model_dump()), frame_order="GRAY")
+    pre = ImagePreprocessor(InputSpec.model_validate(m.inputs[0].model_dump()), frame_order="GRAY")  # uint8
+    pre_f = ImagePreprocessor(m.inputs[0].model_copy(update={"dtype": "float32", "quantization": None}), "GRAY")
     runner = ModelRunner(pkg.model_path)
     agree = 0
     with torch.no_grad():
         for frame in digits.frames[1500:1700]:
-            x, _ = pre(frame)
-            agree += int(runner.run([x])[0].argmax() == model(torch.from_numpy(x)).numpy().argmax())
+            ref = model(torch.from_numpy(pre_f(frame)[0])).numpy()
+            agree += int(runner.run([pre(frame)[0]])[0].argmax() == ref.argmax())
     assert agree / 200 >= 0.95

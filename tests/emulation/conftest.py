@@ -38,7 +38,7 @@ def demo_package(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
 
 @pytest.fixture(scope="session")
 def int8_onnx_package(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
-    """A tiny image classifier converted to int8 ONNX (QDQ, float in/out) for a Raspberry Pi 5 by the converter."""
+    """A tiny image classifier converted to int8 ONNX (QDQ, uint8 in/out) for a Raspberry Pi 5 by the converter."""
     import cv2
 
     from converters.pipeline import ConvertOptions, convert

@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from converters.emulate import FLOAT_RTOL, run_golden_emulated
+from converters.emulate import run_golden_emulated
 
 pytestmark = pytest.mark.emulation
 
@@ -26,7 +26,8 @@ def test_int8_onnx_classifier_matches_x86_on_raspberry_pi_5(arm64_env, int8_onnx
     assert "backend onnxruntime" in report.ran_with
     assert report.pairs == int8_onnx_package.manifest.golden.count
     assert report.top1 == (report.pairs, report.pairs)
-    assert all(t.dtype == "float32" and t.max_abs_diff <= FLOAT_RTOL for t in report.tensors)
+    # raspberry-pi-5 asks for integer I/O: the QDQ model returns uint8 (its u8 activations), one step at most apart
+    assert all(t.dtype == "uint8" and t.max_abs_diff <= 1 for t in report.tensors)
     assert report.device["forbidden_importable"] == []
 
 

@@ -114,11 +114,12 @@ def test_demo_package_is_int8_signed_and_detects_like_float(demo_package, photos
     assert m.quantization.precision == "int8" and m.quantization.calibration_samples >= 20
     assert m.outputs.decoding.type == "ssd" and m.outputs.labels == ("face",)
     assert "anchors.npy" in [f.path for f in m.files]
-    if m.format == "tflite":
-        assert m.inputs[0].dtype == "int8" and m.inputs[0].quantization is not None
-        assert [t.dtype for t in m.outputs.tensors] == ["int8", "int8"]
-        steps = [t.quantization.scale[0] for t in m.outputs.tensors]
-        assert m.golden.atol_per_output == pytest.approx([1.5 * s for s in steps])  # stated: 1.5 steps each
+    # x86-laptop asks for integer I/O: int8 from LiteRT, uint8 (onnxruntime's u8 activations) from ONNX
+    io_type = "int8" if m.format == "tflite" else "uint8"
+    assert m.inputs[0].dtype == io_type and m.inputs[0].quantization is not None
+    assert [t.dtype for t in m.outputs.tensors] == [io_type, io_type]
+    steps = [t.quantization.scale[0] for t in m.outputs.tensors]
+    assert m.golden.atol_per_output == pytest.approx([1.5 * s for s in steps])  # stated: 1.5 steps each
     # box offsets (input pixels) and score logits get tolerances of their own, not the boxes' for both
     atol = dict(zip([t.name for t in m.outputs.tensors], m.golden.atol_per_output, strict=True))
     assert atol["classificators"] < atol["regressors"] and m.golden.atol == max(atol.values())
@@ -130,3 +131,36 @@ def test_demo_package_is_int8_signed_and_detects_like_float(demo_package, photos
     assert len(faces) == 1 and faces[0].label == "face"
     assert abs(faces[0].score - float_face.score) < 0.05, (faces[0].score, float_face.score)
     assert _iou(faces[0].box, float_face.box) >= 0.8
+
+
+@pytest.mark.slow
+def test_cli_converts_blazeface_with_a_decoding_file_and_anchors(tmp_path, photos: dict[str, np.ndarray]):  # noqa: ANN001
+    """Given BlazeFace's float TFLite, a YAML decoding, anchors.npy and a folder of photos, when converted with
+    `edge-runtime convert --task detection`, then the package finds the astronaut's face like the float model."""
+    import yaml
+
+    from edge_runtime.api import load
+    from edge_runtime.cli import main
+
+    decoding = blazeface.decoding().model_dump(mode="json", exclude={"anchors_file"})
+    (tmp_path / "blazeface.yaml").write_text(yaml.safe_dump(decoding))
+    np.save(tmp_path / "anchors.npy", blazeface.anchors())
+    (tmp_path / "labels.txt").write_text("face\n")
+    calib = blazeface.write_calibration_folder(tmp_path / "photos")
+    out = tmp_path / "pkg"
+    rc = main(["convert", str(blazeface.model_path()), "--profile", "x86-laptop", "--calibration", str(calib),
+               "--out", str(out), "--task", "detection", "--decoding", str(tmp_path / "blazeface.yaml"),
+               "--anchors", str(tmp_path / "anchors.npy"), "--labels", str(tmp_path / "labels.txt"),
+               "--resize", "letterbox", "--pad-value", "0", "--mean", "127.5", "--std", "127.5",
+               "--color-order", "RGB", "-q"])  # fmt: skip
+    assert rc == 0
+    m = load_package(out).manifest
+    assert m.format == "onnx" and m.outputs.decoding == blazeface.decoding()
+    assert m.inputs[0].pad_value == 0 and m.inputs[0].dtype == "uint8"  # integer input for x86-laptop
+    assert np.array_equal(np.load(out / "anchors.npy"), blazeface.anchors())
+    float_face = _float_detect(photos["astronaut"])[0]
+    with load(out) as model:
+        faces = model.predict(photos["astronaut"], frame_order="RGB").detections
+        assert model.predict(photos["coffee"], frame_order="RGB").detections == ()
+    assert len(faces) == 1 and faces[0].label == "face"
+    assert abs(faces[0].score - float_face.score) < 0.05 and _iou(faces[0].box, float_face.box) >= 0.8
