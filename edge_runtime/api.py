@@ -31,7 +31,7 @@ from typing import Any, Literal
 import numpy as np
 
 from edge_runtime.backends import Backend, BackendOptions, backend_for_format, open_backend
-from edge_runtime.errors import BackendError, InputError, PackageError, ProfileError
+from edge_runtime.errors import BackendError, ConfigError, InputError, PackageError, ProfileError
 from edge_runtime.package.manifest import InputSpec, Manifest
 from edge_runtime.package.signing import TrustStore
 from edge_runtime.package.store import Package, load_package
@@ -68,6 +68,8 @@ def _resolve_profile(profile: str | DeviceProfile | None, manifest: Manifest) ->
 
 def backend_options(profile: DeviceProfile | None, backend: str, threads: int | None) -> BackendOptions:
     """Backend settings from the profile (threads, XNNPACK, providers, graph optimisation), threads overridable."""
+    if threads is not None and threads < 1:
+        raise ConfigError(f"threads must be at least 1, got {threads}")
     if profile is None:
         return BackendOptions(threads=threads or max(1, os.cpu_count() or 1))
     if backend == "tflite":

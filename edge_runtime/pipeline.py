@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -91,7 +91,9 @@ class PipelineConfig(BaseModel):
 
     max_frames: int | None = Field(default=None, ge=1, description="Stop after this many samples from the source.")
     duration_s: float | None = Field(default=None, gt=0, description="Stop after this many seconds.")
-    frame_order: str = Field(default="BGR", description="Channel order of frames from the source (OpenCV: BGR).")
+    frame_order: Literal["BGR", "RGB", "GRAY"] = Field(
+        default="BGR", description="Channel order of frames from the source (OpenCV: BGR)."
+    )
     max_consecutive_errors: int = Field(
         default=25, ge=1, description="Give up after this many samples in a row the model rejects."
     )
@@ -166,6 +168,8 @@ class Pipeline:
         self._stop = threading.Event()
         self._handoff: queue.Queue[object] = queue.Queue(maxsize=1)
         self._taken = self._processed = self._errors = self._consecutive_errors = 0
+        self._count_lock = threading.Lock()  # both the preparer and the inference loop count rejected samples
+        self._opened = False
         self._started: float | None = None
         self._ended: float | None = None
         self._running = False
@@ -198,6 +202,15 @@ class Pipeline:
     def stop(self) -> None:
         """Ask the run to end after the current sample (thread- and signal-safe)."""
         self._stop.set()
+
+    def open(self) -> None:
+        """Open the source now (SourceError if it cannot be), so a bad camera fails before anything else starts.
+
+        ``run`` opens it when this was not called; once opened, ``run`` (or ``source.close()``) must follow.
+        """
+        if not self._opened:
+            self.source.start()
+            self._opened = True
 
     # ------------------------------------------------------------------ state
 
@@ -236,7 +249,7 @@ class Pipeline:
         self._running = True
         preparer = threading.Thread(target=self._prepare_loop, name="pipeline-prepare", daemon=True)
         try:
-            self.source.start()
+            self.open()
             preparer.start()
             while not self._stop.is_set() and self._time_left():
                 try:
@@ -313,12 +326,14 @@ class Pipeline:
 
     def _reject(self, sample: Sample, exc: EdgeRuntimeError) -> None:
         """Count a sample the model refused; too many in a row end the run with that error."""
-        self._errors += 1
-        self._consecutive_errors += 1
-        self._last_error = str(exc)
-        if self._consecutive_errors <= 3:
+        with self._count_lock:
+            self._errors += 1
+            self._consecutive_errors += 1
+            in_a_row = self._consecutive_errors
+            self._last_error = str(exc)
+        if in_a_row <= 3:
             log.warning("sample %d skipped: %s", sample.index, exc)
-        if self._consecutive_errors >= self.config.max_consecutive_errors:
+        if in_a_row >= self.config.max_consecutive_errors:
             raise exc
 
     # ------------------------------------------------------------------ inference loop
@@ -334,7 +349,8 @@ class Pipeline:
             except EdgeRuntimeError as exc:
                 self._reject(job.sample, exc)
                 return None
-        self._consecutive_errors = 0
+        with self._count_lock:
+            self._consecutive_errors = 0
         return pred
 
     def _process(self, job: _Job) -> None:

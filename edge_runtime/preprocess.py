@@ -69,6 +69,8 @@ class ImagePreprocessor:
     def __init__(self, spec: InputSpec, frame_order: FrameOrder = "BGR") -> None:
         if spec.kind != "image":
             raise InputError(f"input {spec.name!r} is not an image input")
+        if frame_order not in ("BGR", "RGB", "GRAY"):
+            raise InputError(f"frame order {frame_order!r} is not BGR, RGB or GRAY")
         self.spec = spec
         self.frame_order = frame_order
         self.height, self.width, self.channels = spec.height_width_channels
@@ -84,9 +86,7 @@ class ImagePreprocessor:
     def _check(self, frame: np.ndarray) -> np.ndarray:
         if not isinstance(frame, np.ndarray) or frame.dtype != np.uint8:
             raise InputError("frames must be uint8 numpy arrays")
-        if frame.ndim == 2:
-            return frame
-        if frame.ndim != 3 or frame.shape[2] not in (1, 3, 4):
+        if frame.ndim not in (2, 3) or (frame.ndim == 3 and frame.shape[2] not in (1, 3, 4)):
             raise InputError(f"frame of shape {frame.shape} is not HxW, HxWx1, HxWx3 or HxWx4")
         if frame.shape[0] < 2 or frame.shape[1] < 2:
             raise InputError(f"frame of shape {frame.shape} is too small")
@@ -175,6 +175,10 @@ class TensorPreprocessor:
         if not self._identity:
             x = (x - self._mean) / self._std
         if self.spec.quantization is not None and dt in (np.int8, np.uint8):
+            # NaN has no 8-bit value: the cast would give garbage, not an error (float inputs keep NaN: tree
+            # models read it as a missing value)
+            if np.isnan(x).any():
+                raise InputError(f"input {self.spec.name!r} holds NaN, which a {dt.name} input cannot take")
             return np.ascontiguousarray(quantize(x, self.spec.quantization, dt))
         return np.ascontiguousarray(x.astype(dt))
 

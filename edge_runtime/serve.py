@@ -67,19 +67,44 @@ def _json_array(body: bytes, image_input: bool) -> np.ndarray:
         doc = json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
         raise RequestError(400, f"invalid JSON: {exc}") from exc
+    except RecursionError:
+        raise RequestError(400, "invalid JSON: nested too deeply") from None
     if isinstance(doc, dict):
         doc = doc.get("array", doc.get("inputs"))
     try:
-        arr = np.asarray(doc, dtype=np.float32)
-    except (ValueError, TypeError) as exc:
+        with np.errstate(over="ignore", invalid="ignore"):  # out-of-range numbers become inf, refused below
+            arr = np.asarray(doc, dtype=np.float32)
+    except (ValueError, TypeError, OverflowError, RecursionError) as exc:
         raise RequestError(400, "JSON must be a numeric array (or {\"array\": [...]}) of a regular shape") from exc
     if arr.ndim == 0 or arr.size == 0:
         raise RequestError(400, "JSON must be a non-empty numeric array")
+    if not np.isfinite(arr).all():  # NaN, Infinity, null, or beyond float32's range
+        raise RequestError(422, "JSON array values must be finite numbers (no NaN, Infinity or null)")
     if image_input:  # a frame as nested lists: whole numbers 0..255
         if np.any((arr < 0) | (arr > 255)) or np.any(arr != np.round(arr)):
             raise RequestError(422, "an image array must hold whole numbers 0..255")
         return arr.astype(np.uint8)
     return arr
+
+
+async def read_body(request: Any, limit: int = MAX_BODY_BYTES) -> bytes:
+    """The request body, refused with 413 as soon as it is known to exceed ``limit``: a huge upload is never held
+    in memory whole (checked against Content-Length first, then while streaming, for chunked uploads)."""
+    size_text = f"{limit / 1048576:g} MiB" if limit >= 1048576 else f"{limit} bytes"
+    too_big = RequestError(413, f"body larger than {size_text}")
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.strip().isdigit():
+            raise RequestError(400, f"bad Content-Length {declared!r}")
+        if int(declared) > limit:
+            raise too_big
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise too_big
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def request_input(content_type: str, body: bytes, image_input: bool) -> np.ndarray:
@@ -183,9 +208,10 @@ class ModelService:
 
 
 def create_app(service: ModelService, load_in_background: bool = True,
-               services: "DeviceServices | None" = None):  # type: ignore[no-untyped-def]
+               services: "DeviceServices | None" = None,
+               max_body_bytes: int = MAX_BODY_BYTES):  # type: ignore[no-untyped-def]
     """The FastAPI application around a ModelService. With ``services`` (monitor, outbox, MQTT) it feeds every
-    prediction to the monitor, adds /metrics and /health, and closes them at shutdown."""
+    prediction to the monitor, adds /metrics and /health, and closes them at shutdown. Larger bodies get 413."""
     try:
         from contextlib import asynccontextmanager
 
@@ -225,12 +251,16 @@ def create_app(service: ModelService, load_in_background: bool = True,
             if not service.ready:
                 raise RequestError(503, f"not ready: {service.not_ready_reason}")
             received = time.monotonic()
-            body = await request.body()
+            body = await read_body(request, max_body_bytes)
             x = request_input(request.headers.get("content-type", ""), body, service.model.input_spec.kind == "image")
             result = await run_in_threadpool(service.predict, x, received)
         except RequestError as exc:
             return JSONResponse({"error": exc.reason}, status_code=exc.status)
-        return JSONResponse(result)
+        try:
+            return JSONResponse(result)
+        except ValueError:  # JSON has no NaN/Infinity: finite inputs at the edge of float32 can overflow a model
+            reason = "the model's output for this input is not finite (NaN or infinity)"
+            return JSONResponse({"error": reason}, status_code=422)
 
     if services is not None:
         _add_monitoring_routes(app, service, services)

@@ -9,7 +9,9 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
+import stat
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -22,6 +24,8 @@ from edge_runtime.errors import ConfigError
 from edge_runtime.fsutil import atomic_write_bytes
 from edge_runtime.pipeline import FrameResult
 from edge_runtime.results import Prediction
+
+log = logging.getLogger(__name__)
 
 
 def result_record(result: FrameResult) -> dict[str, Any]:
@@ -36,31 +40,62 @@ def result_record(result: FrameResult) -> dict[str, Any]:
 
 
 class JsonLinesSink:
-    """Writes one JSON line per result to a stream or a file (``None`` or ``'-'``: stdout), flushed per line."""
+    """Writes one JSON line per result to a stream or a file (``None`` or ``'-'``: stdout), flushed per line.
 
-    def __init__(self, target: str | Path | IO[str] | None = None, append: bool = False) -> None:
+    When the reader goes away (``run ... | head -1``: a broken pipe) the sink stops writing and calls
+    ``on_reader_gone`` once (the CLI stops the run there) instead of failing on every later result.
+    """
+
+    def __init__(self, target: str | Path | IO[str] | None = None, append: bool = False,
+                 on_reader_gone: Callable[[], None] | None = None) -> None:  # fmt: skip
         self._owned = False
+        self._on_reader_gone = on_reader_gone
+        self.reader_gone = False
         if target is None or target == "-":
             self._stream: IO[str] = sys.stdout
         elif isinstance(target, str | Path):
             path = Path(target)
             if path.parent and not path.parent.is_dir():
                 raise ConfigError(f"cannot write {path}: directory {path.parent} does not exist")
-            self._stream = open(path, "a" if append else "w", encoding="utf-8")  # noqa: SIM115 - closed in close()
+            try:
+                self._stream = open(path, "a" if append else "w", encoding="utf-8")  # noqa: SIM115 - closed in close()
+            except OSError as exc:  # a directory, no permission, a read-only file system
+                raise ConfigError(f"cannot write {path}: {exc.strerror or exc}") from None
             self._owned = True
         else:
             self._stream = target
         self.lines = 0
 
     def __call__(self, result: FrameResult) -> None:
-        self._stream.write(json.dumps(result_record(result), separators=(",", ":")) + "\n")
-        self._stream.flush()
+        if self.reader_gone:
+            return
+        try:
+            self._stream.write(json.dumps(result_record(result), separators=(",", ":")) + "\n")
+            self._stream.flush()
+        except BrokenPipeError:
+            self._reader_gone()
+            return
         self.lines += 1
+
+    def _reader_gone(self) -> None:
+        self.reader_gone = True
+        log.warning("the reader of the results went away (broken pipe); no more results are written")
+        try:  # what is still buffered can never be written: point the descriptor at /dev/null so that
+            # flushing at exit does not fail again ("Exception ignored ... BrokenPipeError")
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, self._stream.fileno())
+            os.close(devnull)
+        except (OSError, ValueError):
+            pass
+        if self._on_reader_gone is not None:
+            self._on_reader_gone()
 
     def close(self) -> None:
         if self._owned and not self._stream.closed:
             self._stream.flush()
-            os.fsync(self._stream.fileno())
+            fd = self._stream.fileno()
+            if stat.S_ISREG(os.fstat(fd).st_mode):  # /dev/null, a FIFO or a tty cannot be fsynced (EINVAL)
+                os.fsync(fd)
             self._stream.close()
 
 
@@ -93,7 +128,10 @@ class DetectionSnapshotSink:
         if max_files < 1 or clip_frames < 0:
             raise ConfigError("max_files must be >= 1 and clip_frames >= 0")
         self.out_dir = Path(out_dir)
-        self.out_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:  # a file of that name, no permission
+            raise ConfigError(f"cannot save detections in {self.out_dir}: {exc.strerror or exc}") from None
         self.max_files, self.min_score = max_files, min_score
         self.clip_frames, self.clip_fps = clip_frames, clip_fps
         self.saved: list[Path] = []

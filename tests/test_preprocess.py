@@ -84,11 +84,37 @@ def test_grey_model_from_colour_frame_and_colour_model_from_grey_frame():
 
 @pytest.mark.parametrize(
     "frame",
-    [np.zeros((4, 6, 3), np.float32), np.zeros((4, 6, 5), np.uint8), np.zeros((1, 1, 3), np.uint8), "nope"],
+    [
+        np.zeros((4, 6, 3), np.float32),
+        np.zeros((4, 6, 5), np.uint8),
+        np.zeros((1, 1, 3), np.uint8),
+        np.zeros((0, 6), np.uint8),  # an empty grey frame: was a cv2.error from resize, not an InputError
+        np.zeros((1, 6), np.uint8),
+        np.zeros(6, np.uint8),
+        "nope",
+    ],
+    ids=["float", "5ch", "1x1", "grey-empty", "grey-1-row", "1d", "str"],
 )
 def test_bad_frames_raise_input_error(frame):
     with pytest.raises(InputError):
         ImagePreprocessor(spec())(frame)
+
+
+def test_unknown_frame_order_is_refused():
+    """A typo ("BRG") used to be taken as BGR silently."""
+    with pytest.raises(InputError, match="frame order"):
+        ImagePreprocessor(spec(), "BRG")  # type: ignore[arg-type]
+
+
+def test_tensor_preprocessor_refuses_nan_instead_of_quantizing_garbage():
+    s = InputSpec(name="w", shape=(1, 4), dtype="int8", kind="tensor", normalization={"mean": (0.0,), "std": (1.0,)},
+                  quantization={"scale": [0.1], "zero_point": [0]})
+    assert TensorPreprocessor(s)(np.array([0.1, 0.2, 0.3, 0.4])).tolist() == [[1, 2, 3, 4]]
+    assert TensorPreprocessor(s)(np.array([np.inf, -np.inf, 0, 0])).tolist() == [[127, -128, 0, 0]]  # saturates
+    with pytest.raises(InputError, match="NaN"):
+        TensorPreprocessor(s)(np.array([0.1, np.nan, 0.3, 0.4]))
+    float_input = s.model_copy(update={"dtype": "float32", "quantization": None})  # NaN may mean "missing" there
+    assert np.isnan(TensorPreprocessor(float_input)(np.array([0.1, np.nan, 0.3, 0.4]))).sum() == 1
 
 
 def test_tensor_preprocessor_normalises_quantizes_and_checks_shape():

@@ -128,14 +128,25 @@ def check_arguments(args: argparse.Namespace) -> None:
         raise ConfigError("--motion-gate works with camera and video sources only")
     if args.window_hop is not None and kind != "window":
         raise ConfigError("--window-hop applies to sensor sources only")
+    check_model_arguments(args)
     for name in ("max_frames", "queue_size", "max_saved", "window_hop"):
         value = getattr(args, name, None)
         if value is not None and value < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be at least 1")
-    if args.duration is not None and args.duration <= 0:
-        raise ConfigError("--duration must be positive")
+    for name in ("duration", "fps_limit"):
+        value = getattr(args, name, None)
+        if value is not None and not value > 0:
+            raise ConfigError(f"--{name.replace('_', '-')} must be positive")
+    if args.clip_frames < 0:
+        raise ConfigError("--clip-frames must be 0 (single frames) or more")
     if args.save_detections and kind != "frame":
         raise ConfigError("--save-detections needs a camera or video source")
+
+
+def check_model_arguments(args: argparse.Namespace) -> None:
+    """The shared model arguments (`run` and `serve`), checked before anything is loaded."""
+    if args.threads is not None and args.threads < 1:
+        raise ConfigError("--threads must be at least 1")
 
 
 def load_model(args: argparse.Namespace):  # type: ignore[no-untyped-def]
@@ -144,6 +155,8 @@ def load_model(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     from edge_runtime.package.signing import TrustStore
 
     trust = TrustStore.from_paths(args.key) if args.key else None
+    if args.key and not trust:  # an empty store would silently skip the signature check --key asks for
+        raise ConfigError(f"--key {' '.join(args.key)}: no public key (.pub) found there")
     return load(args.package, trust=trust, profile=args.profile, backend=args.backend, threads=args.threads)
 
 
@@ -174,7 +187,10 @@ def format_stats(stats: PipelineStats) -> str:
 
 
 def run_pipeline(pipeline: Pipeline, summary: bool) -> int:
-    """Run with signal handling; print the summary on stderr even when the source fails."""
+    """Run with signal handling; print the summary on stderr even when the source fails mid-run.
+
+    Open the source first (``pipeline.open()``): a source that cannot be opened is a one-line error, no summary.
+    """
     try:
         with stop_on_signals(pipeline):
             pipeline.run()
@@ -213,24 +229,38 @@ def run(args: argparse.Namespace) -> int:
     device = device_config(args)  # a bad config file ends here, before the model is loaded
     model = load_model(args)
     services = None
+    sinks: list[Sink] = []
+    pipeline: Pipeline | None = None
+    running = False
     try:
-        sinks: list[Sink] = [JsonLinesSink(args.out)]
+        pipeline = build_pipeline(args, model, ())
+        sinks.append(JsonLinesSink(args.out, on_reader_gone=pipeline.stop))  # `run ... | head -3` ends the run
         if args.save_detections:
             sinks.append(DetectionSnapshotSink(args.save_detections, args.max_saved, clip_frames=args.clip_frames))
-        pipeline = build_pipeline(args, model, sinks)
+        for sink in sinks:
+            pipeline.add_sink(sink)
+        pipeline.open()  # a camera that cannot be opened ends here: one line, no summary, no services started
         if device is not None:
-            try:
-                services = start_monitoring(device, model, args.source)
-            except BaseException:
-                pipeline.source.close()
-                raise
+            services = start_monitoring(device, model, args.source)
             services.attach(pipeline)
+        running = True  # from here on, Pipeline.run closes the source and the sinks
         return run_pipeline(pipeline, summary=not args.no_summary)
     finally:
+        if not running:  # it never ran: release what was opened for it
+            if pipeline is not None:
+                pipeline.source.close()
+            _close_sinks(sinks)
         if services is not None:
             services.close()
             if not args.no_summary:
                 print(format_services(services), file=sys.stderr)
         close = getattr(model, "close", None)
+        if callable(close):
+            close()
+
+
+def _close_sinks(sinks: Sequence[Sink]) -> None:
+    for sink in sinks:
+        close = getattr(sink, "close", None)
         if callable(close):
             close()

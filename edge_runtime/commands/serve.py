@@ -12,7 +12,13 @@ import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from edge_runtime.commands.run import add_device_arguments, add_model_arguments, device_config, load_model
+from edge_runtime.commands.run import (
+    add_device_arguments,
+    add_model_arguments,
+    check_model_arguments,
+    device_config,
+    load_model,
+)
 from edge_runtime.errors import ConfigError, MissingDependencyError
 
 
@@ -38,6 +44,7 @@ def _signals_end_cleanly() -> Iterator[None]:
 def run(args: argparse.Namespace) -> int:
     if not 0 < args.port < 65536:
         raise ConfigError(f"--port {args.port} is not a TCP port")
+    check_model_arguments(args)
     try:
         import uvicorn
     except ImportError as exc:

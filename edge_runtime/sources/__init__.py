@@ -79,10 +79,14 @@ def _open_sensor(spec: str, window: WindowSpec | None, options: SourceOptions) -
         return sensors.SerialSource(parts.path, baud, window, policy, options.queue_size, options.reconnect)
     if spec.startswith("udp://"):
         parts = urlsplit(spec)
-        if parts.hostname is None or parts.port is None:
+        try:
+            port = parts.port
+        except ValueError as exc:  # "Port out of range 0-65535", "Port could not be cast to integer value"
+            raise ConfigError(f"UDP source {spec!r}: {exc}") from None
+        if parts.hostname is None or port is None:
             raise ConfigError(f"UDP source {spec!r} needs a host and a port (udp://0.0.0.0:9000)")
         policy = _policy(options, DropPolicy.DROP_OLDEST)
-        return sensors.UdpSource(parts.hostname, parts.port, window, policy, options.queue_size)
+        return sensors.UdpSource(parts.hostname, port, window, policy, options.queue_size)
     return sensors.SensorFileSource(Path(spec), window, _policy(options, DropPolicy.BLOCK), options.queue_size)
 
 

@@ -96,7 +96,7 @@ class SampleQueue:
         self._items: deque[Sample] = deque()
         self._cond = threading.Condition()
         self._closed = False
-        self._error: SourceError | None = None
+        self._error: Exception | None = None
         self._counters = counters
 
     def put(self, sample: Sample, stop: threading.Event | None = None) -> bool:
@@ -117,7 +117,8 @@ class SampleQueue:
     def get(self, timeout: float) -> Sample | None | object:
         """A sample; None on timeout; ``END`` once the reader finished and the queue is empty.
 
-        A reader that failed for good (a camera that vanished past the reconnect bound) raises its SourceError here.
+        A reader that failed for good (a camera that vanished past the reconnect bound) raises its SourceError here;
+        a reader that crashed (a bug, or an application's frame iterator raising) raises that exception.
         """
         deadline = time.monotonic() + timeout
         with self._cond:
@@ -134,7 +135,7 @@ class SampleQueue:
             self._cond.notify_all()
             return item
 
-    def finish(self, error: SourceError | None = None) -> None:
+    def finish(self, error: Exception | None = None) -> None:
         """The reader is done (end of file, stopped, or failed with ``error``)."""
         with self._cond:
             self._closed = True
@@ -198,10 +199,10 @@ class ThreadedSource:
         return self.queue.put(sample, self._stop)
 
     def _run(self) -> None:
-        error: SourceError | None = None
+        error: Exception | None = None
         try:
             self._loop()
-        except SourceError as exc:
+        except Exception as exc:  # noqa: BLE001 - SourceError, or a crash: the consumer raises it, it is no end
             error = exc
         finally:
             self._release()
@@ -218,7 +219,9 @@ class ThreadedSource:
     def close(self) -> None:
         self._stop.set()
         self.queue.discard()
-        if self._thread is not None and self._thread is not threading.current_thread():
+        if self._thread is None:  # opened (or not) but never read: no reader thread will release the input
+            self._release()
+        elif self._thread is not threading.current_thread():
             self._thread.join(timeout=2.0)
 
     def _wait(self, seconds: float) -> bool:

@@ -8,6 +8,7 @@ with bounded exponential backoff; a file ends cleanly at its last frame.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from typing import Literal
 
@@ -22,6 +23,9 @@ log = logging.getLogger(__name__)
 VideoKind = Literal["file", "device", "stream"]
 _STREAM_TIMEOUT_MS = 5000
 
+# FFmpeg prints its own lines ("[tcp @ 0x...] Connection refused") when a stream cannot be opened; our SourceError
+# says it in one line. Read by OpenCV when it first uses FFmpeg; set OPENCV_FFMPEG_LOGLEVEL yourself to debug.
+os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # AV_LOG_QUIET
 try:  # OpenCV's own warnings ("can't open camera by index") would duplicate our one-line errors
     cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
 except AttributeError:  # pragma: no cover - very old OpenCV

@@ -188,6 +188,8 @@ class SerialSource(LineSource):
         return None
 
     def _open(self) -> None:
+        if self.port.startswith("/") and not os.path.exists(self.port):
+            raise SourceError(f"cannot open serial port {self.port}: it does not exist")
         error = self._try_open()
         if error is not None:
             raise SourceError(f"cannot open serial port {self.port}: {error}")

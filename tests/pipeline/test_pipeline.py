@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import socket
 import threading
 import time
 from pathlib import Path
@@ -202,3 +204,48 @@ def test_stop_from_another_thread_ends_the_run(classifier) -> None:
     threading.Timer(0.3, pipeline.stop).start()
     stats = pipeline.run()
     assert stats.processed > 0 and not stats.running
+
+
+def test_json_lines_to_dev_null_close_cleanly(classifier, caplog) -> None:
+    """Given --out /dev/null (or a FIFO), when the run ends, then closing the sink logs no failure: it cannot fsync."""
+    sink = JsonLinesSink(os.devnull)
+    stats = Pipeline(classifier, IterableSource([numbered_frame(i) for i in range(3)]), [sink]).run()
+    assert stats.processed == 3 and sink.lines == 3
+    assert "closing a sink failed" not in caplog.text
+    sink.close()  # closed by the run; a second close is a no-op
+
+
+def test_a_source_opened_but_never_run_is_released_on_close(packages) -> None:
+    """Given a pipeline whose source was opened (the CLI opens it first), when the run never starts, then closing
+    the source releases the input: here the UDP port can be bound again."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with load(packages["sensor"]) as model:
+        window = window_spec_for(model.input_spec)
+        pipeline = Pipeline(model, open_source(f"udp://127.0.0.1:{port}", window=window))
+        pipeline.open()
+        pipeline.open()  # idempotent
+        pipeline.source.close()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as again:
+        again.bind(("127.0.0.1", port))
+
+
+def test_frame_order_is_checked_up_front() -> None:
+    with pytest.raises(ValueError, match="frame_order"):
+        PipelineConfig(frame_order="BRG")
+
+
+def test_a_crashing_frame_iterator_fails_the_run_instead_of_ending_it(classifier) -> None:
+    """Given an application's frame iterator that raises, when the pipeline runs, then run() raises that error
+    (it used to look like a clean end of stream, the traceback printed only by the reader thread)."""
+
+    def frames():
+        yield numbered_frame(0)
+        yield numbered_frame(1)
+        raise RuntimeError("camera driver crashed")
+
+    pipeline = Pipeline(classifier, IterableSource(frames()))
+    with pytest.raises(RuntimeError, match="camera driver crashed"):
+        pipeline.run()
+    assert pipeline.stats().processed == 2

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -53,6 +54,26 @@ def test_sigterm_ends_a_run_cleanly_with_a_summary(packages) -> None:
     assert "processed" in err and "end_to_end" in err
 
 
+def test_a_reader_that_goes_away_ends_an_endless_run_cleanly(packages) -> None:
+    """Given `run ... | head -1` on an endless camera, when the reader closes the pipe, then the run stops by itself
+    with exit 0 and one warning, not a traceback per result and a run that never ends."""
+    server = MjpegServer(fps=30).start()
+    proc = subprocess.Popen([*CLI, "run", "--package", str(packages["classifier"]), "--source", server.url],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert json.loads(proc.stdout.readline())["task"] == "classification"
+        proc.stdout.close()  # the reader goes away
+        proc.wait(timeout=30)  # (stderr holds a few lines: no risk of a full pipe blocking the process)
+        err = proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        server.stop()
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err and "Exception ignored" not in err
+    assert "broken pipe" in err and "processed" in err
+
+
 def test_out_file_and_bounds(packages, tmp_path: Path, capsys) -> None:
     video = write_numbered_video(tmp_path / "clip.avi", count=12)
     out = tmp_path / "results.jsonl"
@@ -63,22 +84,90 @@ def test_out_file_and_bounds(packages, tmp_path: Path, capsys) -> None:
     assert "5 processed of" in capsys.readouterr().err
 
 
+def assert_one_error_line(err: str, message: str) -> None:
+    """Nothing ran, so no summary: the error is the only line on stderr."""
+    assert err.endswith("\n") and err.count("\n") == 1, err
+    assert err.startswith("edge-runtime: error: ") and message in err, err
+
+
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
+        (["--source", "7"], "cannot open camera 7"),
         (["--source", "/dev/video99"], "cannot open camera /dev/video99"),
         (["--source", "missing.mp4"], "video file missing.mp4 does not exist"),
         (["--source", "data.csv", "--motion-gate", "0.1"], "--motion-gate works with camera and video"),
         (["--source", "0", "--max-frames", "0"], "--max-frames must be at least 1"),
         (["--source", "ftp://x/y"], "unsupported source scheme"),
+        (["--source", "0", "--fps-limit", "0"], "--fps-limit must be positive"),
+        (["--source", "0", "--threads", "0"], "--threads must be at least 1"),
+        (["--source", "0", "--save-detections", "d", "--clip-frames", "-1"], "--clip-frames must be 0"),
     ],
 )
-def test_user_mistakes_are_one_line_errors(packages, capsys, extra, message) -> None:
+def test_user_mistakes_are_one_line_errors(packages, capfd, extra, message) -> None:
     code = main(["run", "--package", str(packages["classifier"]), *extra])
-    err = capsys.readouterr().err
     assert code == 2
-    assert message in err and "Traceback" not in err
-    assert err.strip().count("\n") == 0 or "error:" in err.strip().splitlines()[-1]
+    assert_one_error_line(capfd.readouterr().err, message)
+
+
+@pytest.mark.parametrize(
+    ("source", "message"),
+    [
+        ("serial:/dev/ttyNOPE0", "cannot open serial port /dev/ttyNOPE0: it does not exist"),
+        ("missing.csv", "sensor file missing.csv does not exist"),
+        ("udp://127.0.0.1:99999", "Port out of range"),
+    ],
+)
+def test_sensor_sources_that_cannot_be_opened_are_one_line(packages, capfd, source, message) -> None:
+    assert main(["run", "--package", str(packages["sensor"]), "--source", source]) == 2
+    assert_one_error_line(capfd.readouterr().err, message)
+
+
+def test_unreadable_streams_and_videos_are_one_line_without_ffmpeg_noise(packages, tmp_path: Path) -> None:
+    """A fresh process: FFmpeg writes to file descriptor 2 itself, and only once it is set up the way `run` does."""
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{s.getsockname()[1]}/stream.mjpg"
+    fake = tmp_path / "clip.mp4"
+    fake.write_text("not a video")
+    runs = [["run", "--package", str(packages["classifier"]), "--source", src] for src in (url, str(fake))]
+    code = f"import sys; from edge_runtime.cli import main; print([main(a) for a in {runs!r}])"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.stdout.strip() == "[2, 2]", proc.stderr
+    assert proc.stderr == f"edge-runtime: error: cannot open stream {url}\n" \
+                          f"edge-runtime: error: cannot open video file {fake}\n"  # fmt: skip
+
+
+def test_outputs_that_cannot_be_written_are_one_line(packages, tmp_path: Path, capfd) -> None:
+    video = write_numbered_video(tmp_path / "clip.avi", count=2)
+    afile = tmp_path / "a-file"
+    afile.write_text("x")
+    base = ["run", "--package", str(packages["classifier"]), "--source", str(video)]
+    assert main([*base, "--out", str(tmp_path)]) == 2
+    assert_one_error_line(capfd.readouterr().err, f"cannot write {tmp_path}: Is a directory")
+    assert main([*base, "--out", str(tmp_path / "r.jsonl"), "--save-detections", str(afile)]) == 2
+    assert_one_error_line(capfd.readouterr().err, f"cannot save detections in {afile}")
+
+
+def test_key_option_naming_no_key_does_not_skip_the_signature_check(packages, tmp_path: Path, capfd) -> None:
+    empty = tmp_path / "keys"
+    empty.mkdir()
+    assert main(["run", "--package", str(packages["classifier"]), "--source", "0", "--key", str(empty)]) == 2
+    assert_one_error_line(capfd.readouterr().err, "no public key (.pub) found there")
+
+
+def test_the_run_path_imports_no_training_framework_or_converter(packages, tmp_path: Path) -> None:
+    csv = tmp_path / "x.csv"
+    csv.write_text("\n".join(f"{i},{i},{i}" for i in range(8)) + "\n")
+    code = (
+        "import sys; from edge_runtime.cli import main;"
+        f"rc = main(['run', '--package', {str(packages['sensor'])!r}, '--source', {str(csv)!r}, '--no-summary']);"
+        "bad = [m for m in ('tensorflow', 'torch', 'keras', 'converters', 'jax') if m in sys.modules];"
+        "print('RC', rc, 'HEAVY', ','.join(bad), file=sys.stderr)"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert "RC 0 HEAVY \n" in proc.stderr, proc.stderr
+    assert json.loads(proc.stdout.splitlines()[0])["task"] == "raw"
 
 
 def test_sensor_source_with_an_image_model_is_refused(packages, tmp_path: Path, capsys) -> None:

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from edge_runtime.api import load
-from edge_runtime.errors import BackendError, InputError, PackageError, SignatureError
+from edge_runtime.errors import BackendError, ConfigError, InputError, PackageError, SignatureError
 from edge_runtime.package import generate_keypair
 from edge_runtime.package.signing import TrustStore, load_private_key
 from edge_runtime.package.store import Package, pack_archive
@@ -186,3 +186,10 @@ def test_manifest_that_disagrees_with_the_model_is_refused(tmp_path: Path) -> No
     finalize_package(root, data)
     with pytest.raises(PackageError, match="logits_renamed"):
         load(root)
+
+
+@pytest.mark.parametrize("threads", [0, -2])
+def test_thread_counts_below_one_are_refused(tiny_onnx_package: Package, threads: int) -> None:
+    """0 used to mean "the profile's count" silently and -2 reached the backend."""
+    with pytest.raises(ConfigError, match="threads must be at least 1"):
+        load(tiny_onnx_package, threads=threads)

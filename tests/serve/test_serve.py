@@ -80,6 +80,20 @@ def test_json_array_frame(client) -> None:
         ({"json": [[1, 2], [3]]}, 400, "regular shape"),
         ({"json": [[[300, 0, 0]]]}, 422, "0..255"),
         ({"content": b"x", "headers": {"content-type": "text/plain"}}, 415, "unsupported content type"),
+        ({"content": b"", "headers": {"content-type": "application/json"}}, 400, "invalid JSON"),
+        ({"json": {"frame": [1, 2]}}, 400, "non-empty numeric array"),
+        ({"json": [["a", "b"]]}, 400, "numeric array"),
+        ({"content": b"[[[NaN, 0, 0]]]", "headers": {"content-type": "application/json"}}, 422, "finite"),
+        (
+            {"content": b"[[[1" + b"0" * 400 + b", 0, 0]]]", "headers": {"content-type": "application/json"}},
+            400,
+            "numeric array",
+        ),
+        (
+            {"content": b"[" * 100_000 + b"]" * 100_000, "headers": {"content-type": "application/json"}},
+            400,
+            "nested too deeply",
+        ),
         ({"files": {"other": ("a.txt", b"hello", "text/plain")}}, 400, "not a decodable image"),
         (
             {
@@ -108,6 +122,44 @@ def test_tensor_model_takes_json_and_checks_the_shape(pkgs) -> None:
         assert wrong.status_code == 422 and "shape" in wrong.json()["error"]
         image = c.post("/predict", content=b"x", headers={"content-type": "image/jpeg"})
         assert image.status_code == 415
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (b"[" + b",".join([b"[NaN, 1]"] * 4) + b"]", "finite numbers"),
+        (b"[" + b",".join([b"[Infinity, 1]"] * 4) + b"]", "finite numbers"),
+        (b"[" + b",".join([b"[null, 1]"] * 4) + b"]", "finite numbers"),
+        (b"[" + b",".join([b"[1e39, 1]"] * 4) + b"]", "finite numbers"),  # beyond float32
+        (b"[" + b",".join([b"[3e38, 3e38]"] * 4) + b"]", "output for this input is not finite"),  # sum overflows
+    ],
+)
+def test_non_finite_arrays_are_422_never_500(pkgs, body: bytes, reason: str) -> None:
+    """Python's JSON reader takes NaN and Infinity; JSON responses cannot hold them: refused with a reason."""
+    service = ModelService(lambda: load(pkgs["sensor"]))
+    with TestClient(create_app(service, load_in_background=False), raise_server_exceptions=False) as c:
+        r = c.post("/predict", content=body, headers={"content-type": "application/json"})
+        assert r.status_code == 422 and reason in r.json()["error"]
+
+
+def test_bodies_over_the_limit_are_413_with_or_without_a_length(pkgs) -> None:
+    service = ModelService(lambda: load(pkgs["sensor"]))
+    with TestClient(create_app(service, load_in_background=False, max_body_bytes=1000)) as c:
+        window = [[1.0, 2.0]] * 4
+        assert c.post("/predict", json=window).status_code == 200
+        sized = c.post("/predict", json=[[1.0, 2.0]] * 200)
+        assert sized.status_code == 413 and "larger than 1000 bytes" in sized.json()["error"]
+
+        def chunks():  # no Content-Length: chunked transfer, refused while streaming
+            for _ in range(1000):
+                yield b"[1.0, 2.0]," * 10
+
+        streamed = c.post("/predict", content=chunks(), headers={"content-type": "application/json"})
+        assert streamed.status_code == 413
+        assert streamed.request.headers.get("content-length") is None
+        bad_length = c.post("/predict", content=b"[1]", headers={"content-type": "application/json",
+                                                                  "content-length": "x"})  # fmt: skip
+        assert bad_length.status_code == 400
 
 
 def test_not_ready_when_the_package_is_bad(tmp_path: Path) -> None:

@@ -151,6 +151,13 @@ def test_udp_datagrams() -> None:
     assert source.counters.bad_lines == 1
 
 
+@pytest.mark.parametrize("spec", ["udp://127.0.0.1:99999", "udp://127.0.0.1:port", "udp://127.0.0.1"])
+def test_bad_udp_addresses_are_config_errors(spec: str) -> None:
+    """A port out of range used to escape as urllib's ValueError (a traceback)."""
+    with pytest.raises(ConfigError, match="UDP source"):
+        open_source(spec, window=WindowSpec(size=2, hop=2, channels=1, shape=(2,)))
+
+
 def test_stdin_source_reads_a_pipe_until_eof(monkeypatch: pytest.MonkeyPatch) -> None:
     r, w = os.pipe()
     monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.FileIO(r, "rb")))
