@@ -17,6 +17,7 @@ Targets (issue 2): size ratio about 0.25-0.27, speedup >= 1.8x on both runtimes.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import sys
@@ -172,11 +173,19 @@ def report(summary: dict[str, object], info: MachineInfo, rounds: int, runs: int
         )
 
 
+def default_cache() -> Path:
+    """A cache folder keyed by the code that builds the models, so a converter change never measures stale files."""
+    root = Path(__file__).resolve().parent.parent
+    sources = [Path(__file__), *sorted((root / "converters" / "targets").glob("*.py")), root / "converters/zoo/mobilenet.py"]
+    digest = hashlib.sha256(b"".join(p.read_bytes() for p in sources)).hexdigest()[:12]
+    return Path(os.environ.get("TMPDIR", "/tmp")) / f"edge-runtime-qfig-{digest}"
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=7, help="Interleaved measurement rounds.")
     ap.add_argument("--runs", type=int, default=20, help="Invocations per variant per round.")
-    ap.add_argument("--cache", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "edge-runtime-qfig")
+    ap.add_argument("--cache", type=Path, default=default_cache(), help="Where built models are kept.")
     ap.add_argument("--json", type=Path, default=None, help="Also write the figures as JSON here.")
     args = ap.parse_args(argv)
     args.cache.mkdir(parents=True, exist_ok=True)
