@@ -98,6 +98,7 @@ class Mosquitto:
         passwords: dict[str, str] | None = None,
         acl: str | None = None,
         message_size_limit: int = 0,
+        max_packet_size: int = 0,
         persistence: bool = True,
         require_certificate: bool = False,
     ) -> None:
@@ -122,6 +123,8 @@ class Mosquitto:
             lines.append("user root")
         if message_size_limit:
             lines.append(f"message_size_limit {message_size_limit}")
+        if max_packet_size:  # advertised to MQTT 5 clients in CONNACK (Maximum Packet Size)
+            lines.append(f"max_packet_size {max_packet_size}")
         if passwords:
             pwfile = workdir / "passwd"
             pwfile.write_text("")

@@ -11,7 +11,10 @@ sent after it are abandoned (their acknowledgements no longer delete anything), 
 arrives in id order and a receiver that keeps the latest copy, or sorts by id, sees one ordered stream per
 device. Until a batch succeeds again only one batch is in flight, so a second failure cannot be overtaken. A
 batch the broker keeps refusing (e.g. an ACL that denies the topic) is retried with growing backoff, at most
-``max_refusals`` times, then dropped and counted: it must not block everything behind it for ever. If the
+``max_refusals`` times, then dropped and counted: it must not block everything behind it for ever. A batch
+too large for the broker (the link refuses it up front, or the broker refused it: ``PublishHandle.too_large``)
+is split: it is sent again at once with half the records per message, halving again until it passes; a single
+record too large even alone is dropped and counted (``dropped_oversize``). If the
 outbox had to set a corrupt file aside (new epoch, ids restart), in-flight acknowledgements of the old file are
 ignored and forwarding restarts at the new file's first record.
 """
@@ -35,6 +38,7 @@ log = logging.getLogger(__name__)
 
 BATCH_SCHEMA = "batch/1"
 _ENVELOPE_BYTES = 512  # room for the batch header around the records
+_RECORD_BYTES = 64  # what wrapping one record adds: {"id":..,"ts":..,"data":..},
 
 
 class ForwarderConfig(BaseModel):
@@ -84,9 +88,10 @@ class Forwarder:
         self._epoch = outbox.epoch
         self._failing: tuple[int, int] | None = None  # (first id of the failing batch, consecutive failures)
         self._refusals = 0  # broker refusals of the failing batch
+        self._split: tuple[int, int] | None = None  # (last id of a too-large batch, records per message till then)
         self.counters = {"batches_sent": 0, "batches_acked": 0, "records_delivered": 0, "resends": 0,
                          "refused": 0, "dropped_oversize": 0, "dropped_refused": 0, "abandoned": 0,
-                         "epoch_changes": 0}
+                         "epoch_changes": 0, "splits": 0}
         self.last_error: str | None = None
 
     def start(self) -> None:
@@ -144,11 +149,15 @@ class Forwarder:
             batch.done = True
         self._in_flight.clear()
         self._epoch, self._cursor, self._failing, self._refusals = self.outbox.epoch, 0, None, 0
+        self._split = None
         self.counters["epoch_changes"] += 1
 
     def _send_next(self) -> bool:
-        room = max(1024, self.link.max_payload - _ENVELOPE_BYTES)
-        records = self.outbox.pending(self._cursor, self.config.batch_max_records, max_bytes=room)
+        if self._split is not None and self._cursor >= self._split[0]:
+            self._split = None  # the too-large batch went out in smaller pieces
+        limit = self.config.batch_max_records if self._split is None else self._split[1]
+        room = max(1, self.link.max_payload - _ENVELOPE_BYTES)
+        records = self.outbox.pending(self._cursor, limit, max_bytes=room, overhead=_RECORD_BYTES)
         if not records:
             return False
         run = list(_same_kind_run(records))
@@ -156,10 +165,13 @@ class Forwarder:
         batch = _Batch(run[0].id, run[-1].id, len(run), time.monotonic(), self._epoch)
         try:
             handle = self.link.publish(self._topic(run[0].kind), payload, qos=1)
-        except PayloadTooLarge as exc:  # one record alone is over the link's limit: it can never be sent
-            self.counters["dropped_oversize"] += self.outbox.delete_range(batch.first_id, batch.last_id)
+        except PayloadTooLarge as exc:  # over the link's limit: split it, or drop a record too large alone
             self.last_error = str(exc)
-            log.error("dropping records %d..%d: %s", batch.first_id, batch.last_id, exc)
+            if batch.count > 1:
+                self._split_at(batch)
+                return True
+            self.counters["dropped_oversize"] += self.outbox.delete_range(batch.first_id, batch.last_id)
+            log.error("dropping record %d: %s", batch.first_id, exc)
             self._cursor = batch.last_id
             return True
         batch.handle = handle
@@ -192,10 +204,11 @@ class Forwarder:
                 if self._failing is not None and batch.first_id >= self._failing[0]:
                     self._failing, self._refusals = None, 0
             else:
-                refused = bool(batch.handle is not None and batch.handle.refused)
+                handle = batch.handle
+                refused = bool(handle is not None and handle.refused)
                 self.counters["refused"] += int(refused)
-                self._fail(batch, batch.handle.error if batch.handle and batch.handle.error else "publish failed",
-                           refused)
+                reason = handle.error if handle is not None and handle.error else "publish failed"
+                self._fail(batch, reason, refused, too_large=bool(handle is not None and handle.too_large))
 
     def _expire(self) -> None:
         """Give up on batches unacknowledged for ack_timeout_s of connected time (paho re-sends after a
@@ -212,13 +225,17 @@ class Forwarder:
                 self._in_flight.remove(batch)
                 self._fail(batch, f"no PUBACK for records {batch.first_id}..{batch.last_id}", refused=False)
 
-    def _fail(self, batch: _Batch, reason: str, refused: bool) -> None:
-        """Send ``batch`` again, then everything after it (in order), after a backoff; bounded for refusals."""
+    def _fail(self, batch: _Batch, reason: str, refused: bool, too_large: bool = False) -> None:
+        """Send ``batch`` again, then everything after it (in order), after a backoff; bounded for refusals.
+        Too large for the broker: at once, in halves (a single record is dropped)."""
         self.last_error = reason
         for later in [b for b in self._in_flight if b.first_id > batch.first_id]:
             later.done = True  # its ack must not delete: its records are sent again after this batch's
             self._in_flight.remove(later)
             self.counters["abandoned"] += 1
+        if too_large:
+            self._split_too_large(batch, reason)
+            return
         tries = self._failing[1] + 1 if self._failing and self._failing[0] == batch.first_id else 1
         if tries == 1:
             self._refusals = 0
@@ -237,6 +254,25 @@ class Forwarder:
         self._cursor = min(self._cursor, batch.first_id - 1)
         backoff = min(self.config.max_backoff_s, self.config.retry_backoff_s * 2 ** (tries - 1))
         self._paused_until = time.monotonic() + backoff
+
+    def _split_too_large(self, batch: _Batch, reason: str) -> None:
+        if batch.count == 1:
+            n = self.outbox.delete_range(batch.first_id, batch.last_id) if batch.epoch == self.outbox.epoch else 0
+            self.counters["dropped_oversize"] += n
+            log.error("dropping record %d, too large for the broker even alone: %s", batch.first_id, reason)
+            self._cursor = min(self._cursor, batch.last_id)
+            return
+        self._split_at(batch)
+        log.warning("records %d..%d too large for the broker in one message: sending %d per message",
+                    batch.first_id, batch.last_id, batch.count // 2)
+        self._failing = (batch.first_id, 1)  # one batch in flight until a piece passes, as after any failure
+        self._cursor = min(self._cursor, batch.first_id - 1)
+
+    def _split_at(self, batch: _Batch) -> None:
+        """Half as many records per message, until past the end of ``batch`` (or of an earlier split)."""
+        last = max(batch.last_id, self._split[0]) if self._split is not None else batch.last_id
+        self._split = (last, max(1, batch.count // 2))
+        self.counters["splits"] += 1
 
     # ----------------------------------------------------------------- encoding
     def encode(self, records: list[Record]) -> bytes:

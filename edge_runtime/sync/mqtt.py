@@ -6,8 +6,11 @@ What it promises beyond paho:
   False and ``last_error`` says why (frigate's ``_on_connect`` treats any CONNACK as success; not here);
 - subscriptions and retained state are re-sent after every reconnect;
 - a handler that raises, or a malformed payload, is logged and counted, never kills the network thread;
-- a payload over ``max_payload`` is refused with :class:`PayloadTooLarge` before it can make the broker drop
-  the connection (which would otherwise repeat forever as paho re-sends the queued message).
+- an oversized message never becomes a disconnect loop (paho re-sends an unacknowledged message after every
+  reconnect, and mosquitto drops the connection over one above its ``message_size_limit``): a payload over
+  ``max_payload`` or, under MQTT 5, over the broker's Maximum Packet Size is refused with
+  :class:`PayloadTooLarge` before anything is sent; one the broker drops the connection over anyway is refused
+  after a few reconnects (handle ``too_large``) and the link's limit is lowered (see ``outgoing.py``).
 """
 
 from __future__ import annotations
@@ -25,62 +28,16 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.reasoncodes import ReasonCode
 
-from edge_runtime.errors import EdgeRuntimeError
 from edge_runtime.sync.mqtt_settings import MqttSettings, TlsSettings, settings_from_url
+from edge_runtime.sync.outgoing import Done, Outgoing, PayloadTooLarge, Probe, PublishHandle, SendGate
 
 __all__ = ["MqttLink", "MqttSettings", "PayloadTooLarge", "PublishHandle", "TlsSettings", "settings_from_url"]
 
 log = logging.getLogger(__name__)
 
 STATE_SCHEMA = "state/1"
+_PACKET_TOO_LARGE = 0x95  # MQTT 5 reason code
 Handler = Callable[[str, bytes], None]
-
-
-class PayloadTooLarge(EdgeRuntimeError):
-    """A message is larger than the link's ``max_payload``: split it or send less."""
-
-
-class PublishHandle:
-    """Completion of one publish: ``wait()`` is True once the broker acknowledged it (PUBACK, QoS 1)."""
-
-    def __init__(self, mid: int | None = None) -> None:
-        self.mid = mid
-        self._event = threading.Event()
-        self.acked = False
-        self.refused = False  # the broker answered with a failure reason code (not a local or timeout failure)
-        self.error: str | None = None
-        self._callbacks: list[Callable[[PublishHandle], None]] = []
-        self._lock = threading.Lock()
-
-    def _resolve(self, acked: bool, error: str | None = None, refused: bool = False) -> None:
-        with self._lock:
-            if self._event.is_set():
-                return
-            self.acked, self.error, self.refused = acked, error, refused
-            self._event.set()
-            callbacks, self._callbacks = self._callbacks, []
-        for cb in callbacks:
-            try:
-                cb(self)
-            except Exception:
-                log.exception("publish callback failed")
-
-    @property
-    def done(self) -> bool:
-        return self._event.is_set()
-
-    def wait(self, timeout: float | None = None) -> bool:
-        """Block until acknowledged, refused or ``timeout``; True only for an acknowledgement."""
-        self._event.wait(timeout)
-        return self.acked
-
-    def add_done_callback(self, cb: Callable[[PublishHandle], None]) -> None:
-        """Call ``cb(handle)`` once resolved (now, if it already is), on the resolving thread."""
-        with self._lock:
-            if not self._event.is_set():
-                self._callbacks.append(cb)
-                return
-        cb(self)
 
 
 class _Client(mqtt.Client):
@@ -116,7 +73,6 @@ class MqttLink:
         self.settings = settings
         self.topics = settings.topics
         self.device_id = settings.device_id
-        self.max_payload = settings.max_payload
         self.client_id = client_id or f"edge-{settings.device_id}"
         self._state_fields: dict[str, Any] = {}
         if will is True:
@@ -127,13 +83,14 @@ class MqttLink:
         self.refused = False
         self.protocol_in_use: str = "5" if settings.protocol in ("auto", "5") else "3.1.1"
         self.counters = {"connects": 0, "connect_failures": 0, "disconnects": 0, "handler_errors": 0,
-                         "published": 0, "publish_failures": 0, "refused_payloads": 0, "received": 0}
+                         "published": 0, "publish_failures": 0, "refused_payloads": 0, "received": 0,
+                         "too_large_for_broker": 0}
         self._lock = threading.RLock()
         self._connected_event = threading.Event()
         self._subs: dict[str, tuple[int, list[Handler]]] = {}
         self._retained: dict[str, bytes] = {}
-        self._handles: dict[int, PublishHandle] = {}
-        self._early: dict[int, tuple[bool, str | None, bool]] = {}
+        self._gate = SendGate(settings.max_payload, settings.max_queued)
+        self._send_lock = threading.Lock()  # one thread at a time hands messages to paho, in queue order
         self._started = False
         self._client = self._make_client()
 
@@ -158,7 +115,6 @@ class MqttLink:
         c.reconnect_delay_set(min_delay=max(1, round(s.reconnect_min_s)), max_delay=max(1, round(s.reconnect_max_s)))
         c._reconnect_min_delay = s.reconnect_min_s  # paho takes ints; sub-second backoff helps tests and LANs
         c._reconnect_max_delay = s.reconnect_max_s
-        c.max_queued_messages_set(s.max_queued)
         c.on_connect = self._on_connect
         c.on_connect_fail = self._on_connect_fail
         c.on_disconnect = self._on_disconnect
@@ -215,24 +171,71 @@ class MqttLink:
             self.set_retained(self.topics.state(self.device_id), self.state_payload(online=True))
 
     # ----------------------------------------------------------------- publish / subscribe
+    @property
+    def max_payload(self) -> int:
+        """Largest payload publish() takes now: the configured one, lowered by what the broker said or did."""
+        return self._gate.max_payload
+
     def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> PublishHandle:
-        """Queue a message. The handle resolves True on PUBACK (QoS 1), False if refused or failed."""
-        if len(payload) > self.max_payload:
+        """Queue a message (QoS 1 or 2). The handle resolves True on the broker's acknowledgement, False if it
+        was refused (``too_large`` when the broker cannot take it: split it) or failed."""
+        if qos not in (1, 2):
+            raise ValueError("QoS 1 or 2 only: the link tracks every message until the broker acknowledged it")
+        if not topic or "+" in topic or "#" in topic:
+            raise ValueError(f"invalid topic to publish to: {topic!r}")
+        try:
+            self._gate.check(topic, payload)
+        except PayloadTooLarge:
             self.counters["refused_payloads"] += 1
-            raise PayloadTooLarge(f"payload of {len(payload)} bytes exceeds max_payload {self.max_payload} ({topic})")
-        info = self._client.publish(topic, payload, qos=qos, retain=retain)
-        handle = PublishHandle(info.mid)
-        if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
+            raise
+        handle = PublishHandle()
+        if not self._gate.enqueue(Outgoing(topic, bytes(payload), qos, retain, handle)):
             self.counters["publish_failures"] += 1
-            handle._resolve(False, mqtt.error_string(info.rc))
+            handle._resolve(False, f"outgoing queue full ({self.settings.max_queued} messages)")
             return handle
-        with self._lock:
-            early = self._early.pop(info.mid, None)
-            if early is None:
-                self._handles[info.mid] = handle
-        if early is not None:
-            handle._resolve(*early)
+        self._pump()
         return handle
+
+    def _pump(self) -> None:
+        """Hand paho every message the gate lets through. Never blocks on the send lock: a paho callback may
+        call this while paho holds its own locks, and whoever holds the send lock checks again after release."""
+        while self._gate.has_work():
+            if not self._send_lock.acquire(blocking=False):
+                return
+            try:
+                while (nxt := self._gate.next_to_send()) is not None:
+                    self._hand_over(*nxt)
+            finally:
+                self._send_lock.release()
+
+    def _hand_over(self, msg: Outgoing, probe: Probe | None) -> None:
+        """paho.publish, and the bookkeeping of the mid it got (an early PUBACK is applied here)."""
+        try:
+            info = self._client.publish(msg.topic, msg.payload, qos=msg.qos, retain=msg.retain)
+        except ValueError as exc:  # not a valid topic for paho
+            info = None
+            error = str(exc)
+        if info is None or info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
+            self._gate.not_handed_over(msg, probe)
+            self._finish((msg, False, error if info is None else mqtt.error_string(info.rc), False), refused=False)
+            return
+        msg.handle.mid = info.mid
+        early = self._gate.handed_over(msg, info.mid, probe, info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS)
+        if early is not None:
+            self._finish(self._gate.acked(info.mid, *early))
+
+    def _finish(self, done: Done | None, refused: bool = True) -> None:
+        """Resolve a message the broker answered (or paho refused) and count it."""
+        if done is None:
+            return
+        msg, ok, error, too_large = done
+        if ok:
+            self.counters["published"] += 1
+        else:
+            self.counters["publish_failures"] += 1
+            self.counters["too_large_for_broker"] += int(too_large)
+            log.warning("MQTT %s (%s)", error, msg.topic)
+        msg.handle._resolve(ok, error, refused=refused and not ok, too_large=too_large)
 
     def subscribe(self, topic: str, handler: Handler, qos: int = 1) -> None:
         """Call ``handler(topic, payload)`` for messages on ``topic`` (a filter); kept across reconnects."""
@@ -274,16 +277,36 @@ class MqttLink:
         self.last_error = None
         self.counters["connects"] += 1
         _no_delay(client)
-        with self._lock:  # snapshot and flag together: a subscribe() racing with this sends its topic itself
-            subs = [(t, q) for t, (q, _) in self._subs.items()]
-            retained = list(self._retained.items())
-            self.connected = True
+        with self._send_lock:  # safe to block here: paho holds none of the locks a sender waits for
+            client.drop_out_messages()  # the gate sends them again, in order, each checked against the limits
+            struck, refused = self._gate.reopened(getattr(props, "MaximumPacketSize", None))
+            with self._lock:  # snapshot and flag together: a subscribe() racing with this sends its topic itself
+                subs = [(t, q) for t, (q, _) in self._subs.items()]
+                retained = list(self._retained.items())
+                self.connected = True
+        self._refuse_too_large(struck, refused)
         for topic, qos in subs:
             client.subscribe(topic, qos=qos)
         for topic, payload in retained:
-            self.publish(topic, payload, qos=1, retain=True)
+            try:
+                self.publish(topic, payload, qos=1, retain=True)
+            except PayloadTooLarge:
+                log.error("retained message on %s is too large for this broker", topic)
+        self._pump()
         self._connected_event.set()
         log.info("MQTT connected to %s:%s (MQTT %s)", self.settings.host, self.settings.port, self.protocol_in_use)
+
+    def _refuse_too_large(self, struck: list[Outgoing], refused: list[tuple[Outgoing, str]]) -> None:
+        """Resolve the messages the gate judged too large for the broker; log each lowering of the limit once."""
+        for msg in struck:
+            self.last_error = f"broker dropped the connection {msg.strikes} times over a {len(msg.payload)}-byte " \
+                              f"message on {msg.topic}: refused as too large; max_payload now {self.max_payload}"
+            log.error("MQTT %s", self.last_error)
+        for msg, reason in refused:
+            self.counters["too_large_for_broker"] += 1
+            self.counters["publish_failures"] += 1
+            log.debug("MQTT refusing message on %s: %s", msg.topic, reason)
+            msg.handle._resolve(False, reason, too_large=True)
 
     def _fall_back_to_311(self) -> None:
         log.warning("broker refused MQTT 5; falling back to MQTT 3.1.1")
@@ -308,6 +331,10 @@ class MqttLink:
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, rc: ReasonCode, props: Any) -> None:
         was = self.connected
         self.connected = False
+        struck = self._gate.lost_connection(strike=was and self._started)
+        if struck is not None:
+            log.info("MQTT connection lost with a %d-byte message unconfirmed (strike %d)", len(struck.payload),
+                     struck.strikes)
         self._connected_event.clear()
         if was:
             self.counters["disconnects"] += 1
@@ -318,17 +345,8 @@ class MqttLink:
     def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, rc: ReasonCode, props: Any) -> None:
         ok = not rc.is_failure
         err = None if ok else f"publish refused by broker: {rc.getName()}"
-        if ok:
-            self.counters["published"] += 1
-        else:
-            self.counters["publish_failures"] += 1
-            log.warning("MQTT %s (mid %s)", err, mid)
-        with self._lock:
-            handle = self._handles.pop(mid, None)
-            if handle is None:
-                self._early[mid] = (ok, err, not ok)
-        if handle is not None:
-            handle._resolve(ok, err, not ok)
+        self._finish(self._gate.acked(mid, ok, err, too_large=rc.value == _PACKET_TOO_LARGE))
+        self._pump()
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         log.debug("MQTT message on %s with no handler", msg.topic)
@@ -350,6 +368,7 @@ class MqttLink:
     # ----------------------------------------------------------------- health
     def status(self) -> dict[str, Any]:
         """JSON-ready link status for the health endpoint."""
+        held, sent = self._gate.counts()
         return {
             "host": self.settings.host,
             "port": self.settings.port,
@@ -357,7 +376,10 @@ class MqttLink:
             "refused": self.refused,
             "protocol": self.protocol_in_use,
             "last_error": self.last_error,
-            "pending_acks": len(self._handles),
+            "pending_acks": sent,
+            "queued": held,
+            "max_payload": self.max_payload,
+            "broker_max_packet": self._gate.broker_max_packet,
             **self.counters,
         }
 

@@ -215,8 +215,11 @@ class Outbox:
         self._bytes = total
 
     # ----------------------------------------------------------------- reading and acknowledging
-    def pending(self, after_id: int = 0, limit: int = 500, max_bytes: int | None = None) -> list[Record]:
-        """Oldest records with id > after_id, at most ``limit`` and (beyond the first) ``max_bytes``."""
+    def pending(
+        self, after_id: int = 0, limit: int = 500, max_bytes: int | None = None, overhead: int = 0
+    ) -> list[Record]:
+        """Oldest records with id > after_id, at most ``limit`` and (beyond the first) ``max_bytes``, counting
+        ``overhead`` bytes per record besides its payload (what wrapping it in a batch message adds)."""
         out: list[Record] = []
         total = 0
         with self._lock:
@@ -230,7 +233,7 @@ class Outbox:
                 self._recover_if_corrupt(exc)
                 return []
         for rid, kind, created, payload in rows:
-            total += len(payload)
+            total += len(payload) + overhead
             if out and max_bytes is not None and total > max_bytes:
                 break
             out.append(Record(int(rid), str(kind), float(created), bytes(payload)))

@@ -247,3 +247,41 @@ def test_acks_from_a_set_aside_outbox_file_delete_nothing_in_the_fresh_one(tmp_p
         fwd.stop()
         link.stop()
         sub.close()
+
+
+@pytest.mark.parametrize("advertised", [False, True], ids=["no-advertised-limit", "max-packet-size"])
+def test_batches_too_large_for_the_broker_are_split_and_every_record_arrives(tmp_path, advertised):
+    """The broker takes 6,000-byte messages; 100-record batches are ~20 kB. Without an advertised limit mosquitto
+    drops the connection over each (MQTT 5: no PUBACK): the link refuses the batch after a few reconnects and the
+    forwarder halves it. With max_packet_size the link knows the limit and batches fit from the start. Either
+    way every record arrives, none is dropped, and the last copy of each arrives in id order."""
+    broker = Mosquitto(tmp_path / "broker", message_size_limit=6000,
+                       max_packet_size=6000 if advertised else 0).start()
+    sub = Subscriber(broker.port, ["edge/devices/cam9/metrics"])
+    outbox = Outbox(OutboxConfig(path=tmp_path / "o.db"))
+    bodies = [json.dumps({"n": i, "pad": "p" * 150}, separators=(",", ":")).encode() for i in range(300)]
+    ids = outbox.append_many([("metrics", b) for b in bodies])
+    link = _link(broker.port, "cam9")
+    fwd = Forwarder(outbox, link, ForwarderConfig(batch_max_records=100, poll_s=0.05, ack_timeout_s=60))
+    link.start()
+    fwd.start()
+    try:
+        assert _wait(lambda: outbox.count() == 0, timeout=60), (fwd.stats(), link.status())
+        assert sub.wait_for(lambda m: _ids(m) >= set(ids), timeout=20)
+        msgs = sub.snapshot()
+        assert all(len(p) <= 6000 for _, p, _ in msgs)
+        got = {r["id"]: json.dumps(r["data"], separators=(",", ":")).encode()
+               for _, p, _ in msgs for r in json.loads(p)["records"]}
+        assert got == dict(zip(ids, bodies, strict=True))
+        assert _last_copies_in_order(msgs) == sorted(ids)
+        assert fwd.counters["dropped_oversize"] == 0 and fwd.counters["dropped_refused"] == 0
+        if advertised:
+            assert link.counters["connects"] == 1 and fwd.counters["splits"] == 0
+        else:
+            assert fwd.counters["splits"] >= 1 and link.counters["too_large_for_broker"] >= 1
+            assert link.connected and link.max_payload < 20_000
+    finally:
+        fwd.stop()
+        link.stop()
+        sub.close()
+        broker.stop()

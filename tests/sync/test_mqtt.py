@@ -213,3 +213,90 @@ def test_auto_protocol_uses_mqtt5_when_offered(broker):
         assert link.protocol_in_use == "5" and link._client.protocol == mqtt.MQTTv5
     finally:
         link.stop()
+
+
+def _wait_until(cond, timeout: float = 20.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not cond() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return cond()
+
+
+def test_broker_packet_limit_from_connack_refuses_oversized_messages_up_front(tmp_path):
+    """MQTT 5: mosquitto advertises max_packet_size in CONNACK; the link refuses a larger message before sending
+    it (a message already queued while offline included), stays connected, and smaller messages keep flowing."""
+    b = Mosquitto(tmp_path / "b", message_size_limit=4096, max_packet_size=4096).start()
+    sub = Subscriber(b.port, ["edge/devices/dev1/events"])
+    link = _link(b.port)  # its own max_payload (256 KiB) is far above the broker's limit
+    queued = link.publish("edge/devices/dev1/events", b"q" * 6000)  # before the link knows the broker's limit
+    link.start()
+    try:
+        assert link.wait_connected(10)
+        assert queued.wait(10) is False and queued.too_large and "too large" in queued.error
+        assert link.status()["broker_max_packet"] == 4096 and link.max_payload < 4096
+        with pytest.raises(PayloadTooLarge, match="exceeds"):
+            link.publish("edge/devices/dev1/events", b"x" * 4090)
+        small = [link.publish("edge/devices/dev1/events", b"%d" % i + b"." * 1000) for i in range(5)]
+        assert all(h.wait(10) for h in small)
+        assert sub.wait_for(lambda m: len(m) == 5)
+        assert [p[:1] for _, p, _ in sub.snapshot()] == [b"0", b"1", b"2", b"3", b"4"]
+        assert link.connected and link.counters["connects"] == 1 and link.counters["disconnects"] == 0
+        assert link.counters["too_large_for_broker"] == 1 and link.counters["refused_payloads"] == 1
+    finally:
+        link.stop()
+        sub.close()
+        b.stop()
+
+
+@pytest.mark.parametrize("protocol", ["5", "3.1.1"])
+def test_a_message_the_broker_drops_the_connection_over_is_no_reconnect_loop(tmp_path, protocol):
+    """No advertised limit: mosquitto 2.0.11 drops the connection over a PUBLISH above message_size_limit.
+    MQTT 5: no PUBACK, so paho would re-send it after every reconnect for ever; the link refuses it after a few
+    reconnects and lowers its limit. MQTT 3.1.1: mosquitto acknowledges it, then drops the connection once.
+    Either way the link settles connected and later messages reach a real subscriber."""
+    b = Mosquitto(tmp_path / "b", message_size_limit=4096).start()
+    sub = Subscriber(b.port, ["edge/devices/dev1/events"])
+    link = _link(b.port, protocol=protocol)
+    link.start()
+    try:
+        assert link.wait_connected(10)
+        before = link.publish("edge/devices/dev1/events", b"before")
+        big = link.publish("edge/devices/dev1/events", b"x" * 6000)
+        assert big.wait(30) is False if protocol == "5" else big.wait(30)
+        assert _wait_until(lambda: link.connected)
+        after = [link.publish("edge/devices/dev1/events", b"after-%d" % i) for i in range(3)]
+        assert before.wait(10) and all(h.wait(20) for h in after)
+        assert sub.wait_for(lambda m: {b"after-0", b"after-1", b"after-2"} <= {p for _, p, _ in m})
+        assert all(len(p) < 4096 for _, p, _ in sub.snapshot())
+        assert link.counters["connects"] - 1 <= 5, link.status()  # a few reconnects, not a loop
+        if protocol == "5":
+            assert big.too_large and big.refused and "too large for the broker" in big.error
+            assert link.counters["too_large_for_broker"] == 1 and link.max_payload < 6000
+            assert "refused as too large" in link.last_error
+            with pytest.raises(PayloadTooLarge):  # the lowered limit now refuses this size up front
+                link.publish("edge/devices/dev1/events", b"x" * 6000)
+        reconnects = link.counters["connects"]
+        time.sleep(1.0)  # settled: no further reconnects once the message is gone
+        assert link.connected and link.counters["connects"] == reconnects
+    finally:
+        link.stop()
+        sub.close()
+        b.stop()
+
+
+def test_deploy_config_advertises_a_packet_limit_within_its_message_size_limit(tmp_path):
+    """deploy/mosquitto/mosquitto.conf: max_packet_size <= message_size_limit, so a message the link lets through
+    under the advertised packet limit is never one mosquitto drops the connection over."""
+    conf = (ROOT / "deploy" / "mosquitto" / "mosquitto.conf").read_text()
+    values = dict(line.split(None, 1) for line in conf.splitlines() if line and not line.startswith("#"))
+    msl, mps = int(values["message_size_limit"]), int(values["max_packet_size"])
+    assert 0 < mps <= msl
+    b = Mosquitto(tmp_path / "b", message_size_limit=msl, max_packet_size=mps).start()
+    link = _link(b.port, max_payload=4 * msl)
+    link.start()
+    try:
+        assert link.wait_connected(10)
+        assert link.status()["broker_max_packet"] == mps and link.max_payload < msl
+    finally:
+        link.stop()
+        b.stop()
