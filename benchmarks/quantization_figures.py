@@ -176,7 +176,8 @@ def report(summary: dict[str, object], info: MachineInfo, rounds: int, runs: int
 def default_cache() -> Path:
     """A cache folder keyed by the code that builds the models, so a converter change never measures stale files."""
     root = Path(__file__).resolve().parent.parent
-    sources = [Path(__file__), *sorted((root / "converters" / "targets").glob("*.py")), root / "converters/zoo/mobilenet.py"]
+    targets = sorted((root / "converters" / "targets").glob("*.py"))
+    sources = [Path(__file__), *targets, root / "converters" / "zoo" / "mobilenet.py"]
     digest = hashlib.sha256(b"".join(p.read_bytes() for p in sources)).hexdigest()[:12]
     return Path(os.environ.get("TMPDIR", "/tmp")) / f"edge-runtime-qfig-{digest}"
 
