@@ -120,8 +120,16 @@ def run(args: argparse.Namespace) -> int:
     services.attach(pipeline)
     link.start()
     agent.start()
+    failure: list[BaseException] = []
+
+    def serve() -> None:
+        try:
+            pipeline.run()
+        except BaseException as exc:  # re-raised below, after a clean shutdown
+            failure.append(exc)
+
     with stop_on_signals(pipeline):
-        worker = threading.Thread(target=pipeline.run, name="pipeline", daemon=True)
+        worker = threading.Thread(target=serve, name="pipeline", daemon=True)
         worker.start()
         while worker.is_alive():
             worker.join(0.5)
@@ -129,6 +137,8 @@ def run(args: argparse.Namespace) -> int:
     services.close()  # last metric record into the outbox, a bounded drain, before the link goes offline
     link.stop()
     print(json.dumps(pipeline.stats().to_dict()))
+    if failure:  # a source that failed for good is a user-facing error (one line, exit 2); anything else a bug
+        raise failure[0]
     return 0
 
 
