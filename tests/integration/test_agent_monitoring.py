@@ -53,17 +53,17 @@ def test_agent_sends_metrics_over_its_one_mqtt_link(broker, signing_keys, tmp_pa
 
 
 @pytest.mark.mqtt
-def test_agent_whose_source_cannot_be_opened_ends_in_one_line_and_exit_2(broker, signing_keys, tmp_path):
+def test_agent_whose_camera_stream_cannot_be_opened_ends_in_one_line_and_exit_2(broker, signing_keys, tmp_path):
     priv, pub = signing_keys
     pkg = classifier_package(tmp_path / "pkg", golden=False, sign_key=load_private_key(priv))
     cfg = tmp_path / "agent.yaml"
     cfg.write_text(yaml.safe_dump({
         "device_id": "ag-2", "profile": "x86-laptop", "state_dir": str(tmp_path / "state"),
-        "trusted_keys": [str(pub)], "initial_package": str(pkg.root), "source": str(tmp_path / "missing.mp4"),
+        "trusted_keys": [str(pub)], "initial_package": str(pkg.root), "source": f"http://127.0.0.1:{free_port()}/cam.mjpg",
         "mqtt": {"host": "127.0.0.1", "port": broker.port, "reconnect_min_s": 0.2, "reconnect_max_s": 1.0},
     }))  # fmt: skip
     proc = subprocess.run([*CLI, "agent", "--config", str(cfg)], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2, proc.stderr
     errors = [line for line in proc.stderr.splitlines() if line.startswith("edge-runtime: error:")]
-    assert len(errors) == 1 and "missing.mp4" in errors[0], proc.stderr
+    assert len(errors) == 1 and "cam.mjpg" in errors[0], proc.stderr
     assert "Traceback" not in proc.stderr
