@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -66,3 +67,16 @@ def sample_value(text: str, name: str, **labels: str) -> float | None:
         if all(got.get(k) == v for k, v in labels.items()):
             return float(m.group(4))
     return None
+
+
+def terminate(proc: subprocess.Popen, timeout: float = 60.0) -> tuple[str, str]:
+    """The graceful stop under test: SIGTERM, then wait for the process and collect its output."""
+    proc.send_signal(signal.SIGTERM)
+    return proc.communicate(timeout=timeout)
+
+
+def reap(proc: subprocess.Popen) -> None:
+    """Make sure a test's subprocess is gone, also when the test failed before stopping it."""
+    if proc.poll() is None:
+        proc.kill()
+        proc.communicate()

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 
 import pytest
 import yaml
 
 from edge_runtime.package import load_private_key
-from tests.integration.helpers import CLI, health, wait_until
+from tests.integration.helpers import CLI, health, reap, terminate, wait_until
 from tests.model_factory import classifier_package
 from tests.mqtt_broker import free_port
 from tests.sync.subscriber import Subscriber
@@ -34,12 +33,9 @@ def test_agent_sends_metrics_over_its_one_mqtt_link(broker, signing_keys, tmp_pa
     try:
         assert sub.wait_for(lambda m: len(m) >= 2, 60), "metric batches arrive from the agent"
         h = wait_until(lambda: health(port), 10, proc)
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=60)
+        _, err = terminate(proc)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+        reap(proc)
         sub.close()
     assert proc.returncode == 0, err
     batch = json.loads(sub.snapshot()[0][1])

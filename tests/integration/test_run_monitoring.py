@@ -5,7 +5,6 @@ mosquitto comes up."""
 from __future__ import annotations
 
 import json
-import signal
 import sqlite3
 import subprocess
 from pathlib import Path
@@ -13,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from edge_runtime.sync.outbox import Outbox, OutboxConfig
-from tests.integration.helpers import CLI, get, health, sample_value, wait_until, write_config
+from tests.integration.helpers import CLI, get, health, reap, sample_value, terminate, wait_until, write_config
 from tests.mqtt_broker import Mosquitto, free_port
 from tests.sources.media import MjpegServer, write_numbered_video
 from tests.sync.subscriber import Subscriber
@@ -56,9 +55,7 @@ def test_run_without_a_broker_serves_metrics_and_health_and_keeps_every_record(t
         assert h["outbox"]["path"] == str(tmp_path / "outbox.db")
         out, err = proc.communicate(timeout=60)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+        reap(proc)
     # and the run ends normally: every result printed, the outbox holds metric records covering every frame
     assert proc.returncode == 0, err
     assert "Traceback" not in err and "no broker" in err
@@ -114,12 +111,9 @@ def test_records_wait_in_the_outbox_while_the_broker_is_down_and_arrive_in_order
         wait_until(lambda: health(port)["broker"]["connected"], 30, proc)
         assert sub.wait_for(lambda m: len(_delivered_ids(m)) >= waiting, 30), "the records kept offline arrive"
         assert health(port)["frames"] > 0
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=60)
+        _, err = terminate(proc)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+        reap(proc)
         camera.stop()
     try:
         assert proc.returncode == 0, err

@@ -4,7 +4,6 @@ answer on the service's own port, and metric records land in the outbox."""
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 import urllib.request
 
@@ -12,7 +11,7 @@ import cv2
 import numpy as np
 
 from edge_runtime.sync.outbox import Outbox, OutboxConfig
-from tests.integration.helpers import CLI, get, health, sample_value, wait_until, write_config
+from tests.integration.helpers import CLI, get, health, reap, sample_value, terminate, wait_until, write_config
 from tests.mqtt_broker import free_port
 
 
@@ -42,12 +41,9 @@ def test_serve_feeds_predictions_to_the_monitor_and_exposes_metrics_and_health(t
         assert h["source"]["kind"] == "http" and h["source"]["requests"] == 3
         assert h["model"]["name"] == "tiny" and h["broker"] == {"configured": False}
         assert h["outbox"]["records"] == 0  # the period is long: the record is written at shutdown
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=60)
+        _, err = terminate(proc)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+        reap(proc)
     assert proc.returncode == 0, err
     outbox = Outbox(OutboxConfig(path=tmp_path / "outbox.db"))
     try:
