@@ -122,7 +122,8 @@ def swap_pause(work: Path, pk: dict[str, Any]) -> None:
         pipeline = Pipeline(model, source, sinks=[agent.observe, lambda r: results.append((time.monotonic(),
                                                                                            r.index))])
         host = _TimedHost(pipeline)
-        agent.attach(host, lambda: pipeline.stats().errors)
+        pipeline.add_error_hook(agent.observe_error)
+        agent.attach(host)
         link.start()
         agent.start()
         runner = threading.Thread(target=pipeline.run, daemon=True)
