@@ -28,6 +28,9 @@ _ORT_DTYPES = {
     "tensor(bool)": np.bool_,
 }
 _CPU = "CPUExecutionProvider"
+# how onnxruntime words an error raised by a node while the graph runs (any status code), as opposed to feeds it
+# refuses before running ("Got invalid dimensions for input", "Unexpected input data type")
+_NODE_FAILED = "Non-zero status code returned while running"
 
 
 def probe() -> str | None:
@@ -111,7 +114,9 @@ class OnnxRuntimeBackend:
         try:
             return self._sess.run(self._out_names, dict(zip(self._in_names, arrays, strict=True)))
         except self._input_errors as exc:
-            raise InputError(f"input does not fit the model: {_first(exc)}") from exc
+            if _NODE_FAILED not in str(exc):  # the feeds were refused before the graph ran
+                raise InputError(f"input does not fit the model: {_first(exc)}") from exc
+            raise InferenceError(f"onnxruntime failed during inference: {_first(exc)}") from exc
         except self._run_errors as exc:
             raise InferenceError(f"onnxruntime failed during inference: {_first(exc)}") from exc
 

@@ -15,13 +15,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
-from edge_runtime.errors import ConfigError
+from edge_runtime.errors import ConfigError, InputError
 from edge_runtime.pipeline import Pipeline, PipelineConfig, PipelineStats, Sink, stop_on_signals
 from edge_runtime.sources import DropPolicy, SourceOptions, open_source, source_kind, window_spec_for
 
 if TYPE_CHECKING:
     from edge_runtime.device_config import DeviceConfig
     from edge_runtime.monitoring.service import DeviceServices
+
+
+DEFAULT_STALL_S = 30.0
 
 
 def add_model_arguments(p: argparse.ArgumentParser) -> None:
@@ -49,6 +52,9 @@ def configure(p: argparse.ArgumentParser) -> None:
                    help="skip frames while the scene is still: share of changed pixels, e.g. 0.01")
     p.add_argument("--window-hop", type=int, help="sensor sources: samples between windows (default: window size)")
     p.add_argument("--fps-limit", type=float, help="pace a video source at this frame rate (simulate a camera)")
+    p.add_argument("--stall-timeout", type=float, metavar="S",
+                   help=f"end with an error when a live source (camera, stream, serial, UDP) yields no sample for S "
+                        f"seconds (default {DEFAULT_STALL_S:g}; files and stdin: no bound unless given)")
     p.add_argument("--out", help="write JSON lines to this file instead of stdout")
     p.add_argument("--save-detections", metavar="DIR", help="save annotated frames with detections into DIR")
     p.add_argument("--max-saved", type=int, default=100, help="at most this many saved files (default 100)")
@@ -133,7 +139,7 @@ def check_arguments(args: argparse.Namespace) -> None:
         value = getattr(args, name, None)
         if value is not None and value < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be at least 1")
-    for name in ("duration", "fps_limit"):
+    for name in ("duration", "fps_limit", "stall_timeout"):
         value = getattr(args, name, None)
         if value is not None and not value > 0:
             raise ConfigError(f"--{name.replace('_', '-')} must be positive")
@@ -174,8 +180,18 @@ def build_pipeline(args: argparse.Namespace, model, sinks: Sequence[Sink]) -> Pi
     )
     source = open_source(args.source, options, window)
     gate = MotionGate(args.motion_gate) if args.motion_gate is not None else None
-    config = PipelineConfig(max_frames=args.max_frames, duration_s=args.duration)
+    config = PipelineConfig(max_frames=args.max_frames, duration_s=args.duration,
+                            stall_timeout_s=stall_timeout(args.source, getattr(args, "stall_timeout", None)))
     return Pipeline(model, source, sinks, config, gate)
+
+
+def stall_timeout(spec: str, given: float | None) -> float | None:
+    """The stall bound for ``spec``: as given, else the default for live sources, none for files and stdin."""
+    if given is not None:
+        return given
+    s = spec.strip()
+    live = s.isdigit() or s.startswith(("/dev/", "serial:", "udp://")) or "://" in s
+    return DEFAULT_STALL_S if live else None
 
 
 def format_stats(stats: PipelineStats) -> str:
@@ -193,12 +209,21 @@ def run_pipeline(pipeline: Pipeline, summary: bool) -> int:
     """
     try:
         with stop_on_signals(pipeline):
-            pipeline.run()
+            stats = pipeline.run()
     finally:
         if summary:
             print(format_stats(pipeline.stats()), file=sys.stderr)
             print(pipeline.latency.format(), file=sys.stderr)
+    check_processed(stats)
     return 0
+
+
+def check_processed(stats: PipelineStats) -> None:
+    """A run that processed nothing because every sample was refused failed (InputError: one line, exit 2)."""
+    if stats.processed == 0 and (stats.bad_lines or stats.errors):
+        raise InputError(f"nothing processed: {stats.bad_lines} bad line(s) and {stats.errors} rejected sample(s) "
+                         f"of {stats.captured} captured" + (f"; last error: {stats.last_error}" if stats.last_error
+                                                              else ""))
 
 
 def start_monitoring(device: DeviceConfig, model: Any, source: str) -> DeviceServices:
