@@ -70,6 +70,12 @@ def add_device_arguments(p: argparse.ArgumentParser, http: bool) -> None:
     g.add_argument("--device-id", help="this device's id (overrides the config file's)")
     g.add_argument("--mqtt", metavar="URL",
                    help="broker, e.g. mqtt://host:1883 or mqtts://user:pass@host:8883 (needs --device-id or a config)")
+    g.add_argument("--mqtt-ca", type=Path, metavar="PEM", help="CA certificate of the broker (implies TLS)")
+    g.add_argument("--mqtt-cert", type=Path, metavar="PEM", help="client certificate for mutual TLS")
+    g.add_argument("--mqtt-key", type=Path, metavar="PEM", help="private key of --mqtt-cert")
+    g.add_argument("--mqtt-username", metavar="USER", help="broker user name")
+    g.add_argument("--mqtt-password-file", type=Path, metavar="FILE",
+                   help="broker password, first line of FILE (default: $EDGE_RUNTIME_MQTT_PASSWORD)")
     g.add_argument("--outbox", metavar="PATH", help="SQLite outbox file (default with --mqtt: $STATE_DIRECTORY or "
                                                    "~/.local/state/edge-runtime/<device>/outbox.db)")
     if http:
@@ -97,6 +103,24 @@ def _broker_section(url: str, current: dict[str, Any] | None) -> dict[str, Any]:
     return out
 
 
+def _credentials(args: argparse.Namespace, section: dict[str, Any]) -> dict[str, Any]:
+    """The --mqtt-* TLS and credential options over the broker section (they win)."""
+    from edge_runtime.sync.mqtt_settings import resolve_password
+
+    def opt(name: str) -> Any:
+        return getattr(args, f"mqtt_{name}", None)
+
+    out = dict(section)
+    tls = {"ca_cert": opt("ca"), "client_cert": opt("cert"), "client_key": opt("key")}
+    if any(v is not None for v in tls.values()):
+        out["tls"] = {**(out.get("tls") or {}), **{k: v for k, v in tls.items() if v is not None}}
+    if opt("username"):
+        out["username"] = opt("username")
+    if out.get("password") is None and (opt("password_file") or out.get("username")):
+        out["password"] = resolve_password(opt("password_file"))
+    return out
+
+
 def device_config(args: argparse.Namespace) -> DeviceConfig | None:
     """The device config from --config plus the shortcut options (they win); None when nothing asks for one."""
     from edge_runtime.device_config import default_state_dir, load_device_config, parse_device_config
@@ -116,6 +140,8 @@ def device_config(args: argparse.Namespace) -> DeviceConfig | None:
         data["device_id"] = "local"
     if args.mqtt:
         data["mqtt"] = _broker_section(args.mqtt, data.get("mqtt"))
+    if data.get("mqtt"):
+        data["mqtt"] = _credentials(args, data["mqtt"])
     if args.outbox:
         data["outbox"] = {**(data.get("outbox") or {}), "path": args.outbox}
     elif data.get("mqtt") and not data.get("outbox"):
