@@ -254,7 +254,7 @@ class UpdateAgent:
         pred = getattr(result, "prediction", result)
         ok, latency = prediction_ok(pred), float(pred.timings.inference_ms)
         self.live_report.record(ok, latency)
-        if health is not None:
+        if health is not None and getattr(pred, "version", None) in (None, health.version):
             health.record(ok, latency)
         if shadow is not None:
             shadow.offer(getattr(result, "frame", None), pred)

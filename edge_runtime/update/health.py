@@ -49,9 +49,10 @@ class HealthWindow:
     time a frame waited in the queue or spent in sinks says nothing about the model.
     """
 
-    def __init__(self, settings: HealthSettings, latency_budget_ms: float) -> None:
+    def __init__(self, settings: HealthSettings, latency_budget_ms: float, version: str | None = None) -> None:
         self.s = settings
         self.limit_ms = settings.latency_p95_ms or latency_budget_ms
+        self.version = version  # the watched model's version: results of the one before (in flight) do not count
         self.started = time.monotonic()
         self._lock = threading.Lock()
         self._lat: list[float] = []

@@ -281,7 +281,7 @@ def _swap_and_watch(a: Attempt) -> Verdict:
     ctx = a.ctx
     ctx.serving.swap(a.new_model)
     ctx.slots.activate(a.key)
-    window = HealthWindow(ctx.settings.health, ctx.budget_ms)
+    window = HealthWindow(ctx.settings.health, ctx.budget_ms, a.doc.version)
     ctx.serving.health = window
     try:
         ctx.machine.fire(Event.SWAPPED, f"{a.key} serves; health window {ctx.settings.health.window_s:g} s")

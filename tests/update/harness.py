@@ -27,7 +27,7 @@ class FleetSide:
     def __init__(self, port: int, key_path: Path, name: str = "fleet") -> None:
         self.topics = Topics()
         self.link = MqttLink(MqttSettings(host="127.0.0.1", port=port, device_id=name, max_payload=1 << 20),
-                             will=False)
+                             will=False, announce=False)
         self.key = load_private_key(key_path)
         self.statuses: dict[str, list[dict[str, Any]]] = {}
         self.cond = threading.Condition()
@@ -83,7 +83,9 @@ class FleetSide:
         self.link.stop()
 
 
-def device_config(tmp: Path, device: str, port: int, pub_key: Path, initial: Path, **update: Any) -> Path:
+def device_config(tmp: Path, device: str, port: int, pub_key: Path, initial: Path, top: dict[str, Any] | None = None,
+                  **update: Any) -> Path:
+    """An agent config file (``top``: more top-level keys, e.g. source and source_options; the rest: update)."""
     cfg = {
         "device_id": device, "profile": "x86-laptop", "state_dir": str(tmp / device), "trusted_keys": [str(pub_key)],
         "groups": update.pop("groups", []), "initial_package": str(initial), "fps": 30,
@@ -92,6 +94,7 @@ def device_config(tmp: Path, device: str, port: int, pub_key: Path, initial: Pat
         "update": {"smoke_budget_ms": 2000, **update,
                    "health": {"window_s": 1.0, "min_inferences": 5, "latency_p95_ms": 2000,
                               **update.get("health", {})}},
+        **(top or {}),
     }  # fmt: skip
     path = tmp / f"{device}.yaml"
     path.write_text(yaml.safe_dump(cfg))
