@@ -17,10 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from edge_runtime.errors import ConfigError, validation_message
 from edge_runtime.fsutil import read_yaml
+from edge_runtime.package.signing import TrustConfig, check_trust_fields
 from edge_runtime.sources import SourceOptions
 from edge_runtime.sources.base import DropPolicy, ThreadedSource
 
@@ -33,7 +34,12 @@ class AgentConfig(BaseModel):
     device_id: str = Field(description="This device's id.")
     profile: str = Field(description="Device profile name.")
     state_dir: Path = Field(description="Directory for slots, downloads and state.")
-    trusted_keys: list[Path] = Field(min_length=1, description="Trusted Ed25519 public keys or folders.")
+    trust: TrustConfig | None = Field(
+        default=None, description="Public keys by role: release (packages) and operator (documents, commands)."
+    )
+    trusted_keys: list[Path] = Field(
+        default_factory=list, description="Legacy single list: every key trusted as both release and operator."
+    )
     groups: list[str] = Field(default_factory=list, description="Fleet groups this device belongs to.")
     initial_package: Path | None = Field(default=None, description="Package installed when no slot is active.")
     source: str = Field(default="synthetic", description="'synthetic' (random frames) or an open_source spec.")
@@ -52,6 +58,11 @@ class AgentConfig(BaseModel):
         default_factory=dict, description="Device-config sections outbox, monitor, forwarder, http "
         "(deploy/device.example.yaml); the outbox defaults to state_dir/outbox.db and shares the agent's MQTT link.",
     )
+
+    @model_validator(mode="after")
+    def _trust(self) -> AgentConfig:
+        check_trust_fields(self.trust, self.trusted_keys)
+        return self
 
 
 class SyntheticSource(ThreadedSource):
@@ -161,7 +172,8 @@ def build_agent(cfg: AgentConfig, what: str = "agent config") -> AgentParts:
     try:
         mqtt = mqtt_settings(cfg)
         upd = UpdateSettings(device_id=cfg.device_id, profile=cfg.profile, state_dir=cfg.state_dir,
-                             trusted_keys=tuple(cfg.trusted_keys), groups=tuple(cfg.groups), **cfg.update)
+                             trusted_keys=tuple(cfg.trusted_keys), trust=cfg.trust, groups=tuple(cfg.groups),
+                             **cfg.update)
     except ValidationError as exc:
         raise ConfigError(f"invalid {what}: {validation_message(exc)}") from exc
     except TypeError as exc:
@@ -188,7 +200,7 @@ def build_agent(cfg: AgentConfig, what: str = "agent config") -> AgentParts:
 def agent_trust(cfg: AgentConfig) -> Any:
     from edge_runtime.package import TrustStore
 
-    return TrustStore.from_paths(list(cfg.trusted_keys))
+    return TrustStore.load(cfg.trust, cfg.trusted_keys)
 
 
 def _source_status(pipeline: Any) -> dict[str, Any]:

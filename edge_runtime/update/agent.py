@@ -46,8 +46,9 @@ class UpdateAgent:
         slots = SlotStore(root / "slots", settings.keep_versions,
                           int(settings.max_disk_mb * 1e6) if settings.max_disk_mb else None)
         machine = UpdateMachine(root / "update_state.json", self._publish, settings.max_retries)
-        self.ctx = UpdateContext(settings, machine, slots, runtime, TrustStore.from_paths(list(settings.trusted_keys)),
-                                 link, topics or Topics(), settings.smoke_budget_ms or latency_budget_ms)
+        trust = TrustStore.load(settings.trust, settings.trusted_keys)
+        self.ctx = UpdateContext(settings, machine, slots, runtime, trust, link, topics or Topics(),
+                                 settings.smoke_budget_ms or latency_budget_ms)
         self.source_status: SourceStatus = dict
         self._source_seen: Any = None
         self._docs: dict[str, SignedDesired] = {}
