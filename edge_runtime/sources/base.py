@@ -187,6 +187,7 @@ class ThreadedSource:
     """Base for sources: subclasses implement ``_open()`` and ``_loop()``; this runs the thread and the queue."""
 
     kind: SampleKind = "frame"
+    close_timeout_s = 2.0  # how long close() waits for the reader (longer where a read can block, e.g. streams)
 
     def __init__(self, name: str, policy: DropPolicy, queue_size: int = 4) -> None:
         self.name = name
@@ -241,7 +242,9 @@ class ThreadedSource:
         if self._thread is None:  # opened (or not) but never read: no reader thread will release the input
             self._release()
         elif self._thread is not threading.current_thread():
-            self._thread.join(timeout=2.0)
+            self._thread.join(timeout=self.close_timeout_s)
+            if self._thread.is_alive():
+                log.warning("%s: reader still busy after %.0f s; leaving it", self.name, self.close_timeout_s)
 
     def _wait(self, seconds: float) -> bool:
         """Sleep unless stopped; True if the source was asked to stop."""

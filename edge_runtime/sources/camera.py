@@ -36,6 +36,9 @@ class VideoSource(ThreadedSource):
     """Frames (BGR uint8) from ``cv2.VideoCapture``."""
 
     kind = "frame"
+    # a stream's open or read blocks up to its timeout: wait that long, so the process never exits while OpenCV's
+    # FFmpeg thread is inside a call (it aborts with "terminate called without an active exception")
+    close_timeout_s = _STREAM_TIMEOUT_MS / 1000 + 2.0
 
     def __init__(
         self,
