@@ -15,6 +15,7 @@ with a token every path but /healthz needs ``Authorization: Bearer <token>``.
 """
 
 
+import asyncio
 import email.parser
 import email.policy
 import json
@@ -128,6 +129,15 @@ async def read_body(request: Any, limit: int = MAX_BODY_BYTES) -> bytes:
             raise too_big
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+async def _read_body_in_time(request: Any, config: ServeConfig) -> bytes:
+    try:
+        async with asyncio.timeout(config.body_timeout_s):
+            return await read_body(request, config.max_body_bytes)
+    except TimeoutError:
+        raise RequestError(408, f"request body not received within {config.body_timeout_s:g} s",
+                           kind="body_timeout") from None
 
 
 def request_input(content_type: str, body: bytes, image_input: bool, max_pixels: int = MAX_PIXELS) -> np.ndarray:
@@ -290,7 +300,7 @@ def create_app(service: ModelService, load_in_background: bool = True,
                 if not service.ready:
                     raise RequestError(503, f"not ready: {service.not_ready_reason}", kind="not_ready")
                 received = time.monotonic()
-                body = await read_body(request, config.max_body_bytes)
+                body = await _read_body_in_time(request, config)
                 content = await gate.run(work, request.headers.get("content-type", ""), body, received)
             response: Response = Response(content, media_type="application/json")
         except RequestError as exc:

@@ -54,6 +54,8 @@ class ServeConfig(BaseModel):
                             description="Images whose header declares more pixels get 413, before decoding.")
     workers: int = Field(default=2, ge=1, description="Requests decoded and predicted at once (worker threads).")
     queue: int = Field(default=8, ge=0, description="Requests waiting for a worker; beyond that 503 at once.")
+    body_timeout_s: float = Field(default=30.0, gt=0, description="A body not received by then gets 408 (a slow "
+                                  "client cannot hold an admission slot for long).")  # fmt: skip
     token: SecretStr | None = Field(default=None, description="Bearer token required on every path but /healthz.")
 
 
