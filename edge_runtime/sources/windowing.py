@@ -67,13 +67,14 @@ def parse_line(line: str | bytes) -> np.ndarray | None:
     if not text or text.startswith("#"):
         return None
     try:
-        if text[0] in "[{":
-            value = json.loads(text)
-            if isinstance(value, dict):
-                value = list(value.values())
-            arr = np.asarray(value, dtype=np.float32).ravel()
-        else:
-            arr = np.asarray([float(p) for p in _SPLIT.split(text) if p], dtype=np.float32)
+        with np.errstate(over="ignore", invalid="ignore"):  # beyond float32's range: inf, refused below
+            if text[0] in "[{":
+                value = json.loads(text)
+                if isinstance(value, dict):
+                    value = list(value.values())
+                arr = np.asarray(value, dtype=np.float32).ravel()
+            else:
+                arr = np.asarray([float(p) for p in _SPLIT.split(text) if p], dtype=np.float32)
     except _PARSE_ERRORS:
         return None
     if arr.size == 0 or not np.all(np.isfinite(arr)):
