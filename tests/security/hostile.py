@@ -6,7 +6,9 @@ Shared by the security tests and ``benchmarks/security_figures.py``.
 from __future__ import annotations
 
 import struct
+import threading
 import zlib
+from collections.abc import Callable
 from functools import lru_cache
 
 
@@ -63,3 +65,38 @@ def bmp_header(width: int, height: int) -> bytes:
 def deep_json(depth: int = 60000, bracket: bytes = b"[") -> bytes:
     """``depth`` opening brackets (the datagram that killed the UDP reader), unclosed."""
     return bracket * depth
+
+
+def gzip_of_zeros_after(prefix: bytes, zeros: int, suffix: bytes = b"") -> bytes:
+    """A gzip file that inflates to ``prefix``, ``zeros`` zero bytes, then ``suffix`` (a decompression bomb: about
+    1 KB on the wire per MiB inflated). Built from one deflated block repeated, like png_bomb."""
+    block_size = 1 << 20
+    assert zeros % block_size == 0
+    zero_block = bytes(block_size)
+
+    def deflated(data: bytes) -> bytes:
+        c = zlib.compressobj(9, zlib.DEFLATED, -15)
+        return c.compress(data) + c.flush(zlib.Z_FULL_FLUSH)
+
+    crc = zlib.crc32(prefix)
+    for _ in range(zeros // block_size):
+        crc = zlib.crc32(zero_block, crc)
+    crc = zlib.crc32(suffix, crc)
+    size = len(prefix) + zeros + len(suffix)
+    body = deflated(prefix) + deflated(zero_block) * (zeros // block_size) + deflated(suffix) + b"\x03\x00"
+    return b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff" + body + struct.pack("<II", crc, size & 0xFFFFFFFF)
+
+
+class MemoryLink:
+    """The transfer's Link protocol over in-memory retained messages: what the broker would deliver (each on its
+    own thread, like paho's network thread)."""
+
+    def __init__(self, retained: dict[str, bytes]) -> None:
+        self.retained = retained
+
+    def subscribe(self, topic: str, handler: Callable[[str, bytes], None], qos: int = 1) -> None:
+        if topic in self.retained:
+            threading.Thread(target=handler, args=(topic, self.retained[topic]), daemon=True).start()
+
+    def unsubscribe(self, topic: str) -> None:
+        pass

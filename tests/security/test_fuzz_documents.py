@@ -8,8 +8,6 @@ import json
 import queue
 import shutil
 import tempfile
-import threading
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -24,6 +22,7 @@ from edge_runtime.update.desired import DesiredModel, open_desired, sign_desired
 from edge_runtime.update.errors import TransferError, VerificationError
 from edge_runtime.update.transfer import ChunkDownloader, TransferSettings, build_meta
 from tests import model_factory
+from tests.security.hostile import MemoryLink
 from tests.security.strategies import JSON, dumps, hostile_json
 
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow,
@@ -128,20 +127,6 @@ def test_signed_but_hostile_desired_document_is_a_verification_error(world, data
     try:
         open_desired(envelope, world["trust"])
     except VerificationError:
-        pass
-
-
-class MemoryLink:
-    """The transfer's Link protocol over in-memory retained messages: what the broker would deliver."""
-
-    def __init__(self, retained: dict[str, bytes]) -> None:
-        self.retained = retained
-
-    def subscribe(self, topic: str, handler: Callable[[str, bytes], None], qos: int = 1) -> None:
-        if topic in self.retained:
-            threading.Thread(target=handler, args=(topic, self.retained[topic]), daemon=True).start()
-
-    def unsubscribe(self, topic: str) -> None:
         pass
 
 
