@@ -23,6 +23,8 @@ def configure(p: argparse.ArgumentParser) -> None:
     add_broker_options(p)
     p.add_argument("--registry", default=str(Path.home() / ".config/edge-runtime/fleet.json"),
                    help="local record of published packages (for rollback)")
+    p.add_argument("--passphrase-file", type=Path, metavar="FILE",
+                   help="passphrase of an encrypted --key (first line; or $EDGE_RUNTIME_KEY_PASSPHRASE)")
     sub = p.add_subparsers(dest="fleet_cmd", required=True)
     pub = sub.add_parser("publish", help="upload a package and set it as desired for a device or group:NAME")
     pub.add_argument("package")
@@ -116,12 +118,12 @@ def _link(args: argparse.Namespace):  # type: ignore[no-untyped-def]
 
 
 def run(args: argparse.Namespace) -> int:
-    from edge_runtime.package import load_private_key
+    from edge_runtime.package import load_private_key, read_passphrase
 
     plan = rollout_plan(args) if args.fleet_cmd == "rollout" else None
     if args.fleet_cmd == "publish" and args.target and not args.key:
         raise ConfigError("fleet publish --target needs --key to sign the desired document")
-    key = load_private_key(args.key) if getattr(args, "key", None) else None
+    key = load_private_key(args.key, read_passphrase(args.passphrase_file)) if getattr(args, "key", None) else None
     link = _link(args)
     try:
         return _dispatch(args, link, key, plan)

@@ -16,7 +16,7 @@ from typing import Any
 from edge_runtime.errors import ConfigError
 from edge_runtime.fsutil import atomic_write_text
 from edge_runtime.package.signing import Ed25519PrivateKey
-from edge_runtime.package.store import pack_archive, read_manifest
+from edge_runtime.package.store import pack_archive
 from edge_runtime.sync.topics import Topics
 from edge_runtime.update.desired import DesiredModel, new_sequence, sign_desired
 from edge_runtime.update.transfer import DEFAULT_CHUNK, ChunkMeta, build_meta, iter_chunks
@@ -41,9 +41,9 @@ def as_archive(pkg: Path) -> Path:
 
 
 def _manifest_of_archive(archive: Path) -> Any:
-    from edge_runtime.package.store import extract_archive_cached
+    from edge_runtime.package.store import read_archive_manifest
 
-    return read_manifest(extract_archive_cached(archive))[0]
+    return read_archive_manifest(archive)  # the manifest member only: nothing is unpacked
 
 
 def upload(link: Any, topics: Topics, pkg: Path, chunk_size: int = DEFAULT_CHUNK, in_flight: int = 16,

@@ -30,8 +30,9 @@ DEFAULT_STALL_S = 30.0
 def add_model_arguments(p: argparse.ArgumentParser) -> None:
     """Options that pick and verify the package and its backend (shared with `serve`)."""
     p.add_argument("--package", required=True, help="package directory or .erpkg archive")
-    p.add_argument("--key", action="append", default=[], metavar="PUB",
-                   help="trusted public key (.pub file or directory); when given, the signature is required")
+    from edge_runtime.commands.package_cmds import add_trust_flags
+
+    add_trust_flags(p)  # --trust KEY.pub (release role; alias --key), --allow-unsigned
     p.add_argument("--profile", help="device profile name or YAML file (default: the package's profile)")
     p.add_argument("--backend", help="backend to use: tflite or onnxruntime (default: from the package format)")
     p.add_argument("--threads", type=int, help="inference threads (default: from the profile)")  # fmt: skip
@@ -158,6 +159,9 @@ def check_arguments(args: argparse.Namespace) -> None:
     kind = source_kind(args.source)
     if args.motion_gate is not None and kind != "frame":
         raise ConfigError("--motion-gate works with camera and video sources only")
+    if args.motion_gate is not None and not 0.0 < args.motion_gate < 1.0:
+        raise ConfigError(f"--motion-gate {args.motion_gate:g}: give the share of changed pixels, between 0 and 1 "
+                          "(e.g. 0.01)")
     if args.window_hop is not None and kind != "window":
         raise ConfigError("--window-hop applies to sensor sources only")
     check_model_arguments(args)
@@ -184,12 +188,13 @@ def check_model_arguments(args: argparse.Namespace) -> None:
 def load_model(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     """Load and verify the package named by the shared model arguments."""
     from edge_runtime.api import load
-    from edge_runtime.package.signing import TrustStore
+    from edge_runtime.commands.package_cmds import trust_from_args
 
-    trust = TrustStore.from_paths(args.key) if args.key else None
-    if args.key and not trust:  # an empty store would silently skip the signature check --key asks for
-        raise ConfigError(f"--key {' '.join(args.key)}: no public key (.pub) found there")
-    return load(args.package, trust=trust, profile=args.profile, backend=args.backend, threads=args.threads)
+    trust = trust_from_args(args)
+    if args.trust and not trust:  # an empty store: say so rather than "untrusted key"
+        raise ConfigError(f"--trust {' '.join(args.trust)}: no public key (.pub) found there")
+    return load(args.package, trust=trust, profile=args.profile, backend=args.backend, threads=args.threads,
+                allow_unsigned=args.allow_unsigned)
 
 
 def build_pipeline(args: argparse.Namespace, model, sinks: Sequence[Sink]) -> Pipeline:  # type: ignore[no-untyped-def]
