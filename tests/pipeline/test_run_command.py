@@ -245,3 +245,24 @@ def test_a_run_whose_every_line_is_rejected_exits_2(packages) -> None:
     )  # fmt: skip
     assert proc.returncode == 2, proc.stderr
     assert "nothing processed: 200 bad line(s)" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_run_broker_tls_and_credential_options_reach_the_mqtt_settings(tmp_path, monkeypatch) -> None:
+    """--mqtt-ca/-cert/-key/-username/-password-file (or the environment) fill the broker settings; the password
+    never has to sit in the URL."""
+    from edge_runtime.cli import build_parser
+    from edge_runtime.commands.run import device_config
+
+    pw = tmp_path / "pw"
+    pw.write_text("s3cret\n")
+    files = {n: tmp_path / f"{n}.pem" for n in ("ca", "cert", "key")}
+    for f in files.values():
+        f.write_text("-----BEGIN CERTIFICATE-----\n")
+    argv = ["run", "--package", "p", "--source", "0", "--mqtt", "mqtts://broker:8883", "--device-id", "cam-1",
+            "--outbox", str(tmp_path / "o.db"), "--mqtt-ca", str(files["ca"]), "--mqtt-cert", str(files["cert"]),
+            "--mqtt-key", str(files["key"]), "--mqtt-username", "cam-1"]
+    mqtt = device_config(build_parser(argv).parse_args([*argv, "--mqtt-password-file", str(pw)])).mqtt
+    assert (mqtt.username, mqtt.password, mqtt.tls.ca_cert, mqtt.tls.client_key) == ("cam-1", "s3cret", files["ca"],
+                                                                                     files["key"])
+    monkeypatch.setenv("EDGE_RUNTIME_MQTT_PASSWORD", "from-env")
+    assert device_config(build_parser(argv).parse_args(argv)).mqtt.password == "from-env"
