@@ -228,7 +228,13 @@ class ThreadedSource:
             self.queue.finish(error)
 
     def start(self) -> None:
-        self._open()
+        try:
+            self._open()
+        except SourceError as exc:
+            if not self._keeps_trying():
+                raise
+            self.counters.fault = f"{exc}; retrying"  # the reader thread reconnects, the fault is reported
+            log.warning("%s", self.counters.fault)
         self.counters.opened_at = time.monotonic()
         self._thread = threading.Thread(target=self._run, name=f"source-{self.name}", daemon=True)
         self._thread.start()
@@ -245,6 +251,11 @@ class ThreadedSource:
             self._thread.join(timeout=self.close_timeout_s)
             if self._thread.is_alive():
                 log.warning("%s: reader still busy after %.0f s; leaving it", self.name, self.close_timeout_s)
+
+    def _keeps_trying(self) -> bool:
+        """True for a live source whose reconnect policy never gives up (the agent's): it starts even when the
+        input is not there yet, and its reader thread keeps reopening it."""
+        return False
 
     def _wait(self, seconds: float) -> bool:
         """Sleep unless stopped; True if the source was asked to stop."""

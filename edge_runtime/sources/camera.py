@@ -86,8 +86,12 @@ class VideoSource(ThreadedSource):
             self._cap.release()
             self._cap = None
 
+    def _keeps_trying(self) -> bool:
+        return self.video_kind != "file" and not self.reconnect.give_up
+
     def _read(self) -> np.ndarray | None:
-        assert self._cap is not None
+        if self._cap is None:  # not open (yet): a live input reconnects
+            return None
         ok, frame = self._cap.read()
         if not ok or frame is None or frame.size == 0:
             return None

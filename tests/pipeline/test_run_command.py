@@ -227,7 +227,8 @@ def test_a_stream_that_stops_sending_ends_the_run_with_one_line_and_exit_2(packa
     server = MjpegServer(fps=30, stall_after=3).start()
     try:
         proc = subprocess.run(
-            [*CLI, "run", "--package", str(packages["classifier"]), "--source", server.url, "--stall-timeout", "2"],
+            [*CLI, "run", "--package", str(packages["classifier"]), *trust_args(), "--source", server.url,
+             "--stall-timeout", "2"],
             capture_output=True, text=True, timeout=90,
         )  # fmt: skip
     finally:
@@ -240,7 +241,7 @@ def test_a_stream_that_stops_sending_ends_the_run_with_one_line_and_exit_2(packa
 def test_a_run_whose_every_line_is_rejected_exits_2(packages) -> None:
     rows = "\n".join(f"{i},x,{i}" for i in range(200)) + "\n"
     proc = subprocess.run(
-        [*CLI, "run", "--package", str(packages["sensor"]), "--source", "stdin"],
+        [*CLI, "run", "--package", str(packages["sensor"]), *trust_args(), "--source", "stdin"],
         input=rows, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert proc.returncode == 2, proc.stderr
