@@ -12,10 +12,10 @@ import queue
 import shutil
 from typing import Any
 
-from edge_runtime.errors import EdgeRuntimeError
+from edge_runtime.errors import EdgeRuntimeError, PackageError
 from edge_runtime.update.attempt import Attempt, UpdateContext
 from edge_runtime.update.desired import DesiredModel
-from edge_runtime.update.errors import SmokeTestError, TransferError, UpdateError
+from edge_runtime.update.errors import SmokeTestError, TransferError, UpdateError, VerificationError
 from edge_runtime.update.health import HealthWindow, Verdict
 from edge_runtime.update.runtime import agree
 from edge_runtime.update.states import LIVE_MODEL_AT_RISK, TRANSITIONS, Event, State
@@ -174,7 +174,10 @@ def stage(a: Attempt) -> Any:
     fresh = not ctx.slots.has(key)
     if fresh:
         check_archive(a.archive, doc)
-        ctx.slots.install_archive(a.archive, key)
+        try:
+            ctx.slots.install_archive(a.archive, key)
+        except PackageError as exc:  # the archive checks its files while unpacking: a tampered package
+            raise VerificationError(str(exc), "package_invalid") from exc
     try:
         verify_package(ctx.slots.path(key), ctx.trust, ctx.settings.profile, doc, ctx.installed_version())
         model = load_and_smoke(ctx, ctx.slots.path(key))
