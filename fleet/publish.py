@@ -130,11 +130,23 @@ class Registry:
         atomic_write_text(self.path, json.dumps(data, indent=1))
 
     def find(self, version: str, name: str | None = None) -> Published:
-        for entry in self._read().values():
-            if entry["version"] == version and (name is None or entry["name"] == name):
-                return Published(entry["name"], entry["version"], entry["profile"],
-                                 ChunkMeta.model_validate(entry["meta"]))
-        raise ConfigError(f"version {version} was never published from this registry ({self.path})")
+        """The entry for ``version`` of model ``name``; without a name, the only model published at that version
+        (two models sharing a version are ambiguous: ConfigError, never a guess)."""
+        found = self.versions(version)
+        names = sorted({p.name for p in found})
+        if name is not None:
+            found = [p for p in found if p.name == name]
+        elif len(names) > 1:
+            raise ConfigError(f"version {version} was published for models {', '.join(names)}: name one (--name)")
+        if not found:
+            what = f"{name} {version}" if name else f"version {version}"
+            raise ConfigError(f"{what} was never published from this registry ({self.path})")
+        return found[0]
+
+    def versions(self, version: str) -> list[Published]:
+        """Every entry published at ``version`` (any model name)."""
+        return [Published(e["name"], e["version"], e["profile"], ChunkMeta.model_validate(e["meta"]))
+                for e in self._read().values() if e["version"] == version]
 
     def find_key(self, key: str) -> Published | None:
         """The entry for slot key ``name-version`` (as devices report what they serve), or None."""

@@ -115,7 +115,7 @@ def test_motion_gate_skips_still_frames(classifier) -> None:
     assert stats.processed == 2
 
 
-def sample_frames_the_model_rejects_are_counted_and_skipped(classifier) -> None:
+def test_sample_frames_the_model_rejects_are_counted_and_skipped(classifier) -> None:
     good = sample_frames(4)
     bad = np.zeros((48, 64, 5), np.uint8)  # five channels
     got, sink = collect()

@@ -219,3 +219,29 @@ def test_detection_clips(blazeface_pkg, tmp_path: Path) -> None:
     while cap.read()[0]:
         count += 1
     assert count == 3
+
+
+def test_a_stream_that_stops_sending_ends_the_run_with_one_line_and_exit_2(packages) -> None:
+    """Given a camera that sends a few frames and then hangs (connections stay open, nothing comes), the run ends
+    by itself after --stall-timeout with one clear line and exit 2, not reconnecting forever with exit 0."""
+    server = MjpegServer(fps=30, stall_after=3).start()
+    try:
+        proc = subprocess.run(
+            [*CLI, "run", "--package", str(packages["classifier"]), "--source", server.url, "--stall-timeout", "2"],
+            capture_output=True, text=True, timeout=90,
+        )  # fmt: skip
+    finally:
+        server.stop()
+    assert proc.returncode == 2, proc.stderr
+    assert "yielded no sample for 2 s" in proc.stderr and "Traceback" not in proc.stderr
+    assert 1 <= len(proc.stdout.splitlines()) <= 3  # frames it sent were processed (OpenCV's probe eats some)
+
+
+def test_a_run_whose_every_line_is_rejected_exits_2(packages) -> None:
+    rows = "\n".join(f"{i},x,{i}" for i in range(200)) + "\n"
+    proc = subprocess.run(
+        [*CLI, "run", "--package", str(packages["sensor"]), "--source", "stdin"],
+        input=rows, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    assert "nothing processed: 200 bad line(s)" in proc.stderr and "Traceback" not in proc.stderr

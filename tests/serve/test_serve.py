@@ -15,7 +15,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from edge_runtime.api import load
-from edge_runtime.serve import ModelService, create_app
+from edge_runtime.serve import ModelService, ServeConfig, create_app
 from tests import model_factory
 from tests.model_factory import factory_trust, trust_args
 
@@ -95,7 +95,7 @@ def test_json_array_frame(client) -> None:
             400,
             "nested too deeply",
         ),
-        ({"files": {"other": ("a.txt", b"hello", "text/plain")}}, 400, "not a decodable image"),
+        ({"files": {"other": ("a.txt", b"hello", "text/plain")}}, 415, "unsupported image format"),
         (
             {
                 "content": b'--b\r\nContent-Disposition: form-data; name="x"\r\n\r\n1\r\n--b--\r\n',
@@ -145,7 +145,7 @@ def test_non_finite_arrays_are_422_never_500(pkgs, body: bytes, reason: str) -> 
 
 def test_bodies_over_the_limit_are_413_with_or_without_a_length(pkgs) -> None:
     service = ModelService(lambda: load(pkgs["sensor"], trust=factory_trust()))
-    with TestClient(create_app(service, load_in_background=False, max_body_bytes=1000)) as c:
+    with TestClient(create_app(service, load_in_background=False, config=ServeConfig(max_body_bytes=1000))) as c:
         window = [[1.0, 2.0]] * 4
         assert c.post("/predict", json=window).status_code == 200
         sized = c.post("/predict", json=[[1.0, 2.0]] * 200)
@@ -201,7 +201,7 @@ def test_real_uvicorn_server(pkgs) -> None:
         r = httpx.post(f"{url}/predict", content=jpeg(frame), headers={"content-type": "image/jpeg"}, timeout=10)
         assert r.status_code == 200 and len(r.json()["classes"]) == 3
         bad = httpx.post(f"{url}/predict", content=b"nope", headers={"content-type": "image/jpeg"}, timeout=10)
-        assert bad.status_code == 400
+        assert bad.status_code == 415
     finally:
         proc.terminate()
         _, err = proc.communicate(timeout=20)

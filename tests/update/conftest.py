@@ -21,7 +21,7 @@ def ota_keys(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def ota_packages(tmp_path_factory: pytest.TempPathFactory, ota_keys: dict[str, Path]) -> dict[str, Path]:
     """Signed ONNX classifier packages: v1 (serving), v2, v3, a twin of v1, and faulty ones (see the keys)."""
     from tests.model_factory import classifier_package
-    from tests.update.models import nan_package
+    from tests.update.models import nan_package, raising_package
 
     d = tmp_path_factory.mktemp("ota-pkgs")
     key = load_private_key(ota_keys["priv"])
@@ -36,6 +36,7 @@ def ota_packages(tmp_path_factory: pytest.TempPathFactory, ota_keys: dict[str, P
         "unsigned": _unsigned(classifier_package(d / "unsigned", version="2.3.0").root),
         "rogue": classifier_package(d / "rogue", version="2.4.0", sign_key=rogue).root,
         "nan": nan_package(d / "nan", version="2.5.0", sign_key=key).root,
+        "raising": raising_package(d / "raising", version="2.6.0", sign_key=key).root,
     }
     return out
 
