@@ -19,6 +19,7 @@ from edge_runtime.imageheader import ImageHeaderError, image_size
 from edge_runtime.serve import ModelService, ServeConfig, create_app
 from edge_runtime.serve_guard import RequestError, WorkGate, load_token
 from tests import model_factory
+from tests.model_factory import factory_trust
 from tests.security import hostile
 
 TOKEN = "0123456789abcdef0123456789abcdef"
@@ -30,7 +31,7 @@ def classifier(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def client_for(pkg: Path, **config) -> TestClient:
-    return TestClient(create_app(ModelService(lambda: load(pkg)), load_in_background=False,
+    return TestClient(create_app(ModelService(lambda: load(pkg, trust=factory_trust())), load_in_background=False,
                                  config=ServeConfig(**config)))  # fmt: skip
 
 
