@@ -14,8 +14,9 @@ from edge_runtime.errors import EdgeRuntimeError
 from edge_runtime.update.desired import DesiredModel
 from edge_runtime.update.errors import SmokeTestError, TransferError, UpdateError
 from edge_runtime.update.health import HealthWindow
+from edge_runtime.update.http_transfer import http_download
 from edge_runtime.update.states import LIVE_MODEL_AT_RISK, TRANSITIONS, Event, State
-from edge_runtime.update.transfer import ChunkDownloader, http_download
+from edge_runtime.update.transfer import ChunkDownloader
 from edge_runtime.update.verify import check_archive, verify_package
 
 if TYPE_CHECKING:
@@ -131,11 +132,16 @@ def download(agent: UpdateAgent, doc: DesiredModel) -> Any:
             last[0] = good / total
             agent.machine.update(progress=good / total)
 
+    if doc.url and agent.s.allow_http:
+        try:
+            return http_download(doc.url, archive_for(agent, doc), doc.sha256, doc.size, agent.stop_event)
+        except TransferError as exc:  # any HTTP failure: the same signed bytes come over MQTT instead
+            if exc.code == "interrupted":
+                raise UpdateError(str(exc), exc.code) from exc
+            log.warning("HTTP download failed (%s); falling back to MQTT chunks", exc)
+            agent.machine.update(reason=f"{exc}; falling back to MQTT chunks", code="http_fallback")
     while True:
         try:
-            if doc.url and agent.s.allow_http:
-                agent.downloads.mkdir(parents=True, exist_ok=True)
-                return http_download(doc.url, archive_for(agent, doc), doc.sha256, doc.size, agent.stop_event)
             return ChunkDownloader(agent.link, agent.topics, agent.downloads, doc.package_id, doc.sha256, doc.size,
                                    agent.s.transfer, progress, agent.stop_event).run()  # type: ignore[arg-type]
         except TransferError as exc:
@@ -298,7 +304,7 @@ def fail(agent: UpdateAgent, reason: str, code: str, doc: DesiredModel | None) -
     failed = rec.failed_packages
     if code not in TRANSIENT and rec.package_id:
         failed = (failed + [rec.package_id])[-20:]
-    if code in ("hash_mismatch", "chunk_corrupt") and doc is not None:
+    if code in ("hash_mismatch", "chunk_corrupt", "chunk_wrong_size", "oversize") and doc is not None:
         for p in agent.downloads.glob(f"{doc.package_id}.*"):
             p.unlink(missing_ok=True)
     agent.slots.set_candidate(None)
