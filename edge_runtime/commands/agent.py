@@ -65,6 +65,9 @@ class SyntheticSource(ThreadedSource):
 
 def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", required=True, help="agent configuration (YAML or JSON)")
+    p.add_argument("--reset-replay", action="store_true",
+                   help="operator action after the replay state was lost: accept only documents and commands "
+                        "signed from now on, then exit (re-publish the desired document afterwards)")
 
 
 def load_config(path: Path) -> AgentConfig:
@@ -94,11 +97,13 @@ def run(args: argparse.Namespace) -> int:
     from edge_runtime.pipeline import Pipeline, stop_on_signals
     from edge_runtime.profiles import load_profile
     from edge_runtime.sync.mqtt import MqttLink, MqttSettings
-    from edge_runtime.update.agent import UpdateAgent
+    from edge_runtime.update.agent import COMMAND_REPLAY, UpdateAgent
     from edge_runtime.update.runtime import PackageRuntime
     from edge_runtime.update.settings import UpdateSettings
 
     cfg = load_config(Path(args.config))
+    if args.reset_replay:
+        return reset_replay(cfg)
     try:
         mqtt = MqttSettings(device_id=cfg.device_id, **cfg.mqtt)
         upd = UpdateSettings(device_id=cfg.device_id, profile=cfg.profile, state_dir=cfg.state_dir,
@@ -116,7 +121,8 @@ def run(args: argparse.Namespace) -> int:
     model = agent.boot()
     pipeline = Pipeline(model, _source(cfg, model), sinks=[agent.observe])
     agent.attach(pipeline, lambda: pipeline.stats().errors)
-    services = start_services(device, model.manifest, link=link, source=source_info(cfg.source))  # one MQTT link
+    services = start_services(device, model.manifest, link=link, source=source_info(cfg.source),  # one MQTT link
+                              command_trust=agent.trust, command_state=cfg.state_dir / COMMAND_REPLAY)
     services.attach(pipeline)
     link.start()
     agent.start()
@@ -142,6 +148,20 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def reset_replay(cfg: AgentConfig) -> int:
+    """Set the replay floor of desired documents and commands to now (both copies), after a lost state."""
+    from edge_runtime.sync.replay import SequenceStore
+    from edge_runtime.update.agent import COMMAND_REPLAY, DESIRED_REPLAY
+
+    cfg.state_dir.mkdir(parents=True, exist_ok=True)
+    floor = 0
+    for name in (DESIRED_REPLAY, COMMAND_REPLAY):
+        floor = SequenceStore(cfg.state_dir / name).reset(floor or None)
+    print(f"replay state reset: documents and commands signed before sequence {floor} are refused; "
+          "re-publish the desired document for this device")
+    return 0
+
+
 def seed_initial(agent: Any, package: Path) -> None:
     """Install and activate the first model (verified with the device's trusted keys)."""
     from edge_runtime.package import load_package
@@ -149,6 +169,4 @@ def seed_initial(agent: Any, package: Path) -> None:
     pkg = load_package(package, agent.trust, require_signature=True)
     if pkg.manifest.profile != agent.s.profile:
         raise ConfigError(f"initial package is for profile {pkg.manifest.profile}, device is {agent.s.profile}")
-    key = f"{pkg.manifest.name}-{pkg.manifest.version}"
-    agent.slots.install_dir(pkg.root, key)
-    agent.slots.activate(key)
+    agent.slots.activate(agent.slots.install_dir(pkg.root))

@@ -20,6 +20,7 @@ from typing import Any, Protocol
 from edge_runtime.fsutil import atomic_write_bytes
 from edge_runtime.package.signing import TrustStore
 from edge_runtime.package.store import read_manifest
+from edge_runtime.sync.replay import SequenceStore
 from edge_runtime.sync.topics import Topics
 from edge_runtime.update import steps
 from edge_runtime.update.desired import SignedDesired, open_desired, pin_allows, resolve
@@ -30,8 +31,11 @@ from edge_runtime.update.runtime import ModelRuntime, agree, prediction_ok
 from edge_runtime.update.settings import UpdateSettings
 from edge_runtime.update.slots import SlotStore
 from edge_runtime.update.states import Event, State
+from edge_runtime.update.transfer import package_id_for
 
 log = logging.getLogger(__name__)
+DESIRED_REPLAY = "desired_replay.json"
+COMMAND_REPLAY = "command_replay.json"
 
 
 class ModelHost(Protocol):
@@ -67,6 +71,9 @@ class UpdateAgent:
         self.downloads = root / "downloads"
         self._doc_file = root / "desired.json"
         self.machine = UpdateMachine(root / "update_state.json", self._publish, settings.max_retries)
+        # the accepted desired-document sequence, in two copies (update_state.json's copy is the fallback)
+        self.replay = SequenceStore(root / DESIRED_REPLAY, floor=self.machine.record.accepted_sequence,
+                                    has_history=self.slots.has_history())
         self.host: ModelHost | None = None
         self.error_count: Callable[[], int] = lambda: 0
         self.live: Any = None
@@ -89,8 +96,12 @@ class UpdateAgent:
         return f"{m.name}-{m.version}" if m is not None else self.slots.pointers().active
 
     def _publish(self, record: UpdateRecord, **extra: Any) -> None:
+        active = self.slots.pointers().active
+        sha = self.slots.archive_of(active)
         payload = status_payload(record, self.s.device_id, self.serving, profile=self.s.profile,
-                                 groups=list(self.s.groups), **extra)
+                                 groups=list(self.s.groups), serving_key=active,
+                                 serving_package_id=package_id_for(sha) if sha else None,
+                                 replay_state=self.replay.problem or "ok", **extra)
         try:
             self.link.set_retained(self.topics.update_status(self.s.device_id), payload)
             update_state = getattr(self.link, "update_state", None)
@@ -190,12 +201,17 @@ class UpdateAgent:
         if not pin_allows(doc, self.s.pin_version):
             self._reject(f"device is pinned to {self.s.pin_version}; ignoring {doc.version}", "pinned", doc.sequence)
             return False
-        if self.serving == f"{doc.name}-{doc.version}" or rec.package_id == doc.package_id and not self.machine.resting:
+        active = self.slots.pointers().active
+        if active is not None and self.slots.key_for_archive(doc.sha256) == active:
+            return False  # these very bytes serve (the same version with other bytes goes on, and is refused)
+        if rec.package_id == doc.package_id and not self.machine.resting:
             return False
-        if doc.sequence < rec.accepted_sequence or (doc.sequence == rec.accepted_sequence and rec.package_id
-                                                     != doc.package_id):
-            self._reject(f"document sequence {doc.sequence} is older than {rec.accepted_sequence}", "replay",
-                         doc.sequence)
+        if self.replay.lost:  # never guess the floor: refuse every document until an operator resets it
+            self._reject(str(self.replay.problem), "replay_state_lost", doc.sequence)
+            return False
+        floor = self.replay.value
+        if doc.sequence < floor or (doc.sequence == floor and rec.package_id != doc.package_id):
+            self._reject(f"document sequence {doc.sequence} is older than {floor}", "replay", doc.sequence)
             return False
         # this very document already failed: only a newer signed document tries the package again
         return not (doc.package_id in rec.failed_packages and doc.sequence <= rec.sequence)

@@ -7,12 +7,11 @@ from __future__ import annotations
 
 import logging
 import queue
-import shutil
 from typing import TYPE_CHECKING, Any
 
 from edge_runtime.errors import EdgeRuntimeError
 from edge_runtime.update.desired import DesiredModel
-from edge_runtime.update.errors import SmokeTestError, TransferError, UpdateError
+from edge_runtime.update.errors import SmokeTestError, TransferError, UpdateError, VerificationError
 from edge_runtime.update.health import HealthWindow
 from edge_runtime.update.http_transfer import http_download
 from edge_runtime.update.states import LIVE_MODEL_AT_RISK, TRANSITIONS, Event, State
@@ -93,11 +92,17 @@ def run_steps(agent: UpdateAgent, state: State, doc: DesiredModel) -> State:
         if state is State.VERIFYING:
             agent.dwell(State.VERIFYING)
             new_model = stage(agent, doc, archive_for(agent, doc))
+            if new_model is None:  # the very content that serves (same manifest): nothing to swap
+                agent.replay.advance(doc.sequence)
+                agent.machine.fire(Event.ALREADY_SERVING, f"{doc.name} {doc.version} already serves this content",
+                                   accepted_sequence=max(doc.sequence, agent.machine.record.accepted_sequence))
+                return agent.machine.state
+            agent.replay.advance(doc.sequence)  # both copies written before the state says verified
             agent.machine.fire(Event.VERIFIED, "signature, hashes, profile, version and smoke test ok",
                                accepted_sequence=max(doc.sequence, agent.machine.record.accepted_sequence))
             state = State.STAGED
         if new_model is None:  # resumed at staged or shadow: load and smoke-test again
-            new_model = load_and_smoke(agent, agent.slots.path(f"{doc.name}-{doc.version}"))
+            new_model = load_and_smoke(agent, agent.slots.path(slot_for(agent, doc)))
         agent.dwell(State.STAGED)
         if agent.s.shadow_s > 0 and agent.machine.state is State.STAGED:
             agent.machine.fire(Event.SHADOW_START, f"shadow run for {agent.s.shadow_s:g} s")
@@ -116,10 +121,17 @@ def archive_for(agent: UpdateAgent, doc: DesiredModel) -> Any:
     return agent.downloads / f"{doc.package_id}.erpkg"
 
 
+def slot_for(agent: UpdateAgent, doc: DesiredModel) -> str:
+    """The installed slot holding the document's archive (content-addressed: by its sha256, never by version)."""
+    key = agent.slots.key_for_archive(doc.sha256)
+    if key is None:
+        raise UpdateError(f"the package for {doc.name} {doc.version} is no longer installed", "staged_missing")
+    return key
+
+
 def download(agent: UpdateAgent, doc: DesiredModel) -> Any:
     """Fetch the archive (MQTT chunks, or HTTP when the document has a URL); retries are bounded."""
-    key = f"{doc.name}-{doc.version}"
-    if agent.slots.has(key):  # still installed: instant local rollback, nothing to fetch
+    if agent.slots.key_for_archive(doc.sha256):  # these very bytes are installed: instant local rollback
         return None
     agent.slots.make_room(doc.size)
     last = [0.0]
@@ -150,24 +162,41 @@ def download(agent: UpdateAgent, doc: DesiredModel) -> Any:
 
 
 def stage(agent: UpdateAgent, doc: DesiredModel, archive: Any) -> Any:
-    """Verify the archive, install it into the inactive slot, verify the package there, load, smoke-test."""
-    key = f"{doc.name}-{doc.version}"
-    fresh = not agent.slots.has(key)
-    if fresh:
-        check_archive(archive, doc)
-        agent.slots.install_archive(archive, key)
+    """Verify the archive, install it into the inactive slot, verify the package there, load, smoke-test.
+
+    Returns the loaded candidate, or None when the archive is exactly the content that serves."""
+    key = agent.slots.key_for_archive(doc.sha256)
+    fresh = False
+    if key is None:
+        check_archive(archive, doc)  # size and sha256 against the signed document, before unpacking
+        key, fresh = agent.slots.install_archive(archive, doc.sha256)
     try:
+        if key == agent.slots.pointers().active:
+            agent.slots.set_candidate(None)
+            return None
+        check_same_version(agent, doc, key)
         verify_package(agent.slots.path(key), agent.trust, agent.s.profile, doc, agent.installed_version())
         model = load_and_smoke(agent, agent.slots.path(key))
     except UpdateError:
         if fresh:
-            shutil.rmtree(agent.slots.path(key), ignore_errors=True)
-            agent.slots.set_candidate(None)
+            agent.slots.remove(key)
+        agent.slots.set_candidate(None)
         raise
+    finally:
+        if archive is not None:
+            archive.unlink(missing_ok=True)
     agent.slots.set_candidate(key)
-    if archive is not None:
-        archive.unlink(missing_ok=True)
     return model
+
+
+def check_same_version(agent: UpdateAgent, doc: DesiredModel, key: str) -> None:
+    """Refuse other bytes under the version that serves: a version names one content, so a fix needs a new one."""
+    active = agent.slots.pointers().active
+    if active is None or not agent.slots.has(active) or agent.slots.name_version(active) != (doc.name, doc.version):
+        return
+    raise VerificationError(
+        f"{doc.version} is installed with different content (serving {active}, offered {key}); "
+        f"publish the changed package under a new version", "version_conflict")
 
 
 def load_and_smoke(agent: UpdateAgent, path: Any) -> Any:
@@ -232,7 +261,7 @@ def shadow_run(agent: UpdateAgent, model: Any) -> float:
 # ------------------------------------------------------------------------------------------ swap and after
 def activate(agent: UpdateAgent, doc: DesiredModel, new_model: Any) -> State:
     m = agent.machine
-    key = f"{doc.name}-{doc.version}"
+    key = slot_for(agent, doc)
     m.fire(Event.ACTIVATE, f"swapping in {key}")  # persisted before the live model changes
     agent.dwell(State.ACTIVATING)
     old = agent.live

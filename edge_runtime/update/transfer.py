@@ -257,7 +257,10 @@ class ChunkDownloader:
                 self._subscribed.discard(i)
                 pending[i] = payload
                 while good in pending:
-                    self._append(out, pending.pop(good), what=f"chunk {good}", limit=meta.size)
+                    data = pending.pop(good)
+                    if out.tell() + len(data) > meta.size:  # cannot happen with checked lengths; never write past
+                        raise TransferError(f"chunk {good} would grow the download past the signed size", "oversize")
+                    self._append(out, data, what=f"chunk {good}")
                     good += 1
                     last_good = time.monotonic()
                     self._record(meta, good)
@@ -282,9 +285,7 @@ class ChunkDownloader:
             self.link.unsubscribe(topic)
             self.link.subscribe(topic, self._on_chunk)
 
-    def _append(self, out, data: bytes, what: str, limit: int) -> None:  # type: ignore[no-untyped-def]
-        if out.tell() + len(data) > limit:  # cannot happen with checked chunk lengths; never write past it anyway
-            raise TransferError(f"{what} would grow the download past the signed {limit} bytes", "oversize")
+    def _append(self, out, data: bytes, what: str) -> None:  # type: ignore[no-untyped-def]
         try:
             out.write(data)
             out.flush()
