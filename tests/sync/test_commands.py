@@ -1,0 +1,85 @@
+"""Signed commands: only an operator-signed, unexpired, newer command for this device is accepted."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from edge_runtime.package import generate_keypair, load_private_key
+from edge_runtime.package.signing import TrustStore, sign_bytes
+from edge_runtime.sync.commands import (
+    MAX_COMMAND_BYTES,
+    CommandHandler,
+    CommandRejected,
+    new_command,
+    open_command,
+    sign_command,
+)
+from edge_runtime.sync.replay import SequenceStore
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory):  # noqa: ANN201
+    d = tmp_path_factory.mktemp("cmd-keys")
+    op, rel, rogue = (generate_keypair(d / n) for n in ("operator", "release", "rogue"))
+    trust = TrustStore.from_paths([op[1]], ["operator"]) | TrustStore.from_paths([rel[1]], ["release"])
+    return {"op": load_private_key(op[0]), "rel": load_private_key(rel[0]), "rogue": load_private_key(rogue[0]),
+            "trust": trust}
+
+
+def _signed_text(text: str, key) -> bytes:  # noqa: ANN001
+    return json.dumps({"schema": "command-envelope/1", "document": text,
+                       "signature": json.loads(sign_bytes(key, text.encode()))}).encode()
+
+
+def test_an_operator_signed_command_opens(keys):
+    cmd = new_command("cam-1", "upload_samples", max=20)
+    got = open_command(sign_command(cmd, keys["op"]), keys["trust"], "cam-1")
+    assert got == cmd and got.max == 20
+
+
+def _code(payload: bytes, keys, device: str = "cam-1", now: float | None = None) -> str:  # noqa: ANN001
+    with pytest.raises(CommandRejected) as err:
+        open_command(payload, keys["trust"], device, now)
+    return err.value.code
+
+
+def test_refusals_each_with_its_code(keys):
+    cmd = new_command("cam-1", "upload_samples", ttl_s=60, max=5)
+    good = sign_command(cmd, keys["op"])
+    assert _code(json.dumps({"command": "upload_samples", "max": 1000000}).encode(), keys) == "unsigned"
+    assert _code(sign_command(cmd, keys["rogue"]), keys) == "untrusted_key"
+    assert _code(sign_command(cmd, keys["rel"]), keys) == "wrong_role"  # a build key cannot command devices
+    assert _code(good, keys, device="cam-2") == "wrong_target"
+    assert _code(good, keys, now=time.time() + 61) == "expired"
+    env = json.loads(good)
+    env["document"] = env["document"].replace('"max": 5', '"max": 6')
+    assert _code(json.dumps(env).encode(), keys) == "signature_invalid"  # tampered after signing
+    assert _code(b"[" * 10_000, keys) == "malformed"
+    assert _code(b"x" * (MAX_COMMAND_BYTES + 1), keys) == "too_large"
+    doc = json.loads(env["document"])
+    for bad in ({"max": 1000000}, {"max": 0}, {"expires": doc["issued"] + 10 * 86400}, {"extra": 1},
+                {"command": "shell"}, {"ids": ["x"] * 101}):
+        assert _code(_signed_text(json.dumps({**doc, **bad}), keys["op"]), keys) == "malformed", bad
+    with pytest.raises(CommandRejected) as err:
+        open_command(good, TrustStore({}), "cam-1")
+    assert err.value.code == "no_trusted_keys"
+
+
+def test_handler_accepts_once_and_reports_every_refusal(tmp_path, keys):
+    reports, done = [], []
+    h = CommandHandler("cam-1", keys["trust"], SequenceStore(tmp_path / "c.json"), lambda k, b: reports.append(b))
+    h.register("upload_samples", lambda c: done.append(c.request_id))
+    first = sign_command(new_command("cam-1", "upload_samples"), keys["op"])
+    second = sign_command(new_command("cam-1", "upload_samples"), keys["op"])
+    h.on_message("t", first)
+    h.on_message("t", first)  # replayed
+    h.on_message("t", b"{broken")
+    h.on_message("t", second)
+    h2 = CommandHandler("cam-1", keys["trust"], SequenceStore(tmp_path / "c.json"), lambda k, b: reports.append(b))
+    h2.register("upload_samples", lambda c: done.append(c.request_id))
+    h2.on_message("t", second)  # after a restart: still a replay
+    assert len(done) == 2 and h.counters == {"accepted": 2, "rejected": 2}
+    assert [r["code"] for r in reports] == ["replay", "malformed", "replay"]
