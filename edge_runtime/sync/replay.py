@@ -1,8 +1,9 @@
 """The highest accepted sequence of a signed stream (desired documents, commands), kept so it never goes back.
 
 Two copies, each written atomically and each carrying a checksum of its value: a torn, truncated, bit-flipped or
-deleted copy is repaired from the other one. If every copy is unusable, or all are gone although the device has
-a history that proves it accepted signed documents before, the store is *lost*: the owner refuses every signed
+deleted copy is repaired from the other one (the owner may pass a third, ``floor``: the agent's update state
+records the same value). If every copy is unusable, or all are gone although the device has a history that
+proves it accepted signed documents before, the store is *lost*: the owner refuses every signed
 document until an operator resets it (``edge-runtime agent --config FILE --reset-replay``, which sets the floor
 to the current time, so documents signed before the reset are refused and must be re-published). It never falls
 back to 0 by itself.
@@ -76,11 +77,13 @@ class SequenceStore:
                 log.warning("replay state %s: repairing a copy (%s)", self.paths[0], found)
                 self._write()
             return
-        if all(v == "missing" for v in found) and (floor > 0 or not has_history):
-            self.value = floor  # first start (or state from before this file existed)
-            if floor:
-                self._write()
+        if floor > 0:  # the owner's own state file knows the value (an upgrade, or both copies damaged)
+            log.warning("replay state %s %s; restored sequence %d from the update state", self.paths[0], found, floor)
+            self.value = floor
+            self._write()
             return
+        if all(v == "missing" for v in found) and not has_history:
+            return  # first start
         self.value = 0
         self.problem = (f"replay state {self.paths[0]} is lost ({', '.join(map(str, found))}); refusing signed "
                         "documents until an operator runs `edge-runtime agent --config FILE --reset-replay`")

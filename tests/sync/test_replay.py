@@ -65,3 +65,12 @@ def test_missing_copies_with_history_are_lost_without_it_a_first_start(tmp_path)
     assert SequenceStore(tmp_path / "b.json", has_history=True).lost  # deleted behind the device's back
     restored = SequenceStore(tmp_path / "c.json", floor=77, has_history=True)  # older state file knows the value
     assert restored.value == 77 and not restored.lost and SequenceStore(tmp_path / "c.json").value == 77
+
+
+def test_both_copies_damaged_but_the_owner_knows_the_value(tmp_path):
+    s = SequenceStore(tmp_path / "r.json")
+    s.accept(42)
+    for p in s.paths:
+        p.write_text("garbage")
+    again = SequenceStore(tmp_path / "r.json", floor=42, has_history=True)
+    assert again.value == 42 and not again.lost and SequenceStore(tmp_path / "r.json").value == 42

@@ -153,3 +153,43 @@ def test_unsigned_and_replayed_commands_are_refused_and_reported(tmp_path, broke
         sub.close()
     # and after a restart the replay is still refused (the accepted sequence is on disk, twice)
     assert json.loads((tmp_path / "cam-1" / "command_replay.json").read_text())["sequence"] > 0
+
+
+def test_lost_replay_state_refuses_updates_until_an_operator_resets_it(tmp_path, broker, ota_keys, ota_packages):
+    """Both copies of the accepted sequence and the update state file unreadable: the agent does not go back to 0
+    (which would let every old signed document replay); it refuses, says so, and --reset-replay clears it."""
+    cfg = device_config(tmp_path, "cam-1", broker.port, ota_keys["pub"], ota_packages["v1"])
+    state = tmp_path / "cam-1"
+    fleet = FleetSide(broker.port, ota_keys["priv"])
+    proc = spawn_agent(cfg, tmp_path / "agent.log")
+    try:
+        v2 = fleet.upload(ota_packages["v2"])
+        fleet.desire(v2, "cam-1")
+        assert _after(fleet, "cam-1", v2, lambda d: True)["state"] == "committed"
+        _stop(proc)
+        for name in ("desired_replay.json", "desired_replay.json.2", "update_state.json"):
+            (state / name).write_text("{not json")
+        fleet.clear("cam-1")
+        proc = spawn_agent(cfg, tmp_path / "agent.log")
+        lost = fleet.wait_for("cam-1", lambda d: d["replay_state"] != "ok", timeout=60)
+        assert "--reset-replay" in lost["replay_state"] and lost["serving"] == "tiny-2.0.0"
+        v3 = fleet.upload(ota_packages["v3"])
+        fleet.desire(v3, "cam-1")
+        refused = fleet.wait_for("cam-1", lambda d: d.get("rejected") == "replay_state_lost"
+                                 and d.get("rejected_sequence") is not None and d["serving"] == "tiny-2.0.0")
+        assert refused["state"] != "downloading"
+        _stop(proc)
+        env = dict(os.environ, PYTHONPATH=str(REPO))
+        out = subprocess.run([sys.executable, "-m", "edge_runtime.cli", "agent", "--config", str(cfg),
+                              "--reset-replay"], capture_output=True, text=True, timeout=60, env=env, cwd=REPO)
+        assert out.returncode == 0 and "replay state reset" in out.stdout, out.stderr
+        fleet.clear("cam-1")
+        proc = spawn_agent(cfg, tmp_path / "agent.log")
+        # the retained v3 document was signed before the reset: refused as a replay, until it is re-published
+        assert fleet.wait_for("cam-1", lambda d: d.get("rejected") == "replay")["replay_state"] == "ok"
+        fleet.desire(v3, "cam-1")
+        done = fleet.wait_for("cam-1", lambda d: d["state"] in FINAL and d["serving"] == "tiny-3.0.0")
+        assert done["state"] == "committed"
+    finally:
+        fleet.close()
+        _stop(proc)
