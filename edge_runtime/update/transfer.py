@@ -34,7 +34,7 @@ from edge_runtime.update.errors import DiskFullError, TransferError
 log = logging.getLogger(__name__)
 META_SCHEMA = "package-meta/1"
 DEFAULT_CHUNK = 240 * 1024  # under the link's default 256 KiB payload limit
-MIN_CHUNK = 4096  # smallest chunk size a meta may declare (unless the whole archive is smaller)
+MIN_CHUNK = 1024  # smallest chunk size a meta may declare (unless the whole archive is smaller)
 
 
 class Link(Protocol):

@@ -5,8 +5,10 @@ mosquitto_passwd), run as is by a real mosquitto: every write the ACL denies get
 from __future__ import annotations
 
 import re
+import socket
 import subprocess
 import threading
+import time
 import uuid
 from pathlib import Path
 
@@ -20,6 +22,7 @@ pytestmark = pytest.mark.mqtt
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy" / "mosquitto"
 USERS = {"cam-1": "pw-cam-1", "cam-2": "pw-cam-2", "fleet": "pw-fleet"}
 NOT_AUTHORIZED = 0x87
+ACCEPTED = (0x00, 0x10)  # Success, or No matching subscribers (the broker took it; nobody listens yet)
 
 DEVICE_ALLOWED = ["state", "metrics", "events", "samples", "update/status"]
 DEVICE_DENIED = [
@@ -81,10 +84,10 @@ class Client:
             return self.cond.wait_for(pred, timeout)
 
     def publish(self, topic: str, payload: bytes, retain: bool = False) -> int:
-        """Publish with QoS 1; return the PUBACK reason code."""
+        """Publish with QoS 1; return the PUBACK reason code (0 for every code that means accepted)."""
         mid = self.c.publish(topic, payload, qos=1, retain=retain).mid
         assert self.wait(lambda: mid in self.acks), f"no PUBACK for {topic}"
-        return self.acks[mid]
+        return 0 if self.acks[mid] in ACCEPTED else self.acks[mid]
 
     def subscribe(self, topic: str) -> int:
         _, mid = self.c.subscribe(topic, qos=1)
@@ -127,6 +130,14 @@ def sample_broker(tmp_path_factory):  # noqa: ANN201
     log = open(work / "mosquitto.log", "ab")  # noqa: SIM115
     proc = subprocess.Popen([mosquitto_binary(), "-c", str(conf)], stdout=log, stderr=log)
     clients: list[Client] = []
+    deadline = time.monotonic() + 20
+    while True:  # wait until it listens (TLS setup takes a while on a loaded machine)
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            break
+        except OSError:
+            assert proc.poll() is None and time.monotonic() < deadline, (work / "mosquitto.log").read_text()[-2000:]
+            time.sleep(0.05)
 
     def connect(user: str | None) -> Client:
         c = Client(port, work / "ca.crt", user, USERS.get(user or "", "x"))
