@@ -155,8 +155,8 @@ def desired_cases(b: Bench) -> None:
         b.mosquitto_pub(topic, payload)
         if not delivered:  # over max_incoming: the broker must not deliver it; the device stays as it is
             time.sleep(3)
-            seen = [d.get("rejected") for d in b.fleet.statuses.get("cam-1", [])[before:]]
-            return f"not delivered (statuses since: {seen or 'none'})", not any(seen)
+            seen = [d["rejected"] for d in b.fleet.statuses.get("cam-1", [])[before:] if d.get("rejected")]
+            return f"not delivered to the device (rejections since: {seen or 'none'})", not seen
         d = b.fleet.wait_for("cam-1", lambda s: bool(s.get("rejected")) and s["at"] > time.time() - 10)
         return f"rejected/{d['rejected']}", True
     b.case("desired", "60,000 nested brackets", lambda: rejected(b"[" * 60_000, True))
@@ -167,13 +167,16 @@ def desired_cases(b: Bench) -> None:
 def command_cases(b: Bench) -> None:
     topic = b.fleet.topics.commands("cam-1")
 
+    def samples() -> int:
+        return sum(t.endswith("/samples") for t, _, _ in b.sub.snapshot())
+
     def rejected(payload: bytes) -> tuple[str, bool]:
-        n = len(b.events("command_rejected"))
+        n, before = len(b.events("command_rejected")), samples()
         b.mosquitto_pub(topic, payload, retain=False)
         if not b.sub.wait_for(lambda m: len(b.events("command_rejected")) > n, timeout=30):
             return "no report", False
-        samples = sum(t.endswith("/samples") for t, _, _ in b.sub.snapshot())
-        return f"command_rejected/{b.events('command_rejected')[-1]['code']}, samples sent {samples}", samples == 0
+        sent = samples() - before
+        return f"command_rejected/{b.events('command_rejected')[-1]['code']}, samples sent {sent}", sent == 0
     b.case("commands", "unsigned upload_samples max=1000000",
            lambda: rejected(json.dumps({"command": "upload_samples", "max": 1000000}).encode()))
     b.case("commands", "signed by an untrusted key",
@@ -183,9 +186,8 @@ def command_cases(b: Bench) -> None:
     b.sub.wait_for(lambda m: b.events("samples_uploaded"), timeout=30)
 
     def replay() -> tuple[str, bool]:
-        n = sum(t.endswith("/samples") for t, _, _ in b.sub.snapshot())
-        out, _ = rejected(good)
-        return out, "replay" in out and sum(t.endswith("/samples") for t, _, _ in b.sub.snapshot()) == n
+        out, none_sent = rejected(good)
+        return out, "replay" in out and none_sent
     b.case("commands", "replayed signed command", replay)
     b.case("commands", "60,000 nested brackets", lambda: rejected(b"[" * 60_000))
 
