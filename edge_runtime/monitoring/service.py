@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
 from edge_runtime.device_config import DeviceConfig
-from edge_runtime.errors import ConfigError
+from edge_runtime.errors import ConfigError, EdgeRuntimeError
 from edge_runtime.monitoring.monitor import Monitor
 
 if TYPE_CHECKING:
@@ -206,6 +206,15 @@ def _command_handler(config: DeviceConfig, monitor: Monitor, link: MqttLink, tru
     from edge_runtime.sync.commands import CommandHandler
     from edge_runtime.sync.replay import SequenceStore
 
+    if trust is None and config.trust is not None:  # `run`/`serve`: the device config's operator keys
+        from edge_runtime.package.signing import TrustStore
+
+        try:
+            trust = TrustStore.from_config(config.trust).for_role("operator")
+        except EdgeRuntimeError as exc:
+            raise ConfigError(f"trust: {exc}") from exc
+    if state is None and config.outbox is not None:
+        state = config.outbox.path.parent / "command_replay.json"
     store = SequenceStore(state) if state is not None else None
     handler = CommandHandler(config.device_id, trust, store, monitor.event)
     handler.register("upload_samples", lambda cmd: monitor.upload_samples(cmd.request_id, list(cmd.ids), cmd.max))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 
 import pytest
@@ -83,3 +84,36 @@ def test_handler_accepts_once_and_reports_every_refusal(tmp_path, keys):
     h2.on_message("t", second)  # after a restart: still a replay
     assert len(done) == 2 and h.counters == {"accepted": 2, "rejected": 2}
     assert [r["code"] for r in reports] == ["replay", "malformed", "replay"]
+
+
+@pytest.mark.mqtt
+def test_run_and_serve_take_operator_keys_from_the_device_config(tmp_path, broker, signing_keys):
+    """`run`/`serve` build their services from the device config: its trust.operator keys verify commands (the
+    replay state sits beside the outbox); without them every command is refused and reported."""
+    from edge_runtime.device_config import parse_device_config
+    from edge_runtime.monitoring.service import start_services
+    from tests.sync.subscriber import Subscriber
+
+    priv, pub = signing_keys
+    base = {"device_id": "cam-1", "mqtt": {"host": "127.0.0.1", "port": broker.port},
+            "outbox": {"path": "outbox.db"}, "forwarder": {"poll_s": 0.1}, "monitor": {"period_s": 3600}}
+    sub = Subscriber(broker.port, ["edge/devices/cam-1/events"])
+    seen = lambda kind: [r["data"] for _, p, _ in sub.snapshot() for r in json.loads(p)["records"]  # noqa: E731
+                         if r["data"]["type"] == kind]
+    cmd = sign_command(new_command("cam-1", "upload_samples"), load_private_key(priv))
+    try:
+        for trust, kind in ((None, "command_rejected"), ({"operator": [str(pub)]}, "samples_uploaded")):
+            cfg = parse_device_config({**base, **({"trust": trust} if trust else {})}, tmp_path)
+            services = start_services(cfg, http=False)
+            try:
+                assert services.link.wait_connected(10)
+                subprocess.run(["mosquitto_pub", "-p", str(broker.port), "-t", "edge/devices/cam-1/commands", "-q",
+                                "1", "-m", cmd.decode()], check=True, timeout=10)
+                assert sub.wait_for(lambda m, kind=kind: seen(kind), timeout=20), kind
+            finally:
+                services.close()
+        assert seen("command_rejected")[0]["code"] == "no_trusted_keys"
+        assert seen("samples_uploaded")[0]["error"] == "disabled"  # accepted; this device captures no samples
+        assert (tmp_path / "command_replay.json").is_file()
+    finally:
+        sub.close()
