@@ -56,7 +56,14 @@ def test_same_version_other_bytes_and_an_oversized_chunk(tmp_path, broker, ota_k
     proc = spawn_agent(cfg, tmp_path / "agent.log")
     fleet = FleetSide(broker.port, ota_keys["priv"])
     try:
-        fleet.wait_for("cam-1", lambda s: s["serving"] == "tiny-1.0.0", timeout=60)
+        first = fleet.wait_for("cam-1", lambda s: s["serving"] == "tiny-1.0.0", timeout=60)
+        assert first["serving_package_id"] is None  # seeded from a folder: no archive known yet
+        # the fleet names the very 1.0.0 the device was seeded with: same content, so committed without a swap
+        v1 = fleet.upload(ota_packages["v1"])
+        fleet.desire(v1, "cam-1")
+        same = _after(fleet, "cam-1", v1, lambda d: True)
+        assert (same["state"], same["serving_package_id"]) == ("committed", v1.meta.package_id), same
+        assert "already serves this content" in same["reason"]
         v2 = fleet.upload(ota_packages["v2"])
         fleet.desire(v2, "cam-1")
         ok = _after(fleet, "cam-1", v2, lambda d: True)
