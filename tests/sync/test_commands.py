@@ -117,3 +117,15 @@ def test_run_and_serve_take_operator_keys_from_the_device_config(tmp_path, broke
         assert (tmp_path / "command_replay.json").is_file()
     finally:
         sub.close()
+
+
+def test_fleet_command_checks_its_arguments_before_connecting(tmp_path, signing_keys):
+    import sys
+
+    from tests.update.harness import REPO
+
+    out = subprocess.run([sys.executable, "-m", "edge_runtime.cli", "fleet", "--broker", "mqtt://127.0.0.1:9",
+                          "command", "cam-1", "upload_samples", "--max", "1000000", "--key", str(signing_keys[0])],
+                         capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    assert "max" in out.stderr and len(out.stderr.strip().splitlines()) == 1
