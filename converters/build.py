@@ -10,17 +10,14 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from converters import calibration as cal
 from converters import guard
+from converters.context import Context, Outputs, decide_outputs
 from converters.model import FloatModel, QuantizedModel
 from edge_runtime.package.manifest import AccuracyReport, InputSpec
-
-if TYPE_CHECKING:
-    from converters.pipeline import Context
 
 Runner = Callable[[list[np.ndarray]], list[np.ndarray]]
 
@@ -31,6 +28,7 @@ class Built:
 
     model: QuantizedModel
     float_run: Runner
+    outputs: Outputs
     accuracy: AccuracyReport | None
     remedies: list[str]
 
@@ -136,11 +134,11 @@ def _float_target(ctx: Context) -> Built:
 
     float_onnx = ensure_onnx(ctx.fm)
     qm = onnx_int8.write_float_onnx(float_onnx, ctx.opts.precision, ctx.work / "model.out.onnx")
-    ctx.float_run = ModelRunner(float_onnx).run_float
-    ctx.decide_outputs()
-    ag = evaluator(ctx.fspecs, ctx.vbuild, ctx.valid, ctx.float_run, ctx.class_idx)(qm)
-    budget = guard.budget_for(ctx.plan.profile, ctx.class_idx is not None)
-    return Built(qm, ctx.float_run, guard.report(ag, budget), [])
+    float_run = ModelRunner(float_onnx).run_float
+    outs = decide_outputs(ctx, float_run)
+    ag = evaluator(ctx.fspecs, ctx.vbuild, ctx.valid, float_run, outs.class_idx)(qm)
+    budget = guard.budget_for(ctx.plan.profile, outs.class_idx is not None)
+    return Built(qm, float_run, outs, guard.report(ag, budget), [])
 
 
 def build_target(ctx: Context) -> Built:
@@ -148,12 +146,11 @@ def build_target(ctx: Context) -> Built:
     if ctx.plan.fmt == "onnx" and ctx.opts.precision != "int8":
         return _float_target(ctx)
     hooks = onnx_hooks(ctx) if ctx.plan.fmt == "onnx" else tflite_hooks(ctx)
-    ctx.float_run = hooks.float_run
-    ctx.decide_outputs()
-    budget = guard.budget_for(ctx.plan.profile, ctx.class_idx is not None)
-    evaluate = evaluator(ctx.fspecs, ctx.vbuild, ctx.valid, hooks.float_run, ctx.class_idx)
+    outs = decide_outputs(ctx, hooks.float_run)
+    budget = guard.budget_for(ctx.plan.profile, outs.class_idx is not None)
+    evaluate = evaluator(ctx.fspecs, ctx.vbuild, ctx.valid, hooks.float_run, outs.class_idx)
     result = guard.guard(
         hooks.quantize, evaluate, budget, ctx.plan.method, hooks.sensitivity, ctx.say, ctx.opts.max_float_nodes,
         methods=hooks.methods, target=hooks.target,
     )  # fmt: skip
-    return Built(result.model, hooks.float_run, result.agreement, result.remedies)
+    return Built(result.model, hooks.float_run, outs, result.agreement, result.remedies)
