@@ -229,6 +229,17 @@ class AccuracyReport(BaseModel):
     max_abs_error: float | None = Field(default=None, description="Largest absolute output difference.")
     budget: dict[str, float] = Field(default_factory=dict, description="The budget the report was checked against.")
     passed: bool = Field(description="Whether the budget was met.")
+    decision: Literal["pass", "fail", "undecided"] | None = Field(
+        default=None, description="The guard's decision; 'undecided': too few samples, accepted on output agreement."
+    )
+    reason: str | None = Field(default=None, description="What the decision rests on, in one line.")
+    samples_needed: int | None = Field(default=None, ge=1, description="Held-back samples that would settle it.")
+    weighted_flips: float | None = Field(default=None, ge=0, description="Top-1 flips weighted by float margin.")
+    labelled_samples: int = Field(default=0, ge=0, description="Held-back samples that carry a class label.")
+    float_accuracy: float | None = Field(default=None, description="Labelled data: float model top-1 accuracy.")
+    int8_accuracy: float | None = Field(default=None, description="Labelled data: packaged model top-1 accuracy.")
+    float_accuracy_ci: tuple[float, float] | None = Field(default=None, description="95% Wilson interval.")
+    int8_accuracy_ci: tuple[float, float] | None = Field(default=None, description="95% Wilson interval.")
 
 
 class Histogram(BaseModel):
