@@ -18,6 +18,7 @@ import numpy as np
 from edge_runtime.errors import CalibrationError, InputError
 from edge_runtime.package.manifest import InputSpec
 from edge_runtime.preprocess import FrameOrder, ImagePreprocessor, TensorPreprocessor
+from edge_runtime.quant import quantize
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg"}
@@ -253,15 +254,30 @@ class InputBuilder:
         out = []
         for spec, fn in zip(self.specs, self._fns, strict=True):
             x = sample[spec.name] if isinstance(sample, dict) else sample
-            if spec.kind == "image" and (x.dtype != np.uint8):
-                raise CalibrationError(
-                    f"{self.source} sample {index}: image input {spec.name!r} needs 8-bit frames, got {x.dtype} arrays"
-                )
+            if spec.kind == "image" and x.dtype != np.uint8:
+                out.append(self._image_tensor(spec, x, index))
+                continue
             try:
                 out.append(fn(x))
             except InputError as exc:
                 raise CalibrationError(f"{self.source} sample {index}: {exc}") from exc
         return out
+
+    def _image_tensor(self, spec: InputSpec, x: np.ndarray, index: int) -> np.ndarray:
+        """A float array of the image input's own shape: an already preprocessed tensor (onnxruntime's examples
+        calibrate with these), used as given; the device still gets frames through the spec's preprocessing."""
+        shape = tuple(spec.shape)
+        if x.dtype.kind != "f" or x.shape not in (shape, shape[1:]):
+            raise CalibrationError(
+                f"{self.source} sample {index}: image input {spec.name!r} takes 8-bit frames (uint8, H x W or "
+                f"H x W x C, e.g. an image folder or video) or float tensors of its shape {list(shape)}, already "
+                f"normalised; got {x.dtype} arrays of shape {list(x.shape)}"
+            )
+        t = np.ascontiguousarray(x, dtype=np.float32).reshape(shape)
+        if spec.dtype in ("int8", "uint8"):
+            assert spec.quantization is not None
+            return quantize(t, spec.quantization, np.dtype(spec.dtype))
+        return t
 
     def over(self, subset: Subset) -> Iterator[list[np.ndarray]]:
         for i, sample in enumerate(subset):

@@ -42,7 +42,13 @@ class ConvertOptions(BaseModel):
     resize: Literal["stretch", "letterbox", "center_crop"] = Field(default="stretch", description="Frame fitting.")
     pad_value: int | None = Field(default=None, ge=0, le=255, description="Letterbox padding pixel (default 114).")
     layout: Literal["NHWC", "NCHW"] | None = Field(default=None, description="Image layout (default: guessed).")
-    input_shape: tuple[int, ...] | None = Field(default=None, description="Input shape for dynamic/torch models.")
+    input_shape: tuple[int, ...] | None = Field(default=None, description="First input's shape (dynamic/torch).")
+    input_shapes: dict[str, tuple[int, ...]] = Field(default_factory=dict, description="Static shapes by input name.")
+    input_kinds: dict[str, Literal["image", "tensor"]] = Field(default_factory=dict, description="Kinds by input.")
+    constants: dict[str, tuple[float, ...]] = Field(
+        default_factory=dict, description="Constant inputs (e.g. a sample rate), folded into the graph."
+    )
+    window_hop: int | None = Field(default=None, ge=1, description="Samples between windows, stored in the manifest.")
     calibration_method: Literal["minmax", "entropy", "percentile"] | None = Field(
         default=None, description="First calibration method (default: the profile's)."
     )
@@ -72,6 +78,12 @@ class ConvertOptions(BaseModel):
                 raise ValueError(f"task {self.task} cannot use a {self.decoding.type} decoding")
         if self.input_kind == "tensor" and (self.color_order or self.layout):
             raise ValueError("--color-order and --layout apply to image inputs only")
+        state = {n for b in self.state for n in (b.input, b.output)}
+        for name in self.constants:
+            if name in state or name in self.input_shapes:
+                raise ValueError(f"--const {name}: the input is also given a state binding or a shape")
+        if any(b.input in self.constants for b in self.state):
+            raise ValueError("a state input cannot be a constant")
         if self.precision != "int8" and self.calibration_method is not None:
             raise ValueError(f"--calibration-method applies to int8 only, not {self.precision}")
         return self
@@ -88,6 +100,7 @@ class Plan:
     key: Ed25519PrivateKey | None
     labels: tuple[str, ...] | None
     name: str
+    notes: tuple[str, ...] = ()  # choices made for the user, said once at the start (e.g. a format fallback)
 
 
 def _read_labels(labels: Path | tuple[str, ...] | None) -> tuple[str, ...] | None:
@@ -100,24 +113,48 @@ def _read_labels(labels: Path | tuple[str, ...] | None) -> tuple[str, ...] | Non
     return tuple(ln for ln in lines if ln)
 
 
+def _unmakeable(fmt: str, src: str, precision: str) -> str | None:
+    """Why ``fmt`` cannot be made from a ``src`` source at ``precision`` here (None when it can)."""
+    if fmt == "tflite" and src in ("onnx", "sklearn", "torch"):
+        return f"a {src} source cannot be converted to TFLite here"
+    if fmt == "tflite" and precision != "int8":
+        return f"{precision} TFLite targets are not supported"
+    return None
+
+
+def _choose_format(opts: ConvertOptions, profile: DeviceProfile, src: str) -> tuple[Literal["tflite", "onnx"], str]:
+    """The target format and, when it is not the profile's preferred one, the line that says why."""
+    allowed = profile.formats.allowed
+    if opts.format is not None:
+        if opts.format not in allowed:
+            raise ConversionError(f"profile {profile.name} does not allow format {opts.format} "
+                                  f"(allowed: {', '.join(allowed)}): drop --format or pick an allowed one")  # fmt: skip
+        why = _unmakeable(opts.format, src, opts.precision)
+        if why:
+            others = [f for f in allowed if f != opts.format and not _unmakeable(f, src, opts.precision)]
+            fix = f"use --format {others[0]}" if others else "no format this profile allows can be made from it"
+            raise ConversionError(f"{why}; {fix}")
+        return opts.format, ""
+    order = [profile.formats.preferred] + [f for f in allowed if f != profile.formats.preferred]
+    for fmt in order:
+        if _unmakeable(fmt, src, opts.precision) is None:
+            if fmt == order[0]:
+                return fmt, ""
+            why = _unmakeable(order[0], src, opts.precision)
+            return fmt, f"profile {profile.name} prefers {order[0]}, but {why}: making {fmt}, which it also allows"
+    raise ConversionError(f"{_unmakeable(order[0], src, opts.precision)}, and profile {profile.name} allows only "
+                          f"{', '.join(allowed)}: use a profile that allows onnx (--profile)")  # fmt: skip
+
+
 def plan(opts: ConvertOptions) -> Plan:
     """Check every argument combination against the profile and the file system, with one message each."""
     from converters.sources import detect_format
 
     profile = opts.profile if isinstance(opts.profile, DeviceProfile) else load_profile(opts.profile)
-    fmt = opts.format or profile.formats.preferred
-    if fmt not in profile.formats.allowed:
-        raise ConversionError(
-            f"profile {profile.name} does not allow format {fmt} (allowed: {', '.join(profile.formats.allowed)})"
-        )
     if opts.precision not in profile.formats.precisions:
         allowed = ", ".join(profile.formats.precisions)
         raise ConversionError(f"profile {profile.name} does not allow precision {opts.precision} (allowed: {allowed})")
-    src = detect_format(Path(opts.source))
-    if fmt == "tflite" and src in ("onnx", "sklearn", "torch"):
-        raise ConversionError(f"a {src} source cannot be converted to TFLite here; use --format onnx")
-    if fmt == "tflite" and opts.precision != "int8":
-        raise ConversionError(f"{opts.precision} TFLite targets are not supported; use --format onnx for float")
+    fmt, note = _choose_format(opts, profile, detect_format(Path(opts.source)))
     if isinstance(opts.calibration, Path) and not opts.calibration.exists():
         raise ConversionError(f"calibration data {opts.calibration} does not exist")
     if isinstance(opts.validation, Path) and not opts.validation.exists():
@@ -134,6 +171,7 @@ def plan(opts: ConvertOptions) -> Plan:
         key=key,
         labels=_read_labels(opts.labels),
         name=name,
+        notes=(note,) if note else (),
     )
 
 

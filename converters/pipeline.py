@@ -30,6 +30,8 @@ def convert(opts: ConvertOptions, progress: Progress | None = None) -> Package:
     """Convert ``opts.source`` into a package at ``opts.out``; see the module docstring."""
     say = progress or _stderr
     p = plan(opts)
+    for note in p.notes:
+        say(note)
     with tempfile.TemporaryDirectory(prefix="edge-convert-") as tmp:
         return run_stages(opts, p, Path(tmp), say)
 

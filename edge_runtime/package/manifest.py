@@ -103,9 +103,15 @@ class InputSpec(TensorSpec):
     )
     pad_value: int = Field(default=114, ge=0, le=255, description="Letterbox padding pixel value.")
     normalization: Normalization = Field(default_factory=Normalization, description="Pixel normalisation.")
+    window_hop: int | None = Field(
+        default=None, ge=1, description="Tensor inputs fed from a sample stream: samples between windows (default: "
+        "the window size, no overlap); `run --window-hop` overrides it."
+    )
 
     @model_validator(mode="after")
     def _image_fields(self) -> InputSpec:
+        if self.window_hop is not None and self.kind != "tensor":
+            raise ValueError("window_hop applies to tensor inputs only")
         if self.kind == "image":
             if self.layout is None or self.color_order is None:
                 raise ValueError("image inputs need layout and color_order")
