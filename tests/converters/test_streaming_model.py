@@ -33,13 +33,13 @@ def build_streaming_model(path):
         "w_out": rng.normal(0, 2 / np.sqrt(HIDDEN), (HIDDEN, 1)),
     }
     inits = [numpy_helper.from_array(v.astype(np.float32), k) for k, v in w.items()]
-    inits += [numpy_helper.from_array(np.array([16000], np.int64), "rate16k"),
-              numpy_helper.from_array(np.array([0], np.int64), "i0"), numpy_helper.from_array(np.array([1], np.int64), "i1"),
-              numpy_helper.from_array(np.array([0], np.int64), "ax0")]  # fmt: skip
+    ints = {"rate16k": 16000, "i0": 0, "i1": 1, "ax0": 0}
+    inits += [numpy_helper.from_array(np.array([v], np.int64), k) for k, v in ints.items()]
+    vi = helper.make_tensor_value_info
     then_g = helper.make_graph([helper.make_node("Identity", ["audio"], ["t_feats"])], "at16k", [],
-                               [helper.make_tensor_value_info("t_feats", TensorProto.FLOAT, [1, WINDOW])])  # fmt: skip
+                               [vi("t_feats", TensorProto.FLOAT, [1, WINDOW])])  # fmt: skip
     else_g = helper.make_graph([helper.make_node("Concat", ["audio", "audio"], ["e_feats"], axis=1)], "at8k", [],
-                               [helper.make_tensor_value_info("e_feats", TensorProto.FLOAT, [1, 2 * WINDOW])])  # fmt: skip
+                               [vi("e_feats", TensorProto.FLOAT, [1, 2 * WINDOW])])  # fmt: skip
     n = helper.make_node
     nodes = [
         n("Equal", ["sample_rate", "rate16k"], ["is16k1"]),
@@ -99,7 +99,8 @@ def streaming(tmp_path_factory):
 def test_dynamic_state_shape_is_refused_with_the_flag_that_fixes_it(streaming, tmp_path, capsys):
     root, model = streaming
     rc = main(["convert", str(model), "--profile", "x86-laptop", "--calibration", str(root / "calib.npy"),
-               "--out", str(tmp_path / "p"), "--const", "sample_rate=16000", "--state", "state:state_out", "-q"])  # fmt: skip
+               "--out", str(tmp_path / "p"), "--const", "sample_rate=16000", "--state", "state:state_out",
+               "-q"])  # fmt: skip
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1, err
     assert "input 'state' has a dynamic dimension 1" in err[0] and "--input-shape state=2,N,128" in err[0]
@@ -128,8 +129,8 @@ def test_streaming_model_converts_and_runs_on_a_one_value_per_line_csv(streaming
     samples = _audio(WINDOW * 4, 9)
     csv = tmp_path / "audio.csv"
     csv.write_text("sample\n" + "\n".join(f"{v:.6f}" for v in samples) + "\n")
-    proc = subprocess.run([sys.executable, "-m", "edge_runtime.cli", "run", "--package", str(out), "--source", str(csv)],
-                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    run = [sys.executable, "-m", "edge_runtime.cli", "run", "--package", str(out), "--source"]
+    proc = subprocess.run([*run, str(csv)], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     lines = [json.loads(ln) for ln in proc.stdout.splitlines() if ln.strip()]
     hops = (len(samples) - WINDOW) // 288 + 1
@@ -141,6 +142,5 @@ def test_streaming_model_converts_and_runs_on_a_one_value_per_line_csv(streaming
 
     bad = tmp_path / "bad.csv"
     bad.write_text("1,2\n3,4\n5,6\n")
-    proc = subprocess.run([sys.executable, "-m", "edge_runtime.cli", "run", "--package", str(out), "--source", str(bad)],
-                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    proc = subprocess.run([*run, str(bad)], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "every line of the sensor input was rejected (3 bad lines)" in proc.stderr
