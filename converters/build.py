@@ -17,6 +17,7 @@ from converters import calibration as cal
 from converters import guard
 from converters.context import Context, Outputs, decide_outputs
 from converters.model import FloatModel, QuantizedModel
+from converters.scores import score_ranges
 from edge_runtime.package.manifest import AccuracyReport, InputSpec
 
 Runner = Callable[[list[np.ndarray]], list[np.ndarray]]
@@ -103,10 +104,11 @@ def onnx_hooks(ctx: Context) -> TargetHooks:
     work, calibration, profile = ctx.work, ctx.calibration, ctx.plan.profile
     prepared = onnx_int8.preprocess(ensure_onnx(ctx.fm), work / "prepared.onnx")
     state = {n for b in ctx.opts.state for n in (b.input, b.output)}
+    ranges = score_ranges(ctx.opts.decoding)
 
     def quantize(method: str, keep: Sequence[str], tag: str) -> QuantizedModel:
         ctx.say(f"quantizing to int8 ONNX ({method} calibration on {ctx.n_calib} samples)")
-        qm = onnx_int8.quantize_onnx(prepared, calibration, profile, work / f"q-{tag}.onnx", method, keep)
+        qm = onnx_int8.quantize_onnx(prepared, calibration, profile, work / f"q-{tag}.onnx", method, keep, ranges)
         sample = next(iter(calibration()))
         return onnx_io.integer_io(qm, profile.quantization, work / f"q-{tag}.io.onnx", sample, keep_float=state)
 
@@ -133,7 +135,8 @@ def tflite_hooks(ctx: Context) -> TargetHooks:
     def quantize(method: str, keep: Sequence[str], tag: str) -> QuantizedModel:
         kept = f", {len(keep)} op(s) kept in float" if keep else ""
         ctx.say(f"quantizing to int8 TFLite ({method} calibration on {ctx.n_calib} samples{kept})")
-        return quantize_tflite(ctx.fm, calibration, ctx.plan.profile, work / f"q-{tag}.tflite", method, keep)
+        path, ranges = work / f"q-{tag}.tflite", score_ranges(ctx.opts.decoding)
+        return quantize_tflite(ctx.fm, calibration, ctx.plan.profile, path, method, keep, ranges)
 
     def sensitivity(qm: QuantizedModel) -> list[list[str]]:
         ctx.say("per-op error analysis (float vs int8 TFLite tensors)")
