@@ -67,11 +67,19 @@ def evaluator(ctx: Context, float_run: Runner, outs: Outputs, labels: list[int |
     """Float vs quantized outputs on the held-back samples, each fed as its model expects (and their labels)."""
     from converters.evaluate import ModelRunner
 
+    # State outputs are fed back, not results: they are judged through the outputs of the next samples (the
+    # held-back stream runs with the states the float model has), so they are left out of the metrics.
+    state_out = {b.output for b in ctx.opts.state}
+    keep = [i for i, t in enumerate(ctx.fm.outputs) if t.name not in state_out]
+    cls = keep.index(outs.class_idx) if outs.class_idx is not None else None
+
     def evaluate(qm: QuantizedModel) -> guard.Agreement:
         qrun = ModelRunner(qm.path, output_quant=qm.output_quantization)
         qbuild = cal.InputBuilder(packaged_specs(ctx.fspecs, qm), ctx.vbuild.frame_order, ctx.vbuild.source)
-        pairs = ((float_run(ctx.vbuild(s, i)), qrun.run_float(qbuild(s, i))) for i, s in enumerate(ctx.valid))
-        return guard.measure(pairs, outs.class_idx, labels, outs.activation)
+        pairs = (([f[i] for i in keep], [q[i] for i in keep])
+                 for f, q in ((float_run(ctx.vbuild(s, i)), qrun.run_float(qbuild(s, i)))
+                              for i, s in enumerate(ctx.valid)))  # fmt: skip
+        return guard.measure(pairs, cls, labels, outs.activation)
 
     return evaluate
 
