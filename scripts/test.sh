@@ -9,6 +9,7 @@ need=()
 command -v mosquitto >/dev/null || [[ -x /usr/sbin/mosquitto ]] || need+=(mosquitto)
 command -v mosquitto_pub >/dev/null || need+=(mosquitto-clients)
 command -v debootstrap >/dev/null || [[ -x /usr/sbin/debootstrap ]] || need+=(debootstrap)
+command -v espeak-ng >/dev/null || need+=(espeak-ng)  # real speech for the audio models the converter tests bring
 if ((${#need[@]})); then
   sudo=""; [[ $(id -u) -eq 0 ]] || sudo="sudo"
   echo "==> installing system packages: ${need[*]}" >&2
