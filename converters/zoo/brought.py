@@ -180,7 +180,9 @@ def recipe(name: str, work: Path, samples: int) -> Recipe:
         from converters.zoo import blazeface as bz
 
         folder = bz.write_calibration_folder(work / "photos")
-        dec = bz.decoding().model_dump(mode="json", exclude={"anchors_file"}) | {"scale": [192.0] * 4}
+        dec = bz.decoding().model_dump(mode="json", exclude={"anchors_file"}) | {
+            "scale": [192.0] * 4, "boxes_output": "reshaped_regressor_face_4",
+            "scores_output": "reshaped_classifier_face_4"}  # fmt: skip
         (work / "decoding.json").write_text(json.dumps(dec))
         full = dict(bz.SHORT_RANGE_ANCHORS, num_layers=1, input_size=192, strides=(4,),
                     interpolated_scale_aspect_ratio=0.0)  # fmt: skip  (MediaPipe face_detection_full_range)
@@ -260,7 +262,8 @@ def check(r: Recipe, package: Path) -> str:
 
             frames = list(r.real_input)  # type: ignore[call-overload]
             faces = {name: len(model.predict(rgb, frame_order="RGB").detections) for name, rgb in frames[::6]}
-            logits = np.concatenate([np.ravel(model.predict(rgb, frame_order="RGB").raw["classificators"])
+            scores = model.manifest.outputs.decoding.scores_output  # type: ignore[union-attr]
+            logits = np.concatenate([np.ravel(model.predict(rgb, frame_order="RGB").raw[scores])
                                      for _, rgb in frames])  # fmt: skip
             return (f"faces per photo {faces}; distinct scores in [0.5, 1] over {len(frames)} frames: "
                     f"{distinct_high_scores(logits)}")  # fmt: skip
