@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import ValidationError
 
 from edge_runtime.errors import ConfigError, validation_message
+from fleet.server import cli as server_cli
 
 if TYPE_CHECKING:
     from fleet.rollout import RolloutPlan
@@ -48,6 +49,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     ro.add_argument("--waves", type=int, default=1, help="promote the other devices in this many waves, each "
                     "committing before the next starts")
     ro.add_argument("--json", action="store_true", help="print the result as JSON")
+    server_cli.configure(sub)  # serve, user, token (fleet/server/cli.py)
 
 
 def rollout_plan(args: argparse.Namespace) -> RolloutPlan:
@@ -77,6 +79,8 @@ def _link(args: argparse.Namespace):  # type: ignore[no-untyped-def]
 def run(args: argparse.Namespace) -> int:
     from edge_runtime.package import load_private_key
 
+    if args.fleet_cmd in server_cli.COMMANDS:
+        return server_cli.run(args)
     plan = rollout_plan(args) if args.fleet_cmd == "rollout" else None
     if args.fleet_cmd == "publish" and args.target and not args.key:
         raise ConfigError("fleet publish --target needs --key to sign the desired document")

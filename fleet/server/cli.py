@@ -1,0 +1,133 @@
+"""`edge-runtime fleet serve | user add | token create`: the fleet server's subcommands."""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import logging
+import os
+import sys
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from edge_runtime.errors import ConfigError, validation_message
+
+COMMANDS = ("serve", "user", "token")
+log = logging.getLogger(__name__)
+
+
+def configure(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Register the server subcommands on `fleet`'s subparsers."""
+    sv = sub.add_parser("serve", help="run the fleet server: MQTT ingest, database, REST API and dashboard")
+    # --broker/--prefix also exist on `fleet` itself; SUPPRESS keeps a value given there.
+    sv.add_argument("--broker", default=argparse.SUPPRESS, help="mqtt://host:port or mqtts://host:port "
+                    "(user:password@ in the URL, or EDGE_FLEET_MQTT_PASSWORD)")
+    sv.add_argument("--prefix", default=argparse.SUPPRESS, help="topic prefix")
+    _db_arg(sv)
+    sv.add_argument("--data-dir", help="sample store (and default SQLite database) folder")
+    sv.add_argument("--host", default="127.0.0.1", help="HTTP listen address")
+    sv.add_argument("--port", type=int, default=8700, help="HTTP port")
+    sv.add_argument("--operator-key", help="Ed25519 private key that signs commands; without it actions are refused")
+    sv.add_argument("--mqtt-ca", help="CA certificate of the broker (mqtts)")
+    sv.add_argument("--mqtt-cert", help="client certificate for mutual TLS")
+    sv.add_argument("--mqtt-key", help="client key for mutual TLS")
+    sv.add_argument("--group", default="fleet", help="shared-subscription group (instances split the streams)")
+    sv.add_argument("--client-id", default="fleet-server", help="MQTT client id, unique per instance")
+    sv.add_argument("--secure-cookies", action="store_true", help="session cookies only over HTTPS")
+    us = sub.add_parser("user", help="manage dashboard and API users")
+    us_sub = us.add_subparsers(dest="user_cmd", required=True)
+    ua = us_sub.add_parser("add", help="add a user (password from --password-env or a prompt)")
+    ua.add_argument("name")
+    ua.add_argument("--role", choices=["viewer", "operator"], required=True)
+    ua.add_argument("--password-env", metavar="VAR", help="read the password from this environment variable")
+    _db_arg(ua)
+    tk = sub.add_parser("token", help="API tokens")
+    tk_sub = tk.add_subparsers(dest="token_cmd", required=True)
+    tc = tk_sub.add_parser("create", help="create an API token for a user (printed once)")
+    tc.add_argument("user")
+    tc.add_argument("--name", default="api", help="what the token is for")
+    tc.add_argument("--days", type=float, help="expires after this many days (default: never)")
+    _db_arg(tc)
+
+
+def _db_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--db", help="database URL: sqlite:///path or postgresql://user@host/db "
+                   "(default: SQLite under the data folder)")
+
+
+def _engine(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from fleet.server.db.engine import make_engine, migrate
+
+    engine = make_engine(args.db)
+    migrate(engine)
+    return engine
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.fleet_cmd == "user":
+        from fleet.server.auth import add_user
+
+        password = os.environ.get(args.password_env, "") if args.password_env else getpass.getpass("password: ")
+        add_user(_engine(args), args.name, password, args.role)
+        print(f"user {args.name} ({args.role}) added")
+        return 0
+    if args.fleet_cmd == "token":
+        from fleet.server.auth import create_token
+
+        token, _ = create_token(_engine(args), args.user, args.name, "api",
+                                None if args.days is None else args.days * 86400)
+        print(token)
+        return 0
+    return serve(args)
+
+
+def _settings(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from fleet.server.db.engine import data_dir
+    from fleet.server.settings import ServerSettings
+
+    try:
+        return ServerSettings(db_url=args.db, data_dir=Path(args.data_dir) if args.data_dir else data_dir(),
+                              host=args.host, port=args.port, operator_key=args.operator_key,
+                              secure_cookies=args.secure_cookies,
+                              ingest={"group": args.group, "client_id": args.client_id})
+    except ValidationError as exc:
+        raise ConfigError(f"invalid fleet serve options: {validation_message(exc, root='serve')}") from None
+
+
+def _mqtt(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from edge_runtime.sync.mqtt_settings import TlsSettings, settings_from_url
+
+    extra: dict[str, object] = {"prefix": args.prefix}
+    if args.mqtt_ca or args.mqtt_cert:
+        extra["tls"] = TlsSettings(ca_cert=args.mqtt_ca, client_cert=args.mqtt_cert, client_key=args.mqtt_key)
+    s = settings_from_url(args.broker, args.client_id, **extra)
+    pw = os.environ.get("EDGE_FLEET_MQTT_PASSWORD")
+    return s.model_copy(update={"password": pw}) if pw and s.username and not s.password else s
+
+
+def serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from edge_runtime.package import load_private_key
+    from fleet.server.app import create_app
+    from fleet.server.db.engine import make_engine, migrate
+    from fleet.server.ingest import Ingest
+    from fleet.server.rollup import Maintenance
+    from fleet.server.store import Store
+
+    settings = _settings(args)
+    mqtt = _mqtt(args)
+    key = load_private_key(settings.operator_key) if settings.operator_key else None
+    if settings.db_url is None:
+        settings.db_url = f"sqlite:///{settings.data_dir / 'fleet.db'}"
+    engine = make_engine(settings.db_url)
+    migrate(engine)
+    store = Store(engine, settings.sample_dir, settings.sample_max_bytes)
+    ingest = Ingest(store, mqtt, settings.ingest)
+    app = create_app(settings, engine, ingest, key, mqtt.topics, [Maintenance(engine, settings.retention)])
+    print(f"fleet server on http://{settings.host}:{settings.port} (database {engine.url.render_as_string()}, "
+          f"broker {mqtt.host}:{mqtt.port}, operator key: {'yes' if key else 'none: actions refused'})",
+          file=sys.stderr, flush=True)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning")
+    return 0
