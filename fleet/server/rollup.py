@@ -13,7 +13,7 @@ import threading
 import time
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Integer, cast, delete, func, select
+from sqlalchemy import Connection, Engine, Integer, case, cast, delete, func, literal, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -32,23 +32,26 @@ def _floor(conn: Connection, col: Any, step: int) -> Any:
 def rollup(conn: Connection, src: t.Table, dst: t.Table, step: int, since: float) -> None:
     """Recompute ``dst`` buckets of ``step`` seconds starting at or after ``since`` from ``src``."""
     since -= since % step  # whole buckets only: a partial one must not overwrite a complete one
-    s = src.c
     raw = src is t.metrics
-    tcol = s.ts if raw else s.bucket
-    bucket = _floor(conn, tcol, step).label("bucket")
-    weight = s.n if not raw else 1
-    n = func.count() if raw else func.sum(s.n)
+    tcol = src.c.ts if raw else src.c.bucket
+    figures = ["frames", "fps", "latency_p50", "latency_p99", "errors", "dropped", "cpu_percent", "temperature_c",
+               "confidence_mean", "drift_max"]
+    inner = select(src.c.device, _floor(conn, tcol, step).label("bucket"),
+                   func.coalesce(src.c.version, "").label("version"),
+                   (literal(1) if raw else src.c.n).label("w"), *[src.c[f] for f in figures]) \
+        .where(tcol >= since).subquery()
+    s = inner.c
 
-    def wavg(c: Any) -> Any:  # average weighted by record count
-        return func.sum(c * weight) / func.nullif(func.sum(func.coalesce(c * 0 + weight, 0)), 0)
+    def wavg(c: Any) -> Any:  # mean weighted by record count, over the rows where the figure is known
+        return func.sum(c * s.w) / func.nullif(func.sum(case((c.is_(None), 0), else_=s.w)), 0)
 
-    cols = [s.device, bucket, func.coalesce(s.version, "").label("version"), n.label("n"),
+    cols = [s.device, s.bucket, s.version, func.sum(s.w).label("n"),
             func.coalesce(func.sum(s.frames), 0).label("frames"), wavg(s.fps).label("fps"),
             wavg(s.latency_p50).label("latency_p50"), func.max(s.latency_p99).label("latency_p99"),
             func.sum(s.errors).label("errors"), func.sum(s.dropped).label("dropped"),
             wavg(s.cpu_percent).label("cpu_percent"), func.max(s.temperature_c).label("temperature_c"),
             wavg(s.confidence_mean).label("confidence_mean"), func.max(s.drift_max).label("drift_max")]
-    q = select(*cols).where(tcol >= since).group_by(s.device, bucket, func.coalesce(s.version, ""))
+    q = select(*cols).where(literal(True)).group_by(s.device, s.bucket, s.version)
     ins = (postgresql if conn.dialect.name == "postgresql" else sqlite).insert(dst)
     names = [c.name for c in cols]
     stmt = ins.from_select(names, q)
