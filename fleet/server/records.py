@@ -17,26 +17,22 @@ from importlib import resources
 from typing import Any
 
 from edge_runtime.sync.topics import check_segment
+from fleet.server.schema_check import compile_schema
 
 MAX_PAYLOAD = 16 << 20  # larger messages are refused before parsing (the broker's limit is usually far lower)
 MAX_SAMPLE_BYTES = 8 << 20  # decoded sample content
 
 
 @cache
-def _validator(name: str) -> Any:
-    from jsonschema import Draft202012Validator
-
+def _checker(name: str) -> Any:
     schema = json.loads(resources.files("edge_runtime.schemas").joinpath(f"{name}.json").read_text())
-    return Draft202012Validator(schema)
+    return compile_schema(schema)
 
 
 def schema_error(name: str, doc: Any) -> str | None:
     """The first validation error of ``doc`` against schema ``name`` (one short line), or None."""
-    err = next(iter(_validator(name).iter_errors(doc)), None)
-    if err is None:
-        return None
-    where = "/".join(str(p) for p in err.absolute_path) or "document"
-    return f"{name}: {where}: {err.message[:200]}"
+    err = _checker(name)(doc, "document")
+    return None if err is None else f"{name}: {err[:300]}"
 
 
 @dataclass

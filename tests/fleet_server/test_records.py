@@ -54,3 +54,31 @@ def test_topics_outside_the_layout_and_bad_device_ids_are_refused():
     assert parse("edge/devices/cam-1/other", b"{}").rejected
     assert parse("edge/devices/bad id/metrics", b"{}").rejected
     assert parse("elsewhere/devices/cam-1/metrics", b"{}").rejected
+
+
+def test_the_compiled_checker_agrees_with_jsonschema_on_every_device_schema():
+    # given every schema devices publish, and valid and broken documents for each
+    import copy
+    from importlib import resources
+
+    from jsonschema import Draft202012Validator
+
+    from fleet.server.schema_check import compile_schema
+
+    ev = {"schema": "event/1", "type": "drift", "device": "d", "ts": 1.0, "model": "m", "version": "1"}
+    docs = {"metrics": metric_record("d", 1.0), "event": ev,
+            "state": {"schema": "state/1", "device": "d", "online": True, "ts": 1.0, "model": "x"},
+            "batch": json.loads(batch_payload("d", "e", "metrics", 1, [metric_record("d", 1.0)]))}
+    for name, good in docs.items():
+        schema = json.loads(resources.files("edge_runtime.schemas").joinpath(f"{name}.json").read_text())
+        ours, theirs = compile_schema(schema), Draft202012Validator(schema)
+        variants = [good]
+        for key in list(good):
+            dropped = copy.deepcopy(good)
+            del dropped[key]
+            variants.append(dropped)
+            for wrong in ("x", 1, 1.5, True, None, [], {}):
+                variants.append({**good, key: wrong})
+        # then both accept and refuse the same documents
+        for doc in variants:
+            assert (ours(doc, "document") is None) == theirs.is_valid(doc), (name, doc)
