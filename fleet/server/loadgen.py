@@ -19,7 +19,7 @@ from edge_runtime.sync.topics import Topics
 
 def metric_record(device: str, ts: float, version: str = "1.0.0", rng: random.Random | None = None,
                   model: str = "sim") -> dict[str, Any]:
-    rng = rng or random.Random(0)  # noqa: S311 - simulated data
+    rng = rng or random.Random(f"{device}{ts}")  # noqa: S311 - simulated data, varied per record
     lat = 5 + rng.random() * 3
     hist = [0] * 10
     hist[rng.randrange(6, 10)] = 10

@@ -77,7 +77,7 @@ def overview(conn: Connection) -> dict[str, Any]:
 def _table_for(since: float, until: float, step: str) -> Any:
     if step == "auto":
         span = until - since
-        step = "raw" if span <= 6 * 3600 else "1m" if span <= 3 * 86400 else "1h"
+        step = "raw" if span <= 6.1 * 3600 else "1m" if span <= 3.1 * 86400 else "1h"
     return {"raw": t.metrics, "1m": t.rollup_1m, "1h": t.rollup_1h}[step], step
 
 

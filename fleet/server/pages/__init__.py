@@ -88,7 +88,7 @@ def _device_page(srv: Server, user: User, device_id: str, hours: float = 6, **fl
         d = queries.device(conn, device_id)
         if d is None:
             raise HTTPException(404, f"no device {device_id!r}")
-        pts = queries.series(conn, device=device_id, since=time.time() - hours * 3600)["points"]
+        pts = queries.series(conn, device=device_id, since=time.time() - hours * 3600, step="raw")["points"]
         history = queries.update_history(conn, device_id, 20)
         _, events = queries.events(conn, device=device_id, limit=20)
         _, samples = queries.samples(conn, device=device_id, limit=24)
