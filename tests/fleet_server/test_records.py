@@ -10,7 +10,8 @@ from fleet.server.records import parse
 
 def test_a_metric_batch_becomes_rows_with_the_figures_pulled_out():
     # given a batch of two real-format metric records
-    payload = batch_payload("cam-1", "ep1", "metrics", 7, [metric_record("cam-1", 100.0), metric_record("cam-1", 110.0)])
+    records = [metric_record("cam-1", 100.0), metric_record("cam-1", 110.0)]
+    payload = batch_payload("cam-1", "ep1", "metrics", 7, records)
     # when parsed
     p = parse("edge/devices/cam-1/metrics", payload, now=120.0)
     # then two rows keyed (device, outbox, record id), with latency, confidence and drift columns

@@ -74,9 +74,11 @@ def test_rollups_summarise_raw_metrics_and_retention_drops_old_rows(db_url, tmp_
     done = Maintenance(engine, Retention(raw_days=7), recompute_s=4 * 3600).run_once(now)
     # then 1-minute buckets count their records per device and version, the hour bucket sums them
     with engine.connect() as conn:
-        m = conn.execute(select(t.rollup_1m).where(t.rollup_1m.c.device == "cam-1").order_by(t.rollup_1m.c.bucket)).all()
+        m = conn.execute(select(t.rollup_1m).where(t.rollup_1m.c.device == "cam-1")
+                         .order_by(t.rollup_1m.c.bucket)).all()
         h = conn.execute(select(t.rollup_1h).where(t.rollup_1h.c.device == "cam-1")).all()
-        old = conn.execute(select(func.count()).select_from(t.metrics).where(t.metrics.c.device == "cam-3")).scalar_one()
+        old = conn.execute(select(func.count()).select_from(t.metrics)
+                           .where(t.metrics.c.device == "cam-3")).scalar_one()
     assert [(r.version, r.n) for r in m] == [("1.0.0", 18), ("1.0.0", 6), ("1.1.0", 6)]
     assert all(r.bucket % 60 == 0 and r.frames == 10 * r.n for r in m)
     assert sorted((r.version, r.n) for r in h) == [("1.0.0", 24), ("1.1.0", 6)]
