@@ -79,7 +79,7 @@ def _link(args: argparse.Namespace):  # type: ignore[no-untyped-def]
 def run(args: argparse.Namespace) -> int:
     from edge_runtime.package import load_private_key
 
-    if args.fleet_cmd in server_cli.COMMANDS:
+    if server_cli.uses_server(args):
         return server_cli.run(args)
     plan = rollout_plan(args) if args.fleet_cmd == "rollout" else None
     if args.fleet_cmd == "publish" and args.target and not args.key:

@@ -18,7 +18,12 @@ log = logging.getLogger(__name__)
 
 
 def configure(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    """Register the server subcommands on `fleet`'s subparsers."""
+    """Register the server subcommands on `fleet`'s subparsers (and `status --server`)."""
+    st = sub.choices.get("status")
+    if st is not None:
+        st.add_argument("--server", default=os.environ.get("EDGE_FLEET_SERVER"),
+                        help="read from this fleet server (http://host:8700) instead of the broker; token from "
+                        "EDGE_FLEET_TOKEN (default: $EDGE_FLEET_SERVER)")
     sv = sub.add_parser("serve", help="run the fleet server: MQTT ingest, database, REST API and dashboard")
     # --broker/--prefix also exist on `fleet` itself; SUPPRESS keeps a value given there.
     sv.add_argument("--broker", default=argparse.SUPPRESS, help="mqtt://host:port or mqtts://host:port "
@@ -64,7 +69,49 @@ def _engine(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     return engine
 
 
+def uses_server(args: argparse.Namespace) -> bool:
+    return args.fleet_cmd in COMMANDS or (args.fleet_cmd == "status" and bool(getattr(args, "server", None)))
+
+
+def status(args: argparse.Namespace) -> int:
+    """`fleet status` through the server's API: every device, in the broker view's shape and table."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    from fleet.status import table
+
+    token = os.environ.get("EDGE_FLEET_TOKEN")
+    if not token:
+        raise ConfigError("fleet status --server needs an API token in EDGE_FLEET_TOKEN (fleet token create USER)")
+    base, devices, offset = args.server.rstrip("/"), {}, 0
+    while True:
+        req = urllib.request.Request(f"{base}/api/v1/devices?limit=1000&offset={offset}",
+                                     headers={"Authorization": f"Bearer {token}"})
+        try:
+            with urllib.request.urlopen(req, timeout=30) as r:  # noqa: S310 - the URL the user configured
+                page = json.loads(r.read())
+        except urllib.error.HTTPError as exc:
+            raise ConfigError(f"fleet server {base} answered {exc.code}: {exc.read().decode()[:200]}") from None
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"cannot read from fleet server {base}: {exc}") from None
+        for d in page["items"]:
+            devices[d["id"]] = {
+                "state": {**(d.get("state") or {}), "online": d["online"], "model": d.get("serving")},
+                "update": {"serving": d.get("serving"), "state": d.get("update_state") or "-",
+                           "reason": d.get("update_reason") or ""},
+                "model": d.get("model"), "version": d.get("version"), "last_seen": d.get("last_seen"),
+                "drifting": d.get("drifting"), "desired_version": d.get("desired_version")}
+        offset += len(page["items"])
+        if not page["items"] or offset >= page["total"]:
+            break
+    print(json.dumps(devices, indent=1) if args.json else table(devices))
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.fleet_cmd == "status":
+        return status(args)
     if args.fleet_cmd == "user":
         from fleet.server.auth import add_user
 

@@ -12,7 +12,7 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from fleet.server.loadgen import Publisher, metric_record
-from tests.fleet_server.conftest import FleetServer, add_user
+from tests.fleet_server.conftest import FleetServer, add_user, cli
 from tests.integration.helpers import wait_until
 from tests.mqtt_broker import Mosquitto
 
@@ -147,6 +147,12 @@ def test_a_session_action_without_its_csrf_token_is_refused(db_url, tmp_path):
             opener.open(server.url + "/devices/cam-a/upload-samples",
                         data=urllib.parse.urlencode({"csrf": token, "max": 3}).encode(), timeout=15)
         assert exc.value.code == 409 and "no operator key" in exc.value.read().decode()
+        # and `fleet status` reads the device from the server when one is configured
+        r = cli("fleet", "status", "--server", server.url, env={"EDGE_FLEET_TOKEN": server.token})
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.splitlines()[1].split()[:2] == ["cam-a", "True"]
+        r = cli("fleet", "status", "--server", server.url, env={"EDGE_FLEET_TOKEN": "wrong"})
+        assert r.returncode == 2 and "answered 401" in r.stderr and "Traceback" not in r.stderr
     finally:
         server.stop()
         broker.stop()
