@@ -85,8 +85,10 @@ def status(args: argparse.Namespace) -> int:
     if not token:
         raise ConfigError("fleet status --server needs an API token in EDGE_FLEET_TOKEN (fleet token create USER)")
     base, devices, offset = args.server.rstrip("/"), {}, 0
+    if not base.startswith(("http://", "https://")):
+        raise ConfigError(f"--server {base!r} must be an http:// or https:// URL")
     while True:
-        req = urllib.request.Request(f"{base}/api/v1/devices?limit=1000&offset={offset}",
+        req = urllib.request.Request(f"{base}/api/v1/devices?limit=1000&offset={offset}",  # noqa: S310 - checked
                                      headers={"Authorization": f"Bearer {token}"})
         try:
             with urllib.request.urlopen(req, timeout=30) as r:  # noqa: S310 - the URL the user configured

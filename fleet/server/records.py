@@ -16,6 +16,8 @@ from functools import cache
 from importlib import resources
 from typing import Any
 
+import orjson
+
 from edge_runtime.sync.topics import check_segment
 from fleet.server.schema_check import compile_schema
 
@@ -54,9 +56,9 @@ def _loads(payload: bytes) -> Any:
     if len(payload) > MAX_PAYLOAD:
         raise ValueError(f"payload of {len(payload)} bytes is over {MAX_PAYLOAD}")
     try:
-        return json.loads(payload)
-    except RecursionError:  # deeply nested brackets: refuse, never let it end the thread
-        raise ValueError("JSON nested too deeply") from None
+        return orjson.loads(payload)  # about 3x json.loads; refuses NaN/Infinity and nesting past 1024 levels
+    except orjson.JSONDecodeError as exc:
+        raise ValueError(str(exc)) from None
 
 
 def kind_of(topic: str, prefix: str) -> tuple[str, str] | None:

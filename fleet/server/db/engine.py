@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import orjson
 from sqlalchemy import Engine, create_engine, event, inspect
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
@@ -13,6 +14,8 @@ from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
 from fleet.server.errors import DatabaseError
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+# JSON columns through orjson: encoding each stored record's document was a third of the write time with json.
+_JSON: dict[str, Any] = {"json_serializer": lambda o: orjson.dumps(o).decode(), "json_deserializer": orjson.loads}
 
 
 def data_dir() -> Path:
@@ -51,13 +54,13 @@ def make_engine(url: str | None = None) -> Engine:
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(parsed, connect_args={"check_same_thread": False})
+        engine = create_engine(parsed, connect_args={"check_same_thread": False}, **_JSON)
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
     if parsed.get_backend_name() != "postgresql":
         raise DatabaseError(f"unsupported database {parsed.get_backend_name()!r}: use sqlite:/// or postgresql://")
     try:
-        return create_engine(parsed, pool_size=5, max_overflow=5, pool_pre_ping=True)
+        return create_engine(parsed, pool_size=5, max_overflow=5, pool_pre_ping=True, **_JSON)
     except NoSuchModuleError as exc:
         raise DatabaseError(f"database driver missing ({exc}): pip install 'edge-runtime[fleet]'") from None
 
