@@ -180,8 +180,8 @@ class Rollout:
             st = self.watch.status(d) or {}
             reports = [st.get("health") or {}] if st.get("serving") == self.target_key else []
             reports += [r for r in self.watch.live_since(d, since) if r.get("serving") == self.target_key]
-            for r in reports:
-                inferences += float(r.get("inferences", 0))
+            for r in reports:  # "attempts" counts failed inferences too (older devices report "inferences")
+                inferences += float(r.get("attempts", r.get("inferences", 0)))
                 errors += float(r.get("errors", 0))
                 if r.get("inferences"):
                     p95 = max(p95, float(r.get("latency_p95_ms", 0.0)))

@@ -45,8 +45,10 @@ class VideoSource(ThreadedSource):
         queue_size: int = 4,
         reconnect: ReconnectPolicy | None = None,
         fps_limit: float | None = None,
+        loop: bool = False,
     ) -> None:
         super().__init__(str(target), policy, queue_size)
+        self.loop = loop and video_kind == "file"
         self.target = target
         self.video_kind = video_kind
         self.reconnect = reconnect or ReconnectPolicy()
@@ -94,6 +96,8 @@ class VideoSource(ThreadedSource):
         while not self._stop.is_set():
             frame = self._read()
             if frame is None:
+                if self.loop and self.counters.captured and not self._stop.is_set() and self._rewind():
+                    continue  # a looped file starts over (a demo or test input that never ends)
                 if self.video_kind == "file" or self._stop.is_set():
                     return  # end of file ends cleanly
                 if not self._reconnect():
@@ -105,6 +109,10 @@ class VideoSource(ThreadedSource):
                     return
             if not self._emit(frame):
                 return
+
+    def _rewind(self) -> bool:
+        self._release()
+        return self._try_open()
 
     def _reconnect(self) -> bool:
         """Reopen a live input that dropped; False if stopped, SourceError once the bound is reached."""

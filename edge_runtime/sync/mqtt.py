@@ -68,9 +68,11 @@ class MqttLink:
     """One device connection. Thread-safe; callbacks run on paho's network thread."""
 
     def __init__(
-        self, settings: MqttSettings, *, client_id: str | None = None, will: tuple[str, bytes] | None | bool = True
+        self, settings: MqttSettings, *, client_id: str | None = None, will: tuple[str, bytes] | None | bool = True,
+        announce: bool = True,
     ) -> None:
         self.settings = settings
+        self.announce = announce  # publish the retained device state (online/offline); False for tools
         self.topics = settings.topics
         self.device_id = settings.device_id
         self.client_id = client_id or f"edge-{settings.device_id}"
@@ -129,7 +131,8 @@ class MqttLink:
             if self._started:
                 return
             self._started = True
-        self.set_retained(self.topics.state(self.device_id), self.state_payload(online=True))
+        if self.announce:
+            self.set_retained(self.topics.state(self.device_id), self.state_payload(online=True))
         self._connect_async()
 
     def _connect_async(self) -> None:
@@ -145,7 +148,7 @@ class MqttLink:
             if not self._started:
                 return
             self._started = False
-        if self.connected:
+        if self.connected and self.announce:
             h = self.publish(self.topics.state(self.device_id), self.state_payload(online=False), qos=1, retain=True)
             h.wait(timeout)
         self._client.disconnect()

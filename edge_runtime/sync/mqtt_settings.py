@@ -88,3 +88,21 @@ def settings_from_url(url: str, device_id: str, **extra: Any) -> MqttSettings:
         )
     except ValueError as exc:
         raise ConfigError(f"invalid MQTT settings: {exc}") from exc
+
+
+PASSWORD_ENV = "EDGE_RUNTIME_MQTT_PASSWORD"  # noqa: S105 - the variable's name, not a password
+
+
+def resolve_password(password_file: Path | None) -> str | None:
+    """The broker password from ``password_file`` (first line), else ``$EDGE_RUNTIME_MQTT_PASSWORD``, else None.
+
+    Kept out of command lines and URLs, where ``ps`` and shell histories show it."""
+    import os
+
+    if password_file is not None:
+        try:
+            lines = Path(password_file).read_text().splitlines()
+        except OSError as exc:
+            raise ConfigError(f"cannot read the MQTT password file {password_file}: {exc.strerror}") from exc
+        return lines[0] if lines else ""
+    return os.environ.get(PASSWORD_ENV) or None

@@ -149,10 +149,11 @@ class SlotStore:
             return
         self._write(SlotPointers(active=key, previous=p.active, candidate=None))
 
-    def switch_back(self, key: str | None) -> None:
-        """Point back at ``key`` (the model that served before the update)."""
+    def switch_back(self, key: str | None, previous: str | None = None) -> None:
+        """Point back at ``key`` (the model that served before the update), with ``previous`` as its rollback
+        target (what ``previous`` was before the update; None keeps the current one when nothing moved)."""
         p = self.pointers()
         if key is None or p.active == key:
-            self._write(SlotPointers(active=p.active, previous=p.previous, candidate=None))
+            self._write(SlotPointers(active=p.active, previous=previous or p.previous, candidate=None))
             return
-        self._write(SlotPointers(active=key, previous=None, candidate=None))
+        self._write(SlotPointers(active=key, previous=previous if previous != key else None, candidate=None))

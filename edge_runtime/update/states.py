@@ -66,9 +66,10 @@ TRANSITIONS: dict[tuple[State, Event], State] = {
     (S.SHADOW, E.ERROR): S.FAILED,
     (S.ACTIVATING, E.SWAPPED): S.HEALTH_CHECK,
     (S.ACTIVATING, E.ERROR): S.ROLLING_BACK,
+    (S.ACTIVATING, E.RETRY): S.STAGED,  # restarted mid-swap: the old model serves; swap again (bounded)
     (S.HEALTH_CHECK, E.HEALTHY): S.COMMITTED,
     (S.HEALTH_CHECK, E.UNHEALTHY): S.ROLLING_BACK,
-    (S.HEALTH_CHECK, E.RETRY): S.HEALTH_CHECK,
+    (S.HEALTH_CHECK, E.RETRY): S.STAGED,  # restarted in the window: the old model serves; swap again (bounded)
     (S.HEALTH_CHECK, E.ERROR): S.ROLLING_BACK,
     (S.ROLLING_BACK, E.ROLLED_BACK): S.FAILED,
     (S.ROLLING_BACK, E.RETRY): S.ROLLING_BACK,
