@@ -26,17 +26,15 @@ def configure(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg
                         "EDGE_FLEET_TOKEN (default: $EDGE_FLEET_SERVER)")
     sv = sub.add_parser("serve", help="run the fleet server: MQTT ingest, database, REST API and dashboard")
     # --broker/--prefix also exist on `fleet` itself; SUPPRESS keeps a value given there.
-    sv.add_argument("--broker", default=argparse.SUPPRESS, help="mqtt://host:port or mqtts://host:port "
-                    "(user:password@ in the URL, or EDGE_FLEET_MQTT_PASSWORD)")
+    sv.add_argument("--broker", default=argparse.SUPPRESS, help="mqtt://host:port or mqtts://host:port (TLS and "
+                    "credentials: the options before `serve`, e.g. fleet --ca ca.crt --username fleet serve ...)")
     sv.add_argument("--prefix", default=argparse.SUPPRESS, help="topic prefix")
     _db_arg(sv)
     sv.add_argument("--data-dir", help="sample store (and default SQLite database) folder")
     sv.add_argument("--host", default="127.0.0.1", help="HTTP listen address")
     sv.add_argument("--port", type=int, default=8700, help="HTTP port")
-    sv.add_argument("--operator-key", help="Ed25519 private key that signs commands; without it actions are refused")
-    sv.add_argument("--mqtt-ca", help="CA certificate of the broker (mqtts)")
-    sv.add_argument("--mqtt-cert", help="client certificate for mutual TLS")
-    sv.add_argument("--mqtt-key", help="client key for mutual TLS")
+    sv.add_argument("--operator-key", help="Ed25519 private key that signs commands; without it actions are refused "
+                    "(an encrypted key: fleet --passphrase-file or $EDGE_RUNTIME_KEY_PASSPHRASE)")
     sv.add_argument("--group", default="fleet", help="shared-subscription group (instances split the streams)")
     sv.add_argument("--client-id", default="fleet-server", help="MQTT client id, unique per instance")
     sv.add_argument("--secure-cookies", action="store_true", help="session cookies only over HTTPS")
@@ -145,20 +143,16 @@ def _settings(args: argparse.Namespace):  # type: ignore[no-untyped-def]
 
 
 def _mqtt(args: argparse.Namespace):  # type: ignore[no-untyped-def]
-    from edge_runtime.sync.mqtt_settings import TlsSettings, settings_from_url
+    """The broker settings from `fleet`'s own broker options (shared with publish, status, rollout)."""
+    from fleet.command import broker_settings
 
-    extra: dict[str, object] = {"prefix": args.prefix}
-    if args.mqtt_ca or args.mqtt_cert:
-        extra["tls"] = TlsSettings(ca_cert=args.mqtt_ca, client_cert=args.mqtt_cert, client_key=args.mqtt_key)
-    s = settings_from_url(args.broker, args.client_id, **extra)
-    pw = os.environ.get("EDGE_FLEET_MQTT_PASSWORD")
-    return s.model_copy(update={"password": pw}) if pw and s.username and not s.password else s
+    return broker_settings(args)
 
 
 def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from edge_runtime.package import load_private_key
+    from edge_runtime.package import load_private_key, read_passphrase
     from fleet.server.app import create_app
     from fleet.server.db.engine import make_engine, migrate
     from fleet.server.ingest import Ingest
@@ -167,7 +161,8 @@ def serve(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     mqtt = _mqtt(args)
-    key = load_private_key(settings.operator_key) if settings.operator_key else None
+    key = load_private_key(settings.operator_key, read_passphrase(args.passphrase_file)) \
+        if settings.operator_key else None
     if settings.db_url is None:
         settings.db_url = f"sqlite:///{settings.data_dir / 'fleet.db'}"
     engine = make_engine(settings.db_url)
