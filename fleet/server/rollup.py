@@ -73,6 +73,10 @@ def retain(conn: Connection, r: Retention, now: float) -> dict[str, int]:
         cutoff = conn.execute(select(t.metrics.c.ts).order_by(t.metrics.c.ts)
                               .offset(count - r.raw_max_rows).limit(1)).scalar_one()
         done["metrics"] += conn.execute(delete(t.metrics).where(t.metrics.c.ts < cutoff)).rowcount
+    newest = conn.execute(select(t.rejected.c.id).order_by(t.rejected.c.id.desc())
+                          .offset(r.rejected_max_rows).limit(1)).scalar()
+    if newest is not None:
+        done["rejected"] += conn.execute(delete(t.rejected).where(t.rejected.c.id <= newest)).rowcount
     return done
 
 

@@ -20,6 +20,8 @@ class Retention(BaseModel):
     events_days: float = Field(default=90, gt=0, description="Events (drift, errors, ...).")
     rejected_days: float = Field(default=7, gt=0, description="Payloads refused by validation.")
     raw_max_rows: int = Field(default=20_000_000, ge=1000, description="Raw metric rows kept at most.")
+    rejected_max_rows: int = Field(default=10_000, ge=100, description="Refused payloads kept at most (64 KiB "
+                                   "each at most), the newest.")
     interval_s: float = Field(default=60, gt=0, description="How often rollups and retention run.")
 
 

@@ -55,6 +55,14 @@ def test_refused_payloads_are_kept_aside_and_ingest_goes_on(db_url, tmp_path):
     with engine.connect() as conn:
         row = conn.execute(select(t.rejected)).one()
     assert row.payload == b"{oops" and row.topic == "edge/devices/cam-1/metrics" and "not JSON" in row.reason
+    # and a flood of bad payloads is bounded: maintenance keeps the newest rejected_max_rows
+    flood = [("edge/devices/cam-1/metrics", f"bad {i}".encode(), parse("edge/devices/cam-1/metrics", b"x"))
+             for i in range(150)]
+    store.write(flood, time.time())
+    Maintenance(engine, Retention(rejected_max_rows=100)).run_once()
+    with engine.connect() as conn:
+        kept = [r.payload for r in conn.execute(select(t.rejected).order_by(t.rejected.c.id))]
+    assert kept == [f"bad {i}".encode() for i in range(50, 150)]
     engine.dispose()
 
 
