@@ -3,6 +3,7 @@ loses nothing and stores nothing twice; two instances in one share group store e
 
 from __future__ import annotations
 
+import subprocess
 import threading
 import time
 
@@ -100,6 +101,10 @@ def test_two_instances_in_one_share_group_store_every_record_once(db_url, tmp_pa
         dups = [sample_value(s.get("/metrics")[1].decode(), "fleet_ingest_duplicates_total") for s in servers]
         assert all(n > 0 for n in shares) and sum(shares) == total, shares
         assert dups == [0, 0]
+        # and the exposition passes Prometheus' own linter
+        lint = subprocess.run(["promtool", "check", "metrics"], input=servers[0].get("/metrics")[1],
+                              capture_output=True, timeout=60)
+        assert lint.returncode == 0, lint.stdout + lint.stderr
     finally:
         for s in servers:
             s.stop()
