@@ -128,7 +128,13 @@ class Ingest:
             log.warning(self.last_error)
 
     def _on_message(self, _c: Any, _ud: Any, msg: mqtt.MQTTMessage) -> None:
-        self._queue.put((self._generation, msg))  # blocks when full: back-pressure, nothing dropped
+        while True:  # blocks while the queue is full: back-pressure onto the broker, nothing dropped
+            try:
+                self._queue.put((self._generation, msg), timeout=0.5)
+                return
+            except queue.Full:
+                if self._stop.is_set():
+                    return  # stopping: left unacknowledged, so the broker delivers it again to the session
 
     # ------------------------------------------------------------------ writer
     def _take_batch(self) -> list[tuple[int, Any]]:
