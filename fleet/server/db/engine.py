@@ -84,7 +84,8 @@ def migrate(engine: Engine) -> None:
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, "head")
     except OperationalError as exc:
-        raise DatabaseError(f"cannot open the database {engine.url.render_as_string()}: {exc.orig}") from None
+        reason = (str(exc.orig).strip().splitlines() or ["?"])[0]
+        raise DatabaseError(f"cannot open the database {engine.url.render_as_string()}: {reason}") from None
 
 
 def current_revision(engine: Engine) -> str | None:
