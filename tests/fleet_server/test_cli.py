@@ -35,7 +35,8 @@ def test_users_and_tokens_from_the_command_line(tmp_path):
         (("fleet", "user", "add", "bad name", "--role", "viewer", "--password-env", "PW"), "invalid user name"),
         (("fleet", "token", "create", "nobody"), "no user 'nobody'"),
         (("fleet", "serve", "--db", "mysql://x/y", "--broker", "mqtt://127.0.0.1:1"), "unsupported database"),
-        (("fleet", "token", "create", "ada", "--db", "postgresql://fleet@127.0.0.1:1/none"), "cannot open the database"),
+        (("fleet", "token", "create", "ada", "--db", "postgresql://fleet@127.0.0.1:1/none"),
+         "cannot open the database"),
     ]
     for args, message in cases:
         r = cli(*args, "--db", db, env={"PW": "long-enough-pw", "PW_SHORT": "short"}) \

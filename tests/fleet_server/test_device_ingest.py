@@ -15,6 +15,7 @@ from fleet.server.db import tables as t
 from fleet.server.db.engine import make_engine
 from tests.fleet_server.conftest import FleetServer, add_user
 from tests.integration.helpers import CLI, reap, terminate, wait_until, write_config
+from tests.model_factory import trust_args
 from tests.mqtt_broker import Mosquitto
 from tests.sources.media import MjpegServer
 from tests.sync.subscriber import Subscriber
@@ -41,8 +42,9 @@ def test_a_running_device_is_stored_shown_and_uploads_samples_on_request(tiny_on
     try:
         server.start()
         # when a device runs on the camera with monitoring to the broker
-        device = subprocess.Popen([*CLI, "run", "--package", str(tiny_onnx_package.root), "--source", camera.url,
-                                   "--config", str(cfg)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        device = subprocess.Popen([*CLI, "run", "--package", str(tiny_onnx_package.root), *trust_args(),
+                                   "--source", camera.url, "--config", str(cfg)],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         # then the API lists it online with its model and version, and has its metric series
         dev = wait_until(lambda: (d := server.get("/api/v1/devices/cam-1"))[0] == 200 and d[1]["online"]
                          and d[1]["version"] == "1.0.0" and d[1], 90, device)
