@@ -75,12 +75,16 @@ def logout_post(request: Request, csrf: str = Form(""), srv: Server = Depends(se
     return resp
 
 
+PAGE = 100  # devices per overview page
+
+
 @router.get("/")
-def overview_page(srv: Server = Depends(server), user: User = Depends(page_user)) -> HTMLResponse:
+def overview_page(offset: int = 0, srv: Server = Depends(server), user: User = Depends(page_user)) -> HTMLResponse:
+    offset = max(0, offset)
     with srv.engine.connect() as conn:
         ov = queries.overview(conn)
-        total, devices = queries.devices(conn, limit=200)
-    return render("overview.html", user=user, ov=ov, total=total, devices=devices)
+        total, devices = queries.devices(conn, limit=PAGE, offset=offset)
+    return render("overview.html", user=user, ov=ov, total=total, devices=devices, offset=offset, page=PAGE)
 
 
 def _device_page(srv: Server, user: User, device_id: str, hours: float = 6, **flash: Any) -> HTMLResponse:
