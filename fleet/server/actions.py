@@ -2,25 +2,16 @@
 
 from __future__ import annotations
 
-import json
-import secrets
-import time
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from edge_runtime.package.signing import sign_bytes
+from edge_runtime.sync.commands import new_command, sign_command
 from edge_runtime.sync.topics import Topics
 from fleet.server.auth import User, audit
 from fleet.server.errors import ActionRefused
 
-COMMAND_SCHEMA = "command/1"
-
-
-def signed_command(command: dict[str, Any], key: Ed25519PrivateKey) -> bytes:
-    """The command with a ``signature`` over its canonical JSON (sorted keys, no spaces, without the field)."""
-    text = json.dumps(command, sort_keys=True, separators=(",", ":"))
-    return json.dumps({**command, "signature": json.loads(sign_bytes(key, text.encode()))}).encode()
+COMMAND_TTL_S = 300.0  # a command not acted on in five minutes is refused by the device
 
 
 class Actions:
@@ -41,13 +32,11 @@ class Actions:
                 raise ActionRefused("the server has no broker connection: actions refused")
             if not 1 <= max_samples <= 100:
                 raise ActionRefused("max must be between 1 and 100")
-            cmd = {"schema": COMMAND_SCHEMA, "command": "upload_samples", "device": device,
-                   "request_id": secrets.token_hex(8), "max": max_samples, "issued": time.time(),
-                   "issued_by": user.name}
-            self._publish(self.topics.commands(device), signed_command(cmd, self.key), 1)
-        except (PermissionError, ActionRefused, ValueError) as exc:
+            cmd = new_command(device, "upload_samples", COMMAND_TTL_S, max=max_samples)
+            self._publish(self.topics.commands(device), sign_command(cmd, self.key), 1)
+        except (PermissionError, ActionRefused) as exc:
             audit(self.engine, user.name, "request_samples", target, "refused", {"reason": str(exc)})
             raise
         audit(self.engine, user.name, "request_samples", target, "done",
-              {"request_id": cmd["request_id"], "max": max_samples})
-        return {"request_id": cmd["request_id"], "device": device, "max": max_samples}
+              {"request_id": cmd.request_id, "sequence": cmd.sequence, "max": max_samples})
+        return {"request_id": cmd.request_id, "device": device, "max": max_samples}

@@ -36,7 +36,7 @@ def test_a_running_device_is_stored_shown_and_uploads_samples_on_request(tiny_on
         tmp_path / "device.yaml", device_id="cam-1", mqtt={"host": "127.0.0.1", "port": broker.port},
         monitor={"period_s": 0.25, "samples": {"directory": "samples", "low_confidence": 1.0,
                                                "min_interval_s": 0.0}},
-        outbox={"path": "outbox.db"},
+        outbox={"path": "outbox.db"}, trust={"operator": [str(signing_keys[1])]},
     )  # fmt: skip
     device = None
     try:
@@ -57,9 +57,10 @@ def test_a_running_device_is_stored_shown_and_uploads_samples_on_request(tiny_on
         code, body = server.request("POST", "/api/v1/devices/cam-1/commands/upload-samples", {"max": 3})
         assert code == 202, body
         assert watch.wait_for(lambda m: len(m) >= 1, 20)
-        cmd = json.loads(watch.snapshot()[0][1])
-        assert cmd["command"] == "upload_samples" and cmd["signature"]["alg"] == "ed25519"
-        assert cmd["request_id"] == body["request_id"]
+        envelope = json.loads(watch.snapshot()[0][1])
+        cmd = json.loads(envelope["document"])
+        assert envelope["schema"] == "command-envelope/1" and envelope["signature"]["alg"] == "ed25519"
+        assert cmd["command"] == "upload_samples" and cmd["request_id"] == body["request_id"] and cmd["max"] == 3
         # and the device's samples arrive in the content-addressed store, readable through the API
         got = wait_until(lambda: (s := server.get("/api/v1/samples?device=cam-1")[1])["total"] >= 1 and s, 60, device)
         item = got["items"][0]
