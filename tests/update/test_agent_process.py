@@ -175,4 +175,5 @@ def test_kill9_during_the_health_window_resumes_and_commits(tmp_path, broker, ot
     import json
 
     pointers: dict[str, Any] = json.loads((tmp_path / "cam-3" / "slots" / "slots.json").read_text())
-    assert pointers["active"] == "tiny-2.0.0" and pointers["previous"] == "tiny-1.0.0"
+    # slots are content-addressed: name-version-<manifest digest>
+    assert pointers["active"].startswith("tiny-2.0.0-") and pointers["previous"].startswith("tiny-1.0.0-")
