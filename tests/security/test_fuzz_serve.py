@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from edge_runtime.api import load
 from edge_runtime.serve import ModelService, create_app
 from tests import model_factory
+from tests.model_factory import factory_trust
 from tests.security import hostile
 from tests.security.strategies import hostile_json
 
@@ -75,7 +76,7 @@ def clients(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
     root = tmp_path_factory.mktemp("fuzz-serve")
     pkgs = [model_factory.classifier_package(root / "image", golden=False).root,
             model_factory.tensor_package(root / "tensor", window=4, channels=2).root]  # fmt: skip
-    opened = [TestClient(create_app(ModelService(lambda p=p: load(p)), load_in_background=False),
+    opened = [TestClient(create_app(ModelService(lambda p=p: load(p, trust=factory_trust())), load_in_background=False),
                          raise_server_exceptions=False) for p in pkgs]  # fmt: skip
     for c in opened:
         c.__enter__()
