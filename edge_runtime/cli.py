@@ -33,6 +33,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("edge_runtime.commands.serve", "serve a package as a small HTTP microservice"),
     "agent": ("edge_runtime.commands.agent", "device agent: run, report metrics over MQTT and apply OTA updates"),
     "bench": ("edge_runtime.benchmark.command", "benchmark model variants (formats, precision, threads)"),
+    "registry": ("fleet.registry_cli", "model registry on the fleet server: list, show, lineage, promote, revert"),
     "fleet": ("fleet.command", "publish packages to devices, roll out canary-first, status, rollback"),
 }
 

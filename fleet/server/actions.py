@@ -14,11 +14,42 @@ from fleet.server.errors import ActionRefused
 COMMAND_TTL_S = 300.0  # a command not acted on in five minutes is refused by the device
 
 
+class PahoLink:
+    """``fleet.publish``'s link interface over the ingest's paho client: publish returns a handle with wait()."""
+
+    class _Handle:
+        def __init__(self, info: Any) -> None:
+            self.info, self.error = info, None
+
+        def wait(self, timeout: float) -> bool:
+            try:
+                self.info.wait_for_publish(timeout)
+            except (RuntimeError, ValueError) as exc:  # not connected / queue full
+                self.error = str(exc)
+                return False
+            return bool(self.info.is_published())
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+
+    def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> Any:
+        return self._Handle(self.client.publish(topic, payload, qos=qos, retain=retain))
+
+
 class Actions:
     """What an operator may do; refused (and audited as refused) without an operator key or a broker."""
 
-    def __init__(self, engine: Any, topics: Topics, key: Ed25519PrivateKey | None, publish: Any | None) -> None:
-        self.engine, self.topics, self.key, self._publish = engine, topics, key, publish
+    def __init__(self, engine: Any, topics: Topics, key: Ed25519PrivateKey | None, publish: Any | None,
+                 link: Any | None = None) -> None:
+        self.engine, self.topics, self.key, self._publish, self.link = engine, topics, key, publish, link
+
+    def signing_link(self) -> tuple[Any, Ed25519PrivateKey]:
+        """The broker link and operator key that signed publications need, or ActionRefused saying which is missing."""
+        if self.key is None:
+            raise ActionRefused("the server has no operator key (fleet serve --operator-key): actions refused")
+        if self.link is None:
+            raise ActionRefused("the server has no broker connection: actions refused")
+        return self.link, self.key
 
     def request_samples(self, user: User, device: str, max_samples: int = 10) -> dict[str, Any]:
         """Ask ``device`` to upload up to ``max_samples`` of its kept samples (they arrive through ingest)."""

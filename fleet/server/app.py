@@ -11,7 +11,7 @@ from fastapi.responses import RedirectResponse, Response
 
 from edge_runtime.sync.topics import Topics
 from fleet.server import api, pages
-from fleet.server.actions import Actions
+from fleet.server.actions import Actions, PahoLink
 from fleet.server.auth import User
 from fleet.server.deps import Server, current_user
 from fleet.server.metrics import exposition
@@ -22,13 +22,15 @@ def create_app(settings: ServerSettings, engine: Any, ingest: Any | None = None,
                topics: Topics | None = None, background: list[Any] | None = None) -> FastAPI:
     """The ASGI app. ``ingest`` and ``background`` (objects with start/stop) run for the app's lifetime."""
     topics = topics or Topics()
-    publish = None
+    publish, link = None, None
     if ingest is not None:
+        link = PahoLink(ingest.client)
+
         def publish(topic: str, payload: bytes, qos: int) -> None:
             info = ingest.client.publish(topic, payload, qos=qos)
             info.wait_for_publish(10)
 
-    srv = Server(settings=settings, engine=engine, actions=Actions(engine, topics, key, publish), ingest=ingest)
+    srv = Server(settings=settings, engine=engine, actions=Actions(engine, topics, key, publish, link), ingest=ingest)
     jobs = [j for j in [ingest, *(background or [])] if j is not None]
 
     @asynccontextmanager

@@ -19,3 +19,11 @@ class AuthError(FleetServerError):
 
 class ActionRefused(FleetServerError):
     """An action cannot be carried out (no operator key, unknown device, bad argument)."""
+
+
+class RegistryError(FleetServerError):
+    """A registry request cannot be carried out (unknown model or version, conflicting bytes, bad package)."""
+
+
+class NotRegistered(RegistryError):
+    """The model, version or alias named is not in the registry."""

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from fleet.server.api import actions, devices, records
+from fleet.server.api import actions, devices, records, registry
 
 router = APIRouter(prefix="/api/v1")
 router.include_router(devices.router)
 router.include_router(records.router)
 router.include_router(actions.router)
+router.include_router(registry.router)

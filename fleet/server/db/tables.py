@@ -155,3 +155,35 @@ audit = Table(
     Column("outcome", String(16), nullable=False), Column("detail", JSON),
 )
 Index("ix_audit_ts", audit.c.ts)
+
+# The model registry (issue 15): one row per registered package version, its lineage, and the aliases pointing at
+# versions. The archive itself lives on disk under its sha256 (``data_dir/packages``).
+model_versions = Table(
+    "model_versions", metadata,
+    Column("name", String(64), primary_key=True), Column("version", String(64), primary_key=True),
+    Column("sha256", String(64), nullable=False), Column("size", BigInteger, nullable=False),
+    Column("package_id", String(64), nullable=False), Column("profile", String(128), nullable=False),
+    Column("format", String(16), nullable=False), Column("signer", String(64), comment="signing key id"),
+    Column("registered_by", String(64), nullable=False), Column("registered", Float, nullable=False),
+    Column("parent", String(64), comment="parent version of the same model"),
+    Column("lineage", JSON, nullable=False, comment="source, calibration/validation digests, recipe, tools, git"),
+    Column("meta", JSON, nullable=False, comment="the package-meta/1 chunk document devices download by"),
+)
+
+model_aliases = Table(
+    "model_aliases", metadata,
+    Column("name", String(64), primary_key=True), Column("alias", String(64), primary_key=True),
+    Column("version", String(64), nullable=False), Column("target", String(200), comment="device or group:NAME"),
+    Column("moved_by", String(64), nullable=False), Column("moved", Float, nullable=False),
+)
+
+# Every alias move, oldest first: what revert walks back along.
+alias_history = Table(
+    "alias_history", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("name", String(64), nullable=False), Column("alias", String(64), nullable=False),
+    Column("version", String(64), nullable=False), Column("previous", String(64)),
+    Column("target", String(200)), Column("user", String(64), nullable=False), Column("ts", Float, nullable=False),
+    Column("action", String(16), nullable=False, comment="promote, revert or move"),
+)
+Index("ix_alias_history_name_alias", alias_history.c.name, alias_history.c.alias)

@@ -1,0 +1,159 @@
+"""`edge-runtime registry ...`: the fleet server's model registry, through its API (token in EDGE_FLEET_TOKEN)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from edge_runtime.errors import ConfigError
+from fleet.publish import as_archive
+
+
+def configure(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--server", default=os.environ.get("EDGE_FLEET_SERVER"),
+                   help="fleet server URL (default: $EDGE_FLEET_SERVER); API token from EDGE_FLEET_TOKEN")
+    p.add_argument("--json", action="store_true", help="print the server's JSON answer")
+    sub = p.add_subparsers(dest="registry_cmd", metavar="ACTION", required=True)
+    sub.add_parser("list", help="every model with its version count and aliases")
+    sh = sub.add_parser("show", help="a model's versions and aliases, or one version in full")
+    sh.add_argument("name")
+    sh.add_argument("version", nargs="?")
+    li = sub.add_parser("lineage", help="a version and its ancestors, with where each came from")
+    li.add_argument("name")
+    li.add_argument("version")
+    rg = sub.add_parser("register", help="upload a signed package (directory or .erpkg) with its lineage")
+    rg.add_argument("package", type=Path)
+    rg.add_argument("--parent", help="the version this one was derived from")
+    rg.add_argument("--recipe", type=Path, help="JSON file with the full convert recipe (every option)")
+    rg.add_argument("--git", type=Path, metavar="REPO", help="record this repository's commit and dirty flag")
+    rg.add_argument("--training-command", help="the re-training command that produced the source model")
+    rg.add_argument("--dataset-snapshot", help="the dataset snapshot id it was trained on")
+    pr = sub.add_parser("promote", help="move an alias to a version and publish it to the alias's target")
+    pr.add_argument("name")
+    pr.add_argument("version")
+    pr.add_argument("--alias", default="production", help="alias to move (default production)")
+    pr.add_argument("--target", help="device id or group:NAME (default: the alias's current target)")
+    rv = sub.add_parser("revert", help="move an alias back to its version before the last move, and publish it")
+    rv.add_argument("name")
+    rv.add_argument("--alias", default="production")
+
+
+def _call(args: argparse.Namespace, method: str, path: str, body: bytes | None = None,
+          headers: dict[str, str] | None = None) -> Any:
+    token = os.environ.get("EDGE_FLEET_TOKEN")
+    if not args.server or not token:
+        raise ConfigError("registry needs --server (or EDGE_FLEET_SERVER) and an API token in EDGE_FLEET_TOKEN")
+    base = args.server.rstrip("/")
+    if not base.startswith(("http://", "https://")):
+        raise ConfigError(f"--server {base!r} must be an http:// or https:// URL")
+    req = urllib.request.Request(base + "/api/v1/registry" + path, data=body, method=method,  # noqa: S310
+                                 headers={"Authorization": f"Bearer {token}", **(headers or {})})
+    try:
+        with urllib.request.urlopen(req, timeout=300) as r:  # noqa: S310 - the URL the user configured
+            return json.loads(r.read())
+    except urllib.error.HTTPError as exc:
+        detail = exc.read().decode(errors="replace")
+        try:
+            detail = json.loads(detail)["detail"]
+        except (ValueError, KeyError, TypeError):
+            pass
+        raise ConfigError(f"fleet server answered {exc.code}: {str(detail)[:300]}") from None
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot reach fleet server {base}: {exc}") from None
+
+
+def _git(repo: Path) -> dict[str, Any]:
+    def git(*a: str) -> str:
+        r = subprocess.run(["git", "-C", str(repo), *a], capture_output=True, text=True, timeout=30)  # noqa: S603,S607
+        if r.returncode != 0:
+            raise ConfigError(f"--git {repo}: not a git repository ({r.stderr.strip()[:200]})")
+        return r.stdout.strip()
+
+    return {"git_commit": git("rev-parse", "HEAD"), "git_dirty": bool(git("status", "--porcelain"))}
+
+
+def _lineage(args: argparse.Namespace) -> dict[str, Any]:
+    extra: dict[str, Any] = {"parent": args.parent, "training_command": args.training_command,
+                             "dataset_snapshot": args.dataset_snapshot}
+    if args.recipe:
+        try:
+            extra["recipe"] = json.loads(args.recipe.read_text())
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"--recipe {args.recipe}: {exc}") from None
+        if not isinstance(extra["recipe"], dict):
+            raise ConfigError(f"--recipe {args.recipe}: must hold a JSON object")
+    if args.git:
+        extra.update(_git(args.git))
+    return {k: v for k, v in extra.items() if v is not None}
+
+
+def _print_model(doc: dict[str, Any]) -> None:
+    by_version: dict[str, list[str]] = {}
+    for alias, a in doc["aliases"].items():
+        by_version.setdefault(a["version"], []).append(alias + (f"->{a['target']}" if a.get("target") else ""))
+    print(f"{'VERSION':<14} {'SHA256':<14} {'SIZE':>10} {'PROFILE':<16} {'PARENT':<10} {'BY':<10} ALIASES")
+    for v in doc["versions"]:
+        print(f"{v['version']:<14} {v['sha256'][:12]:<14} {v['size']:>10} {v['profile']:<16} "
+              f"{v['parent'] or '-':<10} {v['registered_by']:<10} {', '.join(by_version.get(v['version'], []))}")
+
+
+def _print_lineage(chain: list[dict[str, Any]]) -> None:
+    for v in chain:
+        lin = v["lineage"]
+        src = lin.get("source") or {}
+        print(f"{v['name']} {v['version']}  sha256 {v['sha256']}  signer {v['signer']}  parent {v['parent'] or '-'}")
+        print(f"  source {src.get('format', '-')} {src.get('filename', '-')} sha256 {src.get('sha256', '-')}")
+        cal = lin.get("calibration") or {}
+        print(f"  calibration {cal.get('method') or '-'} samples {cal.get('samples')} "
+              f"fingerprint {cal.get('fingerprint') or '-'}; validation {lin.get('validation_sha256') or '-'}")
+        print(f"  git {lin.get('git_commit') or '-'}{' (dirty)' if lin.get('git_dirty') else ''}  "
+              f"recipe {len(lin.get('recipe') or {})} options  tools "
+              + ", ".join(f"{k} {val}" for k, val in sorted((lin.get("tools") or {}).items())))
+
+
+def run(args: argparse.Namespace) -> int:
+    cmd, out = args.registry_cmd, None
+    if cmd == "list":
+        out = _call(args, "GET", "/models")
+        if not args.json:
+            for m in out["items"]:
+                aliases = ", ".join(f"{k}={a['version']}" for k, a in sorted(m["aliases"].items()))
+                print(f"{m['name']:<24} {m['versions']:>3} versions  {aliases}")
+    elif cmd == "show":
+        name = urllib.parse.quote(args.name)
+        path = f"/models/{name}" + (f"/versions/{urllib.parse.quote(args.version)}" if args.version else "")
+        out = _call(args, "GET", path)
+        if not args.json:
+            _print_model(out) if args.version is None else _print_lineage([out])
+    elif cmd == "lineage":
+        out = _call(args, "GET", f"/models/{urllib.parse.quote(args.name)}/versions/"
+                                 f"{urllib.parse.quote(args.version)}/lineage")
+        if not args.json:
+            _print_lineage(out["chain"])
+    elif cmd == "register":
+        extra = json.dumps(_lineage(args))
+        out = _call(args, "POST", "/packages", as_archive(args.package).read_bytes(),
+                    {"Content-Type": "application/octet-stream", "X-Lineage": extra})
+        if not args.json:
+            print(f"registered {out['name']} {out['version']} (sha256 {out['sha256'][:12]}, {out['size']} bytes)")
+    else:
+        body: dict[str, Any] = {"alias": args.alias}
+        if cmd == "promote":
+            body.update(version=args.version, target=args.target)
+        out = _call(args, "POST", f"/models/{urllib.parse.quote(args.name)}/{cmd}", json.dumps(body).encode(),
+                    {"Content-Type": "application/json"})
+        if not args.json:
+            where = f" for {out['target']}" if out["target"] else " (no target: nothing published)"
+            print(f"{out['name']}@{out['alias']}: {out['previous'] or '-'} -> {out['version']}{where}"
+                  + (f"; cleared {len(out['cleared_device_documents'])} per-device documents"
+                     if out["cleared_device_documents"] else ""))
+    if args.json:
+        print(json.dumps(out, indent=1))
+    return 0
