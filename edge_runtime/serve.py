@@ -264,8 +264,8 @@ def create_app(service: ModelService, load_in_background: bool = True,
     try:
         from contextlib import asynccontextmanager
 
-        from fastapi import FastAPI, Request
-        from fastapi.responses import JSONResponse, Response
+        from fastapi import FastAPI
+        from fastapi.responses import JSONResponse
     except ImportError as exc:
         raise MissingDependencyError("FastAPI (for `serve`)", "serve") from exc
     config = config or ServeConfig()
@@ -299,6 +299,20 @@ def create_app(service: ModelService, load_in_background: bool = True,
         m = service.model.manifest
         return JSONResponse({"ready": True, "model": m.name, "version": m.version})
 
+    _add_predict_route(app, service, config, counters, gate)
+    _add_metrics_route(app, counters, services)
+    if services is not None:
+        _add_health_route(app, service, services)
+    return app
+
+
+def _add_predict_route(app: Any, service: ModelService, config: ServeConfig, counters: ServeCounters,
+                       gate: WorkGate) -> None:
+    """POST /predict: admitted (or 503), body read in time and bounded, decoded and predicted on a worker thread;
+    every response counted by status, every refusal by kind."""
+    from fastapi import Request
+    from fastapi.responses import JSONResponse, Response
+
     def work(content_type: str, body: bytes, received: float) -> bytes:
         """On a worker thread: decode, predict, render (JSON has no NaN: a model can overflow on finite input)."""
         spec = service.model.input_spec
@@ -329,11 +343,6 @@ def create_app(service: ModelService, load_in_background: bool = True,
             response = JSONResponse({"error": "internal error (logged by the server)"}, status_code=500)
         counters.request(response.status_code)
         return response
-
-    _add_metrics_route(app, counters, services)
-    if services is not None:
-        _add_health_route(app, service, services)
-    return app
 
 
 def _add_metrics_route(app: Any, counters: ServeCounters, services: "DeviceServices | None") -> None:
