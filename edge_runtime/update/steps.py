@@ -43,7 +43,7 @@ def recover(ctx: UpdateContext) -> Attempt | None:
     ctx.clean_stale_downloads()
     m, rec = ctx.machine, ctx.machine.record
     if m.resting:
-        ctx.slots.prune()
+        _prune(ctx)
         return None
     doc = ctx.stored_doc()
     exhausted = doc is None or rec.recoveries >= ctx.settings.max_recoveries
@@ -269,8 +269,8 @@ def activate(a: Attempt) -> State:
     if not verdict.healthy:
         m.fire(Event.UNHEALTHY, f"health window failed: {verdict.reason}", "unhealthy", health=verdict.stats)
         return switch_back(a, old, f"health window failed: {verdict.reason}", "unhealthy")
+    _prune(ctx)  # before the commit is reported: what the status says is what is on disk
     m.fire(Event.HEALTHY, verdict.reason, health=verdict.stats)
-    ctx.slots.prune()
     if old is not None:
         ctx.runtime.close(old)
     return m.state
@@ -312,11 +312,21 @@ def _restore_pointers(ctx: UpdateContext) -> None:
 def _finish_rollback(ctx: UpdateContext, reason: str, code: str) -> State:
     rec = ctx.machine.record
     _restore_pointers(ctx)
+    _prune(ctx)  # keep_versions holds after rollbacks too
     failed = (rec.failed_packages + [rec.package_id])[-20:] if rec.package_id else rec.failed_packages
-    state = ctx.machine.fire(Event.ROLLED_BACK, f"{reason}; serving {rec.from_key} again", code,
-                             failed_packages=failed)
-    ctx.slots.prune()  # keep_versions holds after rollbacks too
-    return state
+    return ctx.machine.fire(Event.ROLLED_BACK, f"{reason}; serving {rec.from_key} again", code,
+                            failed_packages=failed)
+
+
+def _prune(ctx: UpdateContext) -> None:
+    """Hold keep_versions (never the active, previous or candidate slot); a disk error is logged, not fatal."""
+    try:
+        removed = ctx.slots.prune()
+    except OSError as exc:
+        log.error("cannot prune old versions: %s", exc)
+        return
+    if removed:
+        log.info("removed old versions %s (keep_versions %d)", ", ".join(removed), ctx.settings.keep_versions)
 
 
 def fail(ctx: UpdateContext, reason: str, code: str, doc: DesiredModel | None) -> State:
