@@ -87,6 +87,9 @@ def test_slow_bodies_hold_a_slot_only_until_the_body_timeout_and_excess_is_503(p
         wait_until(lambda: post(s.url, jpeg(), **{"content-type": "image/jpeg"}).status_code == 200, 30, s.proc)
         metrics = httpx.get(f"{s.url}/metrics", timeout=10).text
         assert 'edge_serve_rejected_total{reason="busy"}' in metrics
+        assert 'edge_serve_rejected_total{reason="disconnected"} 1.0' in metrics
+        _, err = terminate(s.proc)
+    assert "Traceback" not in err, err
 
 
 def test_token_file_guards_a_real_server(pkgs, tmp_path: Path) -> None:
