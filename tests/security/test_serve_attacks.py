@@ -123,3 +123,9 @@ def test_serve_binds_loopback_by_default(pkgs) -> None:
     with serve(pkgs["classifier"], pkgs["key"]) as s:  # the listening socket exists once /healthz answered
         listening = psutil.Process(s.proc.pid).net_connections("tcp")
         assert {c.laddr.ip for c in listening if c.status == psutil.CONN_LISTEN} == {"127.0.0.1"}
+
+
+def test_serve_off_loopback_without_a_token_warns(pkgs) -> None:
+    with serve(pkgs["classifier"], pkgs["key"], "--host", "0.0.0.0") as s:  # noqa: S104 - the case under test
+        _, err = terminate(s.proc)
+    assert "serving on 0.0.0.0 without --token-file" in err and "Traceback" not in err
