@@ -54,8 +54,8 @@ class LineSource(ThreadedSource):
         values = parse_line(text)
         if values is None and not self._seen_sample and _HEADER.match(text):
             return True  # a CSV header
-        if values is None or values.size != self.window.channels:
-            want = self.window.channels
+        if values is None or not self.window.accepts(values.size):
+            want = self.window.describe()
             self._bad_line("does not parse" if values is None else f"has {values.size} values, expected {want}", text)
             return True
         self._seen_sample = True
