@@ -1,6 +1,7 @@
 """Security figures (issue 11): hostile cases per surface, against the real code and real processes.
 
-    .venv/bin/python benchmarks/security_figures.py [--only serve,udp,stdin,desired,chunks,manifests,archives]
+    .venv/bin/python benchmarks/security_figures.py [--only serve,udp,stdin,desired,commands,chunks,
+                                                    manifests,archives]
                                                     [--random 200] [--bomb-mib 256]
 
 Per surface it prints the cases tried and their outcomes: refused (the documented error, or a 4xx/503), accepted
@@ -258,6 +259,43 @@ def desired_surface(pkgs: dict, rng: np.random.Generator, n: int) -> list[str]:
     return [tally.line()]
 
 
+def command_surface(pkgs: dict, rng: np.random.Generator, n: int) -> list[str]:
+    """The device's CommandHandler as the MQTT network thread calls it: refused = counted and reported."""
+    from edge_runtime.sync.commands import CommandHandler, new_command, sign_command
+    from edge_runtime.sync.replay import SequenceStore
+
+    tally, key, work = Tally("commands"), pkgs["private"], Path(tempfile.mkdtemp())
+    reports: list[dict] = []
+    handler = CommandHandler("cam-1", TrustStore.from_paths([pkgs["key"]], ["operator"]),
+                             SequenceStore(work / "commands.json"), lambda _kind, body: reports.append(body))
+    handler.register("upload_samples", lambda cmd: None)
+    valid = new_command("cam-1", "upload_samples", max=5)
+    cases = [*json_bombs(), sign_command(valid, key), sign_command(valid, key),  # the second one is a replay
+             json.dumps({"command": "upload_samples", "max": 1000000}).encode()]  # the issue's unsigned command
+    cases += mutations(json.loads(sign_command(valid, key)), rng, n // 2)
+    fields = valid.model_dump(mode="json", by_alias=True)
+    for i in range(n // 2):  # signed by the trusted operator key, hostile inside, each with a fresh sequence
+        text = mutations({**fields, "sequence": fields["sequence"] + 1 + i}, rng, 1)[0]
+        env = {"schema": "command-envelope/1", "document": text.decode("utf-8", "replace"),
+               "signature": json.loads(sign_bytes(key, text))}  # fmt: skip
+        cases.append(json.dumps(env).encode())
+    for case in cases:
+        before = dict(handler.counters), len(reports)
+        try:
+            handler.on_message("edge/devices/cam-1/commands", case)
+        except Exception as exc:  # noqa: BLE001 - the figure counts it
+            tally.add("crashed", f"{type(exc).__name__}: {exc}")
+            continue
+        if handler.counters["rejected"] > before[0]["rejected"] and len(reports) > before[1]:
+            tally.add("refused")
+        elif handler.counters["accepted"] > before[0]["accepted"]:
+            tally.add("accepted")
+        else:
+            tally.add("crashed", f"neither counted nor reported: {case[:80]!r}")
+    shutil.rmtree(work)
+    return [tally.line()]
+
+
 def chunk_surface(pkgs: dict, rng: np.random.Generator, n: int) -> list[str]:
     from tests.security.hostile import MemoryLink
 
@@ -323,7 +361,7 @@ def archive_surface(pkgs: dict, bomb_mib: int) -> list[str]:
             f"({'ok' if left == 0 else 'MISS'}: a {bomb_mib} MiB bomb was tried)"]
 
 
-SURFACES = ["serve", "udp", "stdin", "desired", "chunks", "manifests", "archives"]
+SURFACES = ["serve", "udp", "stdin", "desired", "commands", "chunks", "manifests", "archives"]
 
 
 def main() -> int:
@@ -343,6 +381,7 @@ def main() -> int:
             "udp": lambda: udp_surface(pkgs, np.random.default_rng(2), args.random),
             "stdin": lambda: stdin_surface(pkgs, np.random.default_rng(3), args.random),
             "desired": lambda: desired_surface(pkgs, np.random.default_rng(4), args.random),
+            "commands": lambda: command_surface(pkgs, np.random.default_rng(7), args.random),
             "chunks": lambda: chunk_surface(pkgs, np.random.default_rng(5), min(args.random, 60)),
             "manifests": lambda: manifest_surface(pkgs, np.random.default_rng(6), args.random),
             "archives": lambda: archive_surface(pkgs, args.bomb_mib),
