@@ -18,7 +18,7 @@ from edge_runtime.sync.commands import MAX_SAMPLES, CommandHandler, new_command,
 from edge_runtime.sync.replay import SequenceStore
 from tests.security.strategies import hostile_json
 
-FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+FUZZ = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                                        HealthCheck.data_too_large])  # fmt: skip
 
 

@@ -25,7 +25,7 @@ from tests import model_factory
 from tests.security.hostile import MemoryLink
 from tests.security.strategies import JSON, dumps, hostile_json
 
-FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+FUZZ = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                                        HealthCheck.data_too_large])  # fmt: skip
 
 
