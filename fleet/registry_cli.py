@@ -43,6 +43,21 @@ def configure(p: argparse.ArgumentParser) -> None:
     rv = sub.add_parser("revert", help="move an alias back to its version before the last move, and publish it")
     rv.add_argument("name")
     rv.add_argument("--alias", default="production")
+    ro = sub.add_parser("rollout", help="start a server-side rollout: canaries judged against a control group, "
+                        "then waves, then production for the group")
+    ro.add_argument("name")
+    ro.add_argument("version")
+    ro.add_argument("--target", required=True, help="group:NAME")
+    ro.add_argument("--canary", action="append", default=[], metavar="DEVICE", help="a canary (repeat)")
+    ro.add_argument("--canary-percent", type=float, default=10, help="share of members as canaries (default 10)")
+    ro.add_argument("--waves", type=int, default=1, help="the other members in this many waves")
+    ro.add_argument("--window", type=float, default=60, help="seconds the canaries are watched (default 60)")
+    ro.add_argument("--timeout", type=float, default=300, help="seconds each stage's devices have to update")
+    rs = sub.add_parser("rollouts", help="list rollouts, or show one with every step and verdict")
+    rs.add_argument("id", nargs="?", type=int)
+    for action in ("pause", "resume", "abort"):
+        pa = sub.add_parser(action, help=f"{action} a rollout")
+        pa.add_argument("id", type=int)
 
 
 def _call(args: argparse.Namespace, method: str, path: str, body: bytes | None = None,
@@ -53,7 +68,7 @@ def _call(args: argparse.Namespace, method: str, path: str, body: bytes | None =
     base = args.server.rstrip("/")
     if not base.startswith(("http://", "https://")):
         raise ConfigError(f"--server {base!r} must be an http:// or https:// URL")
-    req = urllib.request.Request(base + "/api/v1/registry" + path, data=body, method=method,  # noqa: S310
+    req = urllib.request.Request(base + "/api/v1" + path, data=body, method=method,  # noqa: S310
                                  headers={"Authorization": f"Bearer {token}", **(headers or {})})
     try:
         with urllib.request.urlopen(req, timeout=300) as r:  # noqa: S310 - the URL the user configured
@@ -118,36 +133,65 @@ def _print_lineage(chain: list[dict[str, Any]]) -> None:
               + ", ".join(f"{k} {val}" for k, val in sorted((lin.get("tools") or {}).items())))
 
 
+def _rollouts(args: argparse.Namespace) -> Any:
+    """The /rollouts endpoints (they live beside /registry on the server)."""
+    cmd, json_h = args.registry_cmd, {"Content-Type": "application/json"}
+    if cmd == "rollout":
+        plan = {"name": args.name, "version": args.version, "target": args.target, "canaries": args.canary,
+                "canary_percent": args.canary_percent, "waves": args.waves, "window_s": args.window,
+                "timeout_s": args.timeout}
+        out = _call(args, "POST", "/rollouts", json.dumps(plan).encode(), json_h)
+        if not args.json:
+            print(f"rollout {out['id']}: {out['from_version']} -> {args.version}; canaries {', '.join(out['canaries'])}"
+                  f"; {len(out['waves'])} waves")
+    elif cmd == "rollouts":
+        out = _call(args, "GET", "/rollouts" + (f"/{args.id}" if args.id is not None else ""))
+        if not args.json:
+            for r in [out] if args.id is not None else out["items"]:
+                print(f"{r['id']:>4} {r['name']} {r['from_version']} -> {r['version']} {r['target']} {r['state']}"
+                      f" {r['reason'] or ''}")
+                for st in r.get("steps", []):
+                    why = (st.get("figures") or {}).get("reason", "")
+                    print(f"      {st['from_state']} --{st['event']}--> {st['to_state']} by {st['user']} {why}")
+    else:
+        out = _call(args, "POST", f"/rollouts/{args.id}/{cmd}", b"{}", json_h)
+        if not args.json:
+            print(f"rollout {out['id']}: {out['state']}")
+    return out
+
+
 def run(args: argparse.Namespace) -> int:
     cmd, out = args.registry_cmd, None
     if cmd == "list":
-        out = _call(args, "GET", "/models")
+        out = _call(args, "GET", "/registry/models")
         if not args.json:
             for m in out["items"]:
                 aliases = ", ".join(f"{k}={a['version']}" for k, a in sorted(m["aliases"].items()))
                 print(f"{m['name']:<24} {m['versions']:>3} versions  {aliases}")
     elif cmd == "show":
         name = urllib.parse.quote(args.name)
-        path = f"/models/{name}" + (f"/versions/{urllib.parse.quote(args.version)}" if args.version else "")
+        path = f"/registry/models/{name}" + (f"/versions/{urllib.parse.quote(args.version)}" if args.version else "")
         out = _call(args, "GET", path)
         if not args.json:
             _print_model(out) if args.version is None else _print_lineage([out])
     elif cmd == "lineage":
-        out = _call(args, "GET", f"/models/{urllib.parse.quote(args.name)}/versions/"
+        out = _call(args, "GET", f"/registry/models/{urllib.parse.quote(args.name)}/versions/"
                                  f"{urllib.parse.quote(args.version)}/lineage")
         if not args.json:
             _print_lineage(out["chain"])
     elif cmd == "register":
         extra = json.dumps(_lineage(args))
-        out = _call(args, "POST", "/packages", as_archive(args.package).read_bytes(),
+        out = _call(args, "POST", "/registry/packages", as_archive(args.package).read_bytes(),
                     {"Content-Type": "application/octet-stream", "X-Lineage": extra})
         if not args.json:
             print(f"registered {out['name']} {out['version']} (sha256 {out['sha256'][:12]}, {out['size']} bytes)")
+    elif cmd in ("rollout", "rollouts", "pause", "resume", "abort"):
+        out = _rollouts(args)
     else:
         body: dict[str, Any] = {"alias": args.alias}
         if cmd == "promote":
             body.update(version=args.version, target=args.target)
-        out = _call(args, "POST", f"/models/{urllib.parse.quote(args.name)}/{cmd}", json.dumps(body).encode(),
+        out = _call(args, "POST", f"/registry/models/{urllib.parse.quote(args.name)}/{cmd}", json.dumps(body).encode(),
                     {"Content-Type": "application/json"})
         if not args.json:
             where = f" for {out['target']}" if out["target"] else " (no target: nothing published)"

@@ -15,6 +15,7 @@ from fleet.server.actions import Actions, PahoLink
 from fleet.server.auth import User
 from fleet.server.deps import Server, current_user
 from fleet.server.metrics import exposition
+from fleet.server.rollout_runner import RolloutRunner
 from fleet.server.settings import ServerSettings
 
 
@@ -32,6 +33,8 @@ def create_app(settings: ServerSettings, engine: Any, ingest: Any | None = None,
 
     srv = Server(settings=settings, engine=engine, actions=Actions(engine, topics, key, publish, link), ingest=ingest)
     jobs = [j for j in [ingest, *(background or [])] if j is not None]
+    if ingest is not None:  # rollouts publish through the broker: they run where the server has one
+        jobs.append(RolloutRunner(engine, srv.actions, settings.data_dir))
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:

@@ -176,8 +176,9 @@ def _group_members(conn: Any, group: str) -> list[str]:
                   if group in (r.groups or []))
 
 
-def _deliver(actions: Any, data_dir: Path, row: Any, target: str, rollback: bool, members: list[str]) -> list[str]:
-    """Chunks (retained), the signed desired document, then clear superseded per-device documents."""
+def deliver(actions: Any, data_dir: Path, row: Any, targets: list[str], rollback: bool,
+            members: list[str] | tuple[str, ...] = ()) -> list[str]:
+    """Chunks (retained), one signed desired document per target, then clear superseded per-device documents."""
     link, key = actions.signing_link()
     archive = package_path(data_dir, row.sha256)
     if not archive.is_file():
@@ -185,7 +186,7 @@ def _deliver(actions: Any, data_dir: Path, row: Any, target: str, rollback: bool
     try:
         upload(link, actions.topics, archive, DEFAULT_CHUNK)
         pub = Published(row.name, row.version, row.profile, ChunkMeta.model_validate(row.meta))
-        set_desired_many(link, actions.topics, pub, [target], key, rollback=rollback)
+        set_desired_many(link, actions.topics, pub, targets, key, rollback=rollback)
         cleared = []
         for dev in members:  # after the group's document: each member then resolves to it
             h = link.publish(desired_topic(actions.topics, "device", dev), b"", qos=1, retain=True)
@@ -243,7 +244,7 @@ def _move_in(conn: Any, actions: Any, data_dir: Path, user: User, name: str, ver
     if target is not None:  # publish inside the transaction: a failed publication moves no alias
         scope, tname = parse_target(target)
         members = _group_members(conn, tname) if scope == "group" else []
-        cleared = _deliver(actions, data_dir, row, target, revert, members)
+        cleared = deliver(actions, data_dir, row, [target], revert, members)
     return {"name": name, "alias": alias, "version": version, "previous": previous, "target": target,
             "published": target is not None, "cleared_device_documents": cleared}
 

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from fleet.server.api import actions, devices, records, registry
+from fleet.server.api import actions, devices, records, registry, rollouts
 
 router = APIRouter(prefix="/api/v1")
 router.include_router(devices.router)
 router.include_router(records.router)
 router.include_router(actions.router)
 router.include_router(registry.router)
+router.include_router(rollouts.router)

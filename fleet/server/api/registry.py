@@ -33,7 +33,7 @@ class MoveRequest(BaseModel):
                                "(default: the alias's current target; none: the alias only moves).")
 
 
-def _answer(fn: Any) -> Any:
+def answer(fn: Any) -> Any:
     try:
         return fn()
     except PermissionError as exc:
@@ -44,7 +44,7 @@ def _answer(fn: Any) -> Any:
         raise HTTPException(409, str(exc)) from None
 
 
-def _csrf(user: User, request: Request) -> None:
+def require_csrf(user: User, request: Request) -> None:
     if not check_csrf(user, request.headers.get("x-csrf-token")):
         raise HTTPException(403, "missing or wrong CSRF token")
 
@@ -62,7 +62,7 @@ def _extra(request: Request) -> reg.LineageExtra:
 @router.post("/packages", status_code=201)
 async def register(request: Request, srv: Server = Depends(server), user: User = Depends(operator)) -> Any:
     """Register a signed package archive (the request body); lineage additions in the X-Lineage JSON header."""
-    _csrf(user, request)
+    require_csrf(user, request)
     extra = _extra(request)
     incoming = srv.settings.data_dir / "packages" / "incoming"
     incoming.mkdir(parents=True, exist_ok=True)
@@ -75,7 +75,7 @@ async def register(request: Request, srv: Server = Depends(server), user: User =
                 raise HTTPException(413, f"the package is larger than {MAX_PACKAGE_BYTES} bytes")
             f.write(chunk)
     try:
-        return await run_in_threadpool(_answer, lambda: reg.register(srv.engine, srv.settings.data_dir, user, tmp,
+        return await run_in_threadpool(answer, lambda: reg.register(srv.engine, srv.settings.data_dir, user, tmp,
                                                                      extra))
     finally:
         tmp.unlink(missing_ok=True)
@@ -90,19 +90,19 @@ def models(srv: Server = Depends(server), _u: User = Depends(current_user)) -> d
 @router.get("/models/{name}")
 def model(name: str = NAME, srv: Server = Depends(server), _u: User = Depends(current_user)) -> Any:
     with srv.engine.connect() as conn:
-        return _answer(lambda: reg.model(conn, name))
+        return answer(lambda: reg.model(conn, name))
 
 
 @router.get("/models/{name}/versions/{version}")
 def version(version: str, name: str = NAME, srv: Server = Depends(server), _u: User = Depends(current_user)) -> Any:
     with srv.engine.connect() as conn:
-        return _answer(lambda: reg.version_doc(reg.get_version(conn, name, version)._mapping))
+        return answer(lambda: reg.version_doc(reg.get_version(conn, name, version)._mapping))
 
 
 @router.get("/models/{name}/versions/{version}/lineage")
 def lineage(version: str, name: str = NAME, srv: Server = Depends(server), _u: User = Depends(current_user)) -> Any:
     with srv.engine.connect() as conn:
-        return {"chain": _answer(lambda: reg.lineage(conn, name, version))}
+        return {"chain": answer(lambda: reg.lineage(conn, name, version))}
 
 
 @router.get("/models/{name}/versions/{version}/package")
@@ -110,7 +110,7 @@ def package(version: str, name: str = NAME, srv: Server = Depends(server),
             _u: User = Depends(current_user)) -> FileResponse:
     """The archive's bytes (HTTP Range supported: a download resumes where it stopped)."""
     with srv.engine.connect() as conn:
-        row = _answer(lambda: reg.get_version(conn, name, version))
+        row = answer(lambda: reg.get_version(conn, name, version))
     path = reg.package_path(srv.settings.data_dir, row.sha256)
     if not path.is_file():
         raise HTTPException(404, f"the stored package of {name} {version} is missing")
@@ -121,10 +121,10 @@ def package(version: str, name: str = NAME, srv: Server = Depends(server),
 def promote(body: MoveRequest, request: Request, name: str = NAME, srv: Server = Depends(server),
             user: User = Depends(current_user)) -> Any:
     """Move the alias to ``version`` and publish the signed desired document for its target (operator)."""
-    _csrf(user, request)
+    require_csrf(user, request)
     if body.version is None:
         raise HTTPException(422, "promote needs a version")
-    return _answer(lambda: reg.move(srv.engine, srv.actions, srv.settings.data_dir, user, name, body.version,
+    return answer(lambda: reg.move(srv.engine, srv.actions, srv.settings.data_dir, user, name, body.version,
                                     body.alias, body.target))
 
 
@@ -132,8 +132,8 @@ def promote(body: MoveRequest, request: Request, name: str = NAME, srv: Server =
 def revert(body: MoveRequest, request: Request, name: str = NAME, srv: Server = Depends(server),
            user: User = Depends(current_user)) -> Any:
     """Move the alias back to where it stood before its last move, with a signed rollback document (operator)."""
-    _csrf(user, request)
+    require_csrf(user, request)
     if body.version is not None:
         raise HTTPException(422, "revert takes no version: it goes back to the alias's previous one")
-    return _answer(lambda: reg.move(srv.engine, srv.actions, srv.settings.data_dir, user, name, None,
+    return answer(lambda: reg.move(srv.engine, srv.actions, srv.settings.data_dir, user, name, None,
                                     body.alias, body.target, revert=True))

@@ -187,3 +187,30 @@ alias_history = Table(
     Column("action", String(16), nullable=False, comment="promote, revert or move"),
 )
 Index("ix_alias_history_name_alias", alias_history.c.name, alias_history.c.alias)
+
+# Rollouts as server-side jobs (fleet.server.rollouts): the job row holds the state machine's state; every
+# transition and verdict (with the figures it used) is a row in rollout_steps.
+rollouts = Table(
+    "rollouts", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("name", String(64), nullable=False), Column("version", String(64), nullable=False),
+    Column("from_version", String(64), nullable=False), Column("target", String(200), nullable=False),
+    Column("canaries", JSON, nullable=False), Column("waves", JSON, nullable=False, comment="list of device lists"),
+    Column("plan", JSON, nullable=False, comment="window, timeouts and thresholds"),
+    Column("state", String(16), nullable=False), Column("stage", Integer, nullable=False, default=0),
+    Column("acted", Boolean, nullable=False, default=False, comment="the current state's entry action was done"),
+    Column("resume_state", String(16)), Column("stage_started", Float, nullable=False),
+    Column("created_by", String(64), nullable=False), Column("created", Float, nullable=False),
+    Column("updated", Float, nullable=False), Column("reason", Text),
+)
+Index("ix_rollouts_state", rollouts.c.state)
+
+rollout_steps = Table(
+    "rollout_steps", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("rollout_id", Integer, ForeignKey("rollouts.id", ondelete="CASCADE"), nullable=False),
+    Column("ts", Float, nullable=False), Column("user", String(64), nullable=False),
+    Column("event", String(32), nullable=False), Column("from_state", String(16), nullable=False),
+    Column("to_state", String(16), nullable=False), Column("figures", JSON),
+)
+Index("ix_rollout_steps_rollout", rollout_steps.c.rollout_id)

@@ -1,4 +1,4 @@
-"""model registry: model_versions, model_aliases, alias_history
+"""model registry and rollouts: model_versions, model_aliases, alias_history, rollouts, rollout_steps
 
 Revision ID: 0002
 Revises: 0001
@@ -58,9 +58,48 @@ def upgrade() -> None:
     )
     with op.batch_alter_table('alias_history', schema=None) as batch_op:
         batch_op.create_index('ix_alias_history_name_alias', ['name', 'alias'], unique=False)
+    op.create_table('rollouts',
+    sa.Column('id', sa.Integer(), autoincrement=True, nullable=False),
+    sa.Column('name', sa.String(length=64), nullable=False),
+    sa.Column('version', sa.String(length=64), nullable=False),
+    sa.Column('from_version', sa.String(length=64), nullable=False),
+    sa.Column('target', sa.String(length=200), nullable=False),
+    sa.Column('canaries', sa.JSON(), nullable=False),
+    sa.Column('waves', sa.JSON(), nullable=False, comment='list of device lists'),
+    sa.Column('plan', sa.JSON(), nullable=False, comment='window, timeouts and thresholds'),
+    sa.Column('state', sa.String(length=16), nullable=False),
+    sa.Column('stage', sa.Integer(), nullable=False),
+    sa.Column('acted', sa.Boolean(), nullable=False, comment="the current state's entry action was done"),
+    sa.Column('resume_state', sa.String(length=16), nullable=True),
+    sa.Column('stage_started', sa.Float(), nullable=False),
+    sa.Column('created_by', sa.String(length=64), nullable=False),
+    sa.Column('created', sa.Float(), nullable=False),
+    sa.Column('updated', sa.Float(), nullable=False),
+    sa.Column('reason', sa.Text(), nullable=True),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_rollouts'))
+    )
+    with op.batch_alter_table('rollouts', schema=None) as batch_op:
+        batch_op.create_index('ix_rollouts_state', ['state'], unique=False)
+    op.create_table('rollout_steps',
+    sa.Column('id', sa.Integer(), autoincrement=True, nullable=False),
+    sa.Column('rollout_id', sa.Integer(), nullable=False),
+    sa.Column('ts', sa.Float(), nullable=False),
+    sa.Column('user', sa.String(length=64), nullable=False),
+    sa.Column('event', sa.String(length=32), nullable=False),
+    sa.Column('from_state', sa.String(length=16), nullable=False),
+    sa.Column('to_state', sa.String(length=16), nullable=False),
+    sa.Column('figures', sa.JSON(), nullable=True),
+    sa.ForeignKeyConstraint(['rollout_id'], ['rollouts.id'], name=op.f('fk_rollout_steps_rollout_id_rollouts'),
+                            ondelete='CASCADE'),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_rollout_steps'))
+    )
+    with op.batch_alter_table('rollout_steps', schema=None) as batch_op:
+        batch_op.create_index('ix_rollout_steps_rollout', ['rollout_id'], unique=False)
 
 
 def downgrade() -> None:
+    op.drop_table('rollout_steps')
+    op.drop_table('rollouts')
     with op.batch_alter_table('alias_history', schema=None) as batch_op:
         batch_op.drop_index('ix_alias_history_name_alias')
     op.drop_table('alias_history')
