@@ -162,6 +162,10 @@ class FleetWatch:
                 out.setdefault(dev, {})["state"] = st
             for dev, up in self.updates.items():
                 out.setdefault(dev, {})["update"] = up
+            for dev, doc in out.items():  # a device's own document overrides its groups'
+                groups = (doc.get("state") or {}).get("groups") or []
+                doc["follows"] = "device" if dev in self.device_desired else \
+                    ("group:" + ",".join(groups) if groups else "-")
             return out
 
 
@@ -183,11 +187,12 @@ def collect(link: Any, topics: Topics, wait_s: float = 1.0) -> dict[str, dict[st
 
 
 def table(devices: dict[str, dict[str, Any]]) -> str:
-    rows = [f"{'device':<16} {'online':<6} {'serving':<24} {'update':<13} {'health':<24} reason"]
+    rows = [f"{'device':<16} {'online':<6} {'serving':<24} {'update':<13} {'follows':<14} {'health':<24} reason"]
     for dev in sorted(devices):
         st, up = devices[dev].get("state", {}), devices[dev].get("update", {})
         h = up.get("live") or up.get("health") or {}
         health = f"err {h.get('error_rate', 0):.1%} p95 {h.get('latency_p95_ms', 0):.1f}ms" if h else "-"
         rows.append(f"{dev:<16} {str(st.get('online', '?')):<6} {str(up.get('serving', st.get('model'))):<24} "
-                    f"{up.get('state', '-'):<13} {health:<24} {up.get('reason', '')}")
+                    f"{up.get('state', '-'):<13} {devices[dev].get('follows', '-'):<14} {health:<24} "
+                    f"{up.get('reason', '')}")
     return "\n".join(rows)

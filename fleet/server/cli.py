@@ -101,7 +101,9 @@ def status(args: argparse.Namespace) -> int:
                 "update": {"serving": d.get("serving"), "state": d.get("update_state") or "-",
                            "reason": d.get("update_reason") or ""},
                 "model": d.get("model"), "version": d.get("version"), "last_seen": d.get("last_seen"),
-                "drifting": d.get("drifting"), "desired_version": d.get("desired_version")}
+                "drifting": d.get("drifting"), "desired_version": d.get("desired_version"),
+                "follows": "device" if d.get("desired_scope") == "device" else
+                ("group:" + ",".join(d["groups"]) if d.get("groups") else "-")}
         offset += len(page["items"])
         if not page["items"] or offset >= page["total"]:
             break

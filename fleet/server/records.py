@@ -87,7 +87,10 @@ def parse(topic: str, payload: bytes, prefix: str = "edge", now: float | None = 
         out.rejected.append(f"unexpected topic {topic[:200]!r}")
         return out
     out.device, kind = where
-    if kind in ("state", "update", "desired") and not payload:
+    if kind == "desired" and not payload:  # its own document cleared: it follows its groups' documents again
+        out.device_update.update(desired_version=None, desired_sequence=None, desired_scope=None)
+        return out
+    if kind in ("state", "update") and not payload:
         return out  # a cleared retained topic
     try:
         doc = _loads(payload)
@@ -244,4 +247,4 @@ def _desired(out: Parsed, doc: dict[str, Any], now: float) -> None:
         out.rejected.append("desired: expected a signed envelope with a document")
         return
     out.device_update.update(desired_version=_str(inner.get("version"), 64),
-                             desired_sequence=_int(inner.get("sequence")))
+                             desired_sequence=_int(inner.get("sequence")), desired_scope="device")

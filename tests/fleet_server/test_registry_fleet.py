@@ -29,6 +29,14 @@ def _serving(server: FleetServer, want: dict[str, str]) -> bool:
     return True
 
 
+def _follows(env: dict[str, str]) -> dict[str, str]:
+    r = cli("fleet", "status", "--server", env["EDGE_FLEET_SERVER"], env=env)
+    assert r.returncode == 0, r.stderr
+    head, *rows = r.stdout.splitlines()
+    col = head.split().index("follows")
+    return {row.split()[0]: row.split()[col] for row in rows}
+
+
 def test_promote_to_a_group_supersedes_a_canary_document_and_revert_brings_the_fleet_back(tmp_path):
     # given signed packages 1.0.0 (serving), 2.0.0 and 3.0.0, one key for releases and operator documents
     priv, pub = generate_keypair(tmp_path / "keys" / "fleet")
@@ -65,6 +73,7 @@ def test_promote_to_a_group_supersedes_a_canary_document_and_revert_brings_the_f
         r = cli("registry", "promote", "tiny", "2.0.0", "--alias", "canary", "--target", "cam-1", env=env)
         assert r.returncode == 0, r.stderr
         wait_until(lambda: _serving(server, {"cam-1": "2.0.0", "cam-2": "1.0.0"}), 90)
+        assert wait_until(lambda: _follows(env) == {"cam-1": "device", "cam-2": "group:lobby"}, 30)
         # and then production moves to 3.0.0 for the group
         t0 = time.monotonic()
         r = cli("registry", "--json", "promote", "tiny", "3.0.0", env=env)
@@ -74,6 +83,8 @@ def test_promote_to_a_group_supersedes_a_canary_document_and_revert_brings_the_f
         assert out["target"] == "group:lobby" and out["cleared_device_documents"] == list(DEVICES)
         wait_until(lambda: _serving(server, dict.fromkeys(DEVICES, "3.0.0")), 120)
         promote_s = time.monotonic() - t0
+        # and `fleet status` shows every device following the group's document now
+        assert wait_until(lambda: _follows(env) == dict.fromkeys(DEVICES, "group:lobby"), 30)
         # when production is reverted, then every device is back on 1.0.0 (a signed rollback document)
         t0 = time.monotonic()
         r = cli("registry", "revert", "tiny", env=env)

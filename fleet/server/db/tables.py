@@ -44,6 +44,7 @@ devices = Table(
     Column("profile", String(128)), Column("groups", JSON, comment="list of group names"),
     Column("update_state", String(32)), Column("update_reason", Text), Column("update_at", Float),
     Column("desired_version", String(64)), Column("desired_sequence", BigInteger),
+    Column("desired_scope", String(16), comment="device: it follows its own desired document; null: its groups'"),
     Column("drifting", Boolean, nullable=False, default=False, comment="latest drift event not yet cleared"),
     Column("drift_at", Float),
     Column("state", JSON, comment="the latest retained state document"),

@@ -1,4 +1,4 @@
-"""model registry and rollouts: model_versions, model_aliases, alias_history, rollouts, rollout_steps
+"""model registry and rollouts: devices.desired_scope, model_versions, model_aliases, alias_history, rollouts, rollout_steps
 
 Revision ID: 0002
 Revises: 0001
@@ -18,6 +18,9 @@ depends_on: Union[str, Sequence[str], None] = None
 
 
 def upgrade() -> None:
+    with op.batch_alter_table('devices', schema=None) as batch_op:
+        batch_op.add_column(sa.Column('desired_scope', sa.String(length=16), nullable=True,
+                                      comment="device: it follows its own desired document; null: its groups'"))
     op.create_table('model_versions',
     sa.Column('name', sa.String(length=64), nullable=False),
     sa.Column('version', sa.String(length=64), nullable=False),
@@ -105,3 +108,5 @@ def downgrade() -> None:
     op.drop_table('alias_history')
     op.drop_table('model_aliases')
     op.drop_table('model_versions')
+    with op.batch_alter_table('devices', schema=None) as batch_op:
+        batch_op.drop_column('desired_scope')
