@@ -268,24 +268,21 @@ def create_app(service: ModelService, load_in_background: bool = True,
 
 
 def _add_monitoring_routes(app: Any, service: ModelService, services: "DeviceServices") -> None:
-    """/metrics (Prometheus text) and /health (JSON) backed by the device services' monitor."""
-    from fastapi.responses import JSONResponse, Response
+    """/metrics (Prometheus text) and /health (JSON, 503 while unhealthy): the same Endpoints as `run`'s server."""
+    from fastapi.responses import Response
 
-    from edge_runtime.monitoring.http import make_registry
+    from edge_runtime.monitoring.http import Endpoints
 
     service.observe = services.observe
     services.monitor.pipeline_stats = service.stats
-    registry = make_registry(services.monitor)
+    endpoints = Endpoints(services)
 
     @app.get("/metrics")
     def metrics() -> Response:
-        if registry is None:
-            return Response("prometheus-client is not installed: pip install 'edge-runtime[monitor]'\n",
-                            status_code=501, media_type="text/plain")
-        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-
-        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+        code, ctype, body = endpoints.metrics()
+        return Response(body, status_code=code, media_type=ctype)
 
     @app.get("/health")
-    def health() -> JSONResponse:
-        return JSONResponse(json.loads(json.dumps(services.health(), default=str)))
+    def health() -> Response:
+        code, ctype, body = endpoints.health()
+        return Response(body, status_code=code, media_type=ctype)

@@ -51,6 +51,36 @@ class SampleConfig(BaseModel):
     seed: int | None = Field(default=None, description="Seed of the random sampler (tests, reproducibility).")
 
 
+class HealthConfig(BaseModel):
+    """Limits behind /health: past a ``*_degraded`` limit the device is degraded, past an ``*_unhealthy`` one it is
+    unhealthy (HTTP 503). Each reason is reported with its measured figure and the limit it passed."""
+
+    model_config = _STRICT
+
+    source_stall_degraded_s: float = Field(default=5.0, gt=0, description="No sample from the source for this long.")
+    source_stall_unhealthy_s: float = Field(default=15.0, gt=0, description="No sample from the source for this long.")
+    error_rate_degraded: float = Field(default=0.05, ge=0, le=1, description="Share of samples the model rejected.")
+    error_rate_unhealthy: float = Field(default=0.5, ge=0, le=1, description="Share of samples the model rejected.")
+    error_window_s: float = Field(default=60.0, gt=0, description="Seconds over which the error rate is measured.")
+    outbox_fill_degraded: float = Field(default=0.8, gt=0, le=1, description="Outbox bytes over its byte bound.")
+    outbox_fill_unhealthy: float = Field(default=0.95, gt=0, le=1, description="Outbox bytes over its byte bound.")
+    link_down_degraded_s: float = Field(default=300.0, gt=0, description="A configured MQTT link down this long.")
+    link_down_unhealthy_s: float | None = Field(
+        default=None, gt=0, description="A configured MQTT link down this long (None: never unhealthy for that, "
+        "since the outbox keeps records while offline).")
+
+    @model_validator(mode="after")
+    def _order(self) -> HealthConfig:
+        pairs = (("source_stall", self.source_stall_degraded_s, self.source_stall_unhealthy_s),
+                 ("error_rate", self.error_rate_degraded, self.error_rate_unhealthy),
+                 ("outbox_fill", self.outbox_fill_degraded, self.outbox_fill_unhealthy),
+                 ("link_down", self.link_down_degraded_s, self.link_down_unhealthy_s))
+        for name, degraded, unhealthy in pairs:
+            if unhealthy is not None and unhealthy < degraded:
+                raise ValueError(f"health: the unhealthy limit of {name} is below its degraded limit")
+        return self
+
+
 class MonitorConfig(BaseModel):
     model_config = _STRICT
 
@@ -60,3 +90,7 @@ class MonitorConfig(BaseModel):
     drift: DriftConfig = Field(default_factory=DriftConfig, description="Drift scoring.")
     samples: SampleConfig = Field(default_factory=SampleConfig, description="Sample capture.")
     emit_queue: int = Field(default=1000, ge=1, description="Records waiting for the outbox writer thread.")
+    health: HealthConfig = Field(default_factory=HealthConfig, description="Limits behind /health.")
+    latency_budget_ms: float | None = Field(
+        default=None, gt=0, description="Centre of the /metrics latency buckets (None: the package profile's p95 "
+        "budget, else 50 ms).")

@@ -150,5 +150,10 @@ class DriftDetector:
         p = psi(np.asarray(ref), counts / counts.sum())
         return DriftScore("class", len(self.top_class), p, None, None, None, p > self.config.psi_threshold)
 
+    reference_kind = "package"
+
+    def exposition(self) -> dict[str, tuple[float, bool]]:
+        return {name: (s.psi or s.shift or 0.0, self.state.get(name, False)) for name, s in self.last.items()}
+
     def snapshot(self) -> dict[str, Any]:
         return {name: s.to_dict() for name, s in self.last.items()}

@@ -37,6 +37,22 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 METRICS_SCHEMA = "metrics/1"
 EVENT_SCHEMA = "event/1"
+KNOWN_EVENTS = ("drift", "drift_cleared", "model_changed", "samples_uploaded", "accuracy_decay",
+                "accuracy_recovered")
+
+
+def _profile_budget_ms(manifest: Manifest | None) -> float:
+    """The p95 latency budget of the package's device profile, if known here (else the default)."""
+    from edge_runtime.monitoring.metrics import DEFAULT_BUDGET_MS
+
+    if manifest is None or not manifest.profile:
+        return DEFAULT_BUDGET_MS
+    try:
+        from edge_runtime.profiles import load_profile
+
+        return float(load_profile(manifest.profile).budgets.latency_ms_p95)
+    except Exception:  # noqa: BLE001 - an unknown profile only loses the bucket centre
+        return DEFAULT_BUDGET_MS
 
 
 class Monitor:
@@ -48,14 +64,18 @@ class Monitor:
         self.config, self.outbox = config, outbox
         self.device_id, self.pipeline_stats, self.on_record = device_id, pipeline_stats, on_record
         self._use_model(manifest)
-        self.latency = StageLatencies()
+        self.latency = StageLatencies(config.latency_budget_ms or _profile_budget_ms(manifest))
         self.samples = SampleStore(config.samples) if config.samples.directory else None
         self.system = SystemStats() if config.system else None
         self.link: MqttLink | None = None
+        self.field: Any = None  # field accuracy from feedback labels (monitoring.field), when enabled
         self.frames = 0
         self.events = 0
         self.emit_dropped = 0
         self.last_frame_time: float | None = None
+        self.last_frame_monotonic: float | None = None
+        self.source_label = ""  # the source spec, a label of source metrics (set by the device services)
+        self.event_counts: dict[str, int] = dict.fromkeys(KNOWN_EVENTS, 0)
         self.last_record: dict[str, Any] | None = None
         self.recent: deque[tuple[str, dict[str, Any]]] = deque(maxlen=100)
         self._period_start = time.monotonic()
@@ -95,6 +115,7 @@ class Monitor:
         self.frames += 1
         self._period_frames += 1
         self.last_frame_time = result.timestamp
+        self.last_frame_monotonic = time.monotonic()
         p = result.prediction
         t = p.timings
         lat = self.latency
@@ -146,6 +167,7 @@ class Monitor:
     def event(self, kind: str, body: dict[str, Any]) -> None:
         """Queue an event (drift, errors, detections of interest) for the outbox."""
         self.events += 1
+        self.event_counts[kind] = self.event_counts.get(kind, 0) + 1
         doc = {"schema": EVENT_SCHEMA, "type": kind, "device": self.device_id, "ts": round(time.time(), 3),
                "model": self.model, "version": self.version, **body}
         self._emit("event", doc)

@@ -20,6 +20,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from edge_runtime.device_config import DeviceConfig
 from edge_runtime.errors import ConfigError
+from edge_runtime.monitoring.health import HealthCheck, HealthWatch
 from edge_runtime.monitoring.monitor import Monitor
 
 if TYPE_CHECKING:
@@ -58,6 +59,7 @@ class DeviceServices:
     owns_link: bool = True
     source: dict[str, Any] | None = None
     left_in_outbox: int | None = None  # records still waiting when closed (for the next run)
+    watch: HealthWatch | None = None
     _pipeline: Pipeline | None = field(default=None, repr=False)
     _closed: bool = field(default=False, repr=False)
 
@@ -69,6 +71,7 @@ class DeviceServices:
         and the monitor must outlive that (its last record is written in :meth:`close`)."""
         self._pipeline = pipeline
         self.monitor.pipeline_stats = pipeline.stats
+        self.monitor.source_label = (self.source or {}).get("spec", "")
         pipeline.add_sink(self.observe)
         pipeline.add_stage_hook(self._stage_times)
 
@@ -94,8 +97,18 @@ class DeviceServices:
             self.link.update_state(model=m.name, version=m.version)
 
     # ----------------------------------------------------------------- health
+    def add_health_check(self, check: HealthCheck) -> None:
+        """One more check for /health (e.g. the update agent's state): returns a list of health.Reason."""
+        self._watch().checks.append(check)
+
+    def _watch(self) -> HealthWatch:
+        if self.watch is None:
+            self.watch = HealthWatch(self.config.monitor.health)
+        return self.watch
+
     def health(self) -> dict[str, Any]:
-        """The /health document: model, source, outbox, broker and forwarder, plus ``status`` and ``problems``."""
+        """The /health document: model, source, outbox, broker and forwarder, plus ``status`` (ok, degraded,
+        unhealthy), ``reasons`` (each with its figure and limit) and ``problems`` (the reasons' messages)."""
         h = self.monitor.health()
         h = {"device": self.config.device_id, **h}
         if self.source is not None:
@@ -104,9 +117,16 @@ class DeviceServices:
             h["broker"] = {"configured": True, **(h.get("broker") or {})}
         if self.forwarder is not None:
             h["forwarder"] = self.forwarder.stats()
-        problems = _problems(h)
-        h["status"] = "degraded" if problems else "ok"
-        h["problems"] = problems
+        if self.outbox is not None and h.get("outbox") is not None:
+            h["outbox"] = {**h["outbox"], "max_bytes": self.outbox.config.max_bytes}
+        watch = self._watch()
+        watch.observe(None, None, self.monitor.last_frame_monotonic)
+        status, reasons = watch.assess(h)
+        if "captured" in (h.get("source") or {}):
+            h["source"] = {**h["source"], "stall_s": round(watch.source_stall_s(), 3)}
+        h["status"] = status
+        h["reasons"] = [r.to_dict() for r in reasons]
+        h["problems"] = [r.message for r in reasons]
         return h
 
     # ----------------------------------------------------------------- shutdown
@@ -145,20 +165,6 @@ class DeviceServices:
         self.close()
 
 
-def _problems(h: Mapping[str, Any]) -> list[str]:
-    """Conditions an operator should act on. Being offline is not one of them; a refused login is."""
-    out: list[str] = []
-    broker = h.get("broker") or {}
-    if broker.get("refused") or str(broker.get("last_error") or "").startswith("TLS"):
-        out.append(f"broker: {broker.get('last_error')}")
-    ob = h.get("outbox") or {}
-    if ob.get("append_failures") or ob.get("set_aside"):
-        out.append(f"outbox: {ob.get('last_error') or 'write failures'}")
-    if h.get("emit_dropped"):
-        out.append(f"monitor: {h['emit_dropped']} records dropped before the outbox (writer too slow)")
-    return out
-
-
 def _open_outbox(config: DeviceConfig) -> Outbox | None:
     from edge_runtime.sync.outbox import Outbox
 
@@ -193,7 +199,7 @@ def _start_http(services: DeviceServices, config: DeviceConfig) -> MonitorHttpSe
     if config.http is None:
         return None
     try:
-        server = MonitorHttpServer(services.monitor, config.http.host, config.http.port, health=services.health)
+        server = MonitorHttpServer(services, config.http.host, config.http.port)
     except OSError as exc:
         raise ConfigError(f"cannot listen on {config.http.host}:{config.http.port}: {exc.strerror or exc}") from exc
     return server.start()
@@ -218,7 +224,9 @@ def start_services(config: DeviceConfig, manifest: Manifest | None = None, *, li
             forwarder = Forwarder(outbox, link, config.forwarder)
         monitor = Monitor(config.monitor, manifest, outbox, device_id=config.device_id,
                           on_record=forwarder.wake if forwarder is not None else None)
-        services = DeviceServices(config, monitor, outbox, link, forwarder, owns_link=owns_link, source=source)
+        services = DeviceServices(config, monitor, outbox, link, forwarder, owns_link=owns_link, source=source,
+                                  watch=HealthWatch(config.monitor.health))
+        monitor.source_label = (source or {}).get("spec", "")
         if link is not None:
             monitor.attach_link(link)
             if owns_link:

@@ -7,37 +7,24 @@ import json
 import subprocess
 import time
 import urllib.request
-from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 
+from edge_runtime.device_config import DeviceConfig
 from edge_runtime.monitoring.config import MonitorConfig, SampleConfig
 from edge_runtime.monitoring.http import MonitorHttpServer
 from edge_runtime.monitoring.monitor import Monitor
+from edge_runtime.monitoring.service import DeviceServices
 from edge_runtime.sync.forwarder import Forwarder, ForwarderConfig
 from edge_runtime.sync.mqtt import MqttLink, MqttSettings
 from edge_runtime.sync.outbox import Outbox, OutboxConfig
 from tests.monitoring.helpers import frame_result, frames, manifest_with_reference
+from tests.monitoring.schemas import validate, validate_batch
 from tests.sync.subscriber import Subscriber
 
 pytestmark = pytest.mark.mqtt
-SCHEMAS = Path(__file__).resolve().parents[2] / "edge_runtime" / "schemas"
-
-
-def _conforms(doc: dict, schema_name: str) -> None:
-    """The subset of JSON Schema our schemas use: required keys, const, nested required."""
-    schema = json.loads((SCHEMAS / schema_name).read_text())
-    for key in schema["required"]:
-        assert key in doc, f"{schema_name}: missing {key}"
-    for key, prop in schema["properties"].items():
-        if "const" in prop and key in doc:
-            assert doc[key] == prop["const"]
-        if "required" in prop and key in doc:
-            assert set(prop["required"]) <= set(doc[key])
-
-
 def test_monitor_records_flow_through_outbox_to_broker_and_endpoints_report(tmp_path, broker):
     outbox = Outbox(OutboxConfig(path=tmp_path / "outbox.db"))
     link = MqttLink(MqttSettings(host="127.0.0.1", port=broker.port, device_id="cam1"))
@@ -48,7 +35,8 @@ def test_monitor_records_flow_through_outbox_to_broker_and_endpoints_report(tmp_
                   pipeline_stats=lambda: {"dropped": 2, "errors": 0, "skipped_still": 1})
     mon.attach_link(link)
     sub = Subscriber(broker.port, ["edge/devices/cam1/#"])
-    http = MonitorHttpServer(mon).start()
+    services = DeviceServices(DeviceConfig(device_id="cam1"), mon, outbox, link, fwd)
+    http = MonitorHttpServer(services).start()
     link.start()
     fwd.start()
     try:
@@ -65,14 +53,14 @@ def test_monitor_records_flow_through_outbox_to_broker_and_endpoints_report(tmp_
         mon.flush()
         assert sub.wait_for(lambda m: any(t.endswith("/metrics") for t, _, _ in m))
         batch = next(json.loads(p) for t, p, _ in sub.snapshot() if t.endswith("/metrics"))
-        _conforms(batch, "batch.json")
-        _conforms(batch["records"][0]["data"], "metrics.json")
+        validate_batch(batch)
         state = next(json.loads(p) for t, p, _ in sub.snapshot() if t.endswith("/state"))
-        _conforms(state, "state.json")
+        validate(state, "state.json")
 
         metrics = urllib.request.urlopen(f"http://127.0.0.1:{http.port}/metrics", timeout=5).read().decode()
-        assert 'edge_stage_latency_seconds_bucket{le="+Inf",stage="inference"} 60.0' in metrics
-        assert "edge_broker_connected 1.0" in metrics and "edge_pipeline_dropped 2.0" in metrics
+        assert ('edge_stage_latency_seconds_bucket{le="+Inf",model="unit",stage="inference",version="1.0.0"} 60.0'
+                in metrics)
+        assert "edge_broker_connected 1.0" in metrics and 'edge_source_frames_dropped_total{source=""} 2.0' in metrics
         health = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{http.port}/health", timeout=5).read())
         assert health["model"] == {"name": "unit", "version": "1.0.0"} and health["broker"]["connected"]
         assert health["outbox"]["epoch"] == outbox.epoch and health["source"]["dropped"] == 2
