@@ -11,29 +11,44 @@ _STRICT = ConfigDict(extra="forbid", frozen=True)
 
 
 class DriftConfig(BaseModel):
-    """Sliding-window drift scoring against the package's reference statistics."""
+    """Drift scoring over windows in samples and in time, against a reference (see monitoring.drift).
+
+    At the defaults a sample is taken every 3rd frame, a window holds the last 50 samples (at most 30 s old), a
+    verdict comes every 10 samples (or every second), and an alarm needs 2 verdicts in a row: at 30 fps a shift
+    is flagged within about 4 s, and the first verdict on a package reference comes after 60 frames."""
 
     model_config = _STRICT
 
-    enabled: bool = Field(default=True, description="Score drift when the package has reference statistics.")
-    window: int = Field(default=500, ge=20, description="Recent samples per feature compared with the reference.")
-    min_samples: int = Field(default=100, ge=10, description="Samples needed in the window before scoring.")
-    every_n_frames: int = Field(default=50, ge=1, description="Score drift every N frames (keeps per-frame cost O(1)).")
-    input_every: int = Field(default=4, ge=1, description="Take input statistics from every Nth frame (cost).")
-    input_stride: int = Field(default=8, ge=1, description="Pixel stride for input statistics (subsampling).")
-    psi_threshold: float = Field(default=0.25, gt=0, description="PSI above this is drift (0.1 small, 0.25 major).")
-    ks_alpha: float = Field(default=0.001, gt=0, lt=1, description="Significance level of the two-sample KS test.")
-    channel_shift_threshold: float = Field(
-        default=0.5, gt=0, description="Window channel mean this many reference stds away is drift."
-    )
-    require: Literal["any", "all"] = Field(
-        default="all", description="Drift when 'all' scored tests of a feature cross, or 'any' one of them."
-    )
+    enabled: bool = Field(default=True, description="Score drift.")
+    reference: Literal["device", "package", "fleet"] = Field(
+        default="device", description="What normal is: a baseline learned on the device during a warm-up (fixed "
+        "cameras), the package's reference statistics, or a baseline file pushed from the fleet.")
+    warmup_s: float = Field(default=60.0, ge=0, description="Device baseline: seconds of live input to learn from.")
+    warmup_samples: int = Field(default=200, ge=20, description="Device baseline: samples needed (and at least "
+                                "warmup_s seconds).")
+    baseline_file: Path | None = Field(
+        default=None, description="Where the device baseline is kept across restarts (None: next to the outbox).")
+    fleet_baseline: Path | None = Field(default=None, description="The fleet's baseline file (reference: fleet).")
+    input_every: int = Field(default=3, ge=1, description="Take a drift sample from every Nth frame (cost).")
+    window: int = Field(default=50, ge=10, description="Samples per window.")
+    window_s: float = Field(default=30.0, gt=0, description="Samples older than this leave the window.")
+    min_samples: int = Field(default=20, ge=5, description="Samples a window needs before a verdict.")
+    every_samples: int = Field(default=10, ge=1, description="A verdict after this many new samples ...")
+    every_s: float = Field(default=1.0, gt=0, description="... or this many seconds, whichever comes first.")
+    family_alpha: float = Field(
+        default=0.0027, gt=0, lt=0.5, description="Per-verdict false-alarm level for all features together "
+        "(Bonferroni: each of F features is held to family_alpha / F; 0.0027 is 3 sigma for one feature).")
+    confirm: int = Field(default=2, ge=1, description="Verdicts in a row needed to raise and to clear an alarm.")
+    clear_ratio: float = Field(default=0.5, gt=0, lt=1, description="Hysteresis: an alarm clears below this "
+                               "share of the alarm threshold.")
+    top_classes: int = Field(default=10, ge=1, description="Most frequent reference classes tracked by class_mix.")
 
     @model_validator(mode="after")
     def _window(self) -> DriftConfig:
         if self.min_samples > self.window:
             raise ValueError("min_samples cannot exceed window")
+        if self.reference == "fleet" and self.fleet_baseline is None:
+            raise ValueError("reference 'fleet' needs fleet_baseline (the baseline file the fleet pushed)")
         return self
 
 

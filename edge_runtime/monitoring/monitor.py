@@ -1,9 +1,10 @@
 """The monitoring sink: consumes pipeline FrameResults, writes metric records and events to the outbox.
 
-Per frame it only updates counters and histograms (O(1)); input statistics come from a strided view of the
-frame, drift is scored every ``drift.every_n_frames`` frames, and once per ``period_s`` a metric record is
-built. Records and events go through a bounded queue to a writer thread, so the pipeline thread never waits
-on SQLite's fsync. Without an outbox, records are only kept in memory (``recent``) for health and tests.
+Per frame it only updates counters and histograms (O(1)); every ``drift.input_every``-th frame gives drift
+features from a 64-pixel-wide thumbnail, drift windows are scored at their cadence (monitoring.drift), and once
+per ``period_s`` a metric record is built. Records and events go through a bounded queue to a writer thread,
+so the pipeline thread never waits on SQLite's fsync. Without an outbox, records are only kept in memory
+(``recent``) for health and tests.
 """
 
 from __future__ import annotations
@@ -15,16 +16,18 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import cv2
 import numpy as np
 
 from edge_runtime.errors import EdgeRuntimeError
 from edge_runtime.monitoring.config import MonitorConfig
 from edge_runtime.monitoring.drift import DriftDetector, DriftScore
+from edge_runtime.monitoring.features import image_features, output_features, tensor_features
 from edge_runtime.monitoring.metrics import StageLatencies
 from edge_runtime.monitoring.quality import QualityStats
+from edge_runtime.monitoring.reference import Reference, load_reference
 from edge_runtime.monitoring.samples import SampleStore
 from edge_runtime.monitoring.system import SystemStats
 from edge_runtime.package.manifest import Manifest
@@ -37,8 +40,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 METRICS_SCHEMA = "metrics/1"
 EVENT_SCHEMA = "event/1"
-KNOWN_EVENTS = ("drift", "drift_cleared", "model_changed", "samples_uploaded", "accuracy_decay",
-                "accuracy_recovered")
+KNOWN_EVENTS = ("drift", "drift_cleared", "drift_baseline_learned", "model_changed", "samples_uploaded",
+                "accuracy_decay", "accuracy_recovered")
 
 
 def _profile_budget_ms(manifest: Manifest | None) -> float:
@@ -60,8 +63,9 @@ class Monitor:
 
     def __init__(self, config: MonitorConfig, manifest: Manifest | None = None, outbox: Outbox | None = None, *,
                  device_id: str = "device", pipeline_stats: Callable[[], Any] | None = None,
-                 on_record: Callable[[], None] | None = None) -> None:
+                 on_record: Callable[[], None] | None = None, baseline_file: Path | None = None) -> None:
         self.config, self.outbox = config, outbox
+        self.baseline_file = config.drift.baseline_file or baseline_file
         self.device_id, self.pipeline_stats, self.on_record = device_id, pipeline_stats, on_record
         self._use_model(manifest)
         self.latency = StageLatencies(config.latency_budget_ms or _profile_budget_ms(manifest))
@@ -95,8 +99,33 @@ class Monitor:
         self._flip = bool(spec and spec.color_order in ("RGB", "BGR") and config.frame_order in ("RGB", "BGR")
                           and spec.color_order != config.frame_order)
         self.quality = QualityStats(labels=manifest.outputs.labels if manifest else None)
-        ref = manifest.reference if manifest else None
-        self.drift = DriftDetector(ref, config.drift) if ref is not None and config.drift.enabled else None
+        self.drift = self._make_drift(manifest)
+
+    def _make_drift(self, manifest: Manifest | None) -> DriftDetector | None:
+        """A detector on the configured reference kind; a device baseline is reloaded if it is this model's."""
+        cfg = self.config.drift
+        if not cfg.enabled or manifest is None:
+            return None
+        ref: Reference | None = None
+        if cfg.reference == "package":
+            if manifest.reference is None:
+                log.warning("drift: package %s has no reference statistics; drift is not scored", manifest.name)
+                return None
+            ref = Reference.from_package(manifest.reference, manifest.name, manifest.version, cfg.top_classes)
+        elif cfg.reference == "fleet":
+            assert cfg.fleet_baseline is not None
+            ref = load_reference(cfg.fleet_baseline, "fleet")
+            if ref is None:
+                log.warning("drift: no fleet baseline in %s; drift is not scored", cfg.fleet_baseline)
+                return None
+        elif self.baseline_file is not None:
+            ref = load_reference(self.baseline_file, "device", manifest.name, manifest.version)
+        return DriftDetector(cfg, ref, manifest.name, manifest.version)
+
+    def set_reference(self, reference: Reference) -> None:
+        """Score drift against ``reference`` from now on (a fleet baseline pushed at run time)."""
+        if self.drift is not None:
+            self.drift = DriftDetector(self.config.drift, reference, self.model, self.version)
 
     def set_model(self, manifest: Manifest) -> None:
         """Follow a model swap (OTA), on the pipeline thread between two frames: the old model's period is closed
@@ -133,35 +162,44 @@ class Monitor:
             self.report()
 
     def _feed_drift(self, result: FrameResult) -> None:
-        assert self.drift is not None
+        """Every ``input_every``-th frame: its features (input and answer) into the drift windows."""
+        drift = self.drift
+        assert drift is not None
+        if self.frames % self.config.drift.input_every:
+            return
         p = result.prediction
+        feats: dict[str, float] = {}
+        if result.frame is not None:
+            feats = image_features(result.frame, self._flip) if self._kind == "image" \
+                else tensor_features(result.frame)
+        feats.update(output_features(p, drift.top_classes))
         top = p.top
-        self.drift.add_output(p.confidence, top.index if top is not None else None)
-        cfg = self.config.drift
-        if result.frame is not None and self.frames % cfg.input_every == 0:
-            if self._kind == "image":
-                self.drift.add_image_means(self._image_means(result.frame, cfg.input_stride))
-            else:
-                self.drift.add_input(result.frame, self._kind)
-        if self.frames % cfg.every_n_frames == 0:
-            for score, changed in self.drift.evaluate():
-                if changed:
-                    self._drift_event(score)
+        for score in drift.add(feats, top.index if top is not None else None, result.timestamp):
+            self._drift_event(score)
+        if drift.learned is not None:
+            self._baseline_learned(drift.learned)
+            drift.learned = None
 
-    def _image_means(self, frame: np.ndarray, stride: int) -> tuple[float, ...]:
-        """Per-channel means from a nearest-neighbour thumbnail (cv2: a few microseconds, unlike numpy views)."""
-        h, w = frame.shape[:2]
-        small = cv2.resize(frame, (max(1, w // stride), max(1, h // stride)), interpolation=cv2.INTER_NEAREST)
-        channels = 1 if small.ndim == 2 else min(small.shape[2], 3)
-        means = cv2.mean(small)[:channels]
-        return means[::-1] if self._flip and channels == 3 else means
+    def _baseline_learned(self, ref: Reference) -> None:
+        if self.baseline_file is not None:
+            try:
+                ref.save(self.baseline_file)
+            except OSError as exc:
+                log.warning("drift: cannot keep the device baseline in %s: %s", self.baseline_file, exc)
+        log.info("drift: device baseline learned from %d samples", ref.samples)
+        self.event("drift_baseline_learned", {"reference": ref.describe(),
+                                              "file": str(self.baseline_file) if self.baseline_file else None})
 
     def _drift_event(self, score: DriftScore) -> None:
+        assert self.drift is not None
         kind = "drift" if score.drifted else "drift_cleared"
         (log.warning if score.drifted else log.info)("%s on %s: %s", kind, score.feature, score.to_dict())
-        self.event(kind, {"feature": score.feature, "scores": score.to_dict(),
-                          "thresholds": {"psi": self.config.drift.psi_threshold, "ks_alpha": self.config.drift.ks_alpha,
-                                         "channel_shift": self.config.drift.channel_shift_threshold}})
+        cfg = self.config.drift
+        self.event(kind, {"feature": score.feature, "reference": self.drift.describe_reference(),
+                          "scores": score.to_dict(),
+                          "thresholds": {"d": round(score.threshold, 4),
+                                         "clear": round(score.threshold * cfg.clear_ratio, 4),
+                                         "confirm": cfg.confirm}})
 
     # ----------------------------------------------------------------- records and events
     def event(self, kind: str, body: dict[str, Any]) -> None:
@@ -270,7 +308,7 @@ class Monitor:
         out["outbox"] = self.outbox.stats() if self.outbox is not None else None
         out["broker"] = self.link.status() if self.link is not None else {"configured": False}
         if self.drift is not None:
-            out["drift"] = {k: v for k, v in self.drift.state.items()}
+            out["drift"] = {"reference": self.drift.describe_reference(), "alarms": dict(self.drift.state)}
         if self.samples is not None:
             out["samples"] = self.samples.summary()
         return out

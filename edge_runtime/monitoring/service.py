@@ -222,8 +222,9 @@ def start_services(config: DeviceConfig, manifest: Manifest | None = None, *, li
             from edge_runtime.sync.forwarder import Forwarder
 
             forwarder = Forwarder(outbox, link, config.forwarder)
+        baseline = config.outbox.path.parent / "drift-baseline.json" if config.outbox is not None else None
         monitor = Monitor(config.monitor, manifest, outbox, device_id=config.device_id,
-                          on_record=forwarder.wake if forwarder is not None else None)
+                          on_record=forwarder.wake if forwarder is not None else None, baseline_file=baseline)
         services = DeviceServices(config, monitor, outbox, link, forwarder, owns_link=owns_link, source=source,
                                   watch=HealthWatch(config.monitor.health))
         monitor.source_label = (source or {}).get("spec", "")

@@ -1,4 +1,7 @@
-"""Validate payloads with jsonschema against edge_runtime/schemas/ (the files the producers promise)."""
+"""Validate payloads with jsonschema against edge_runtime/schemas/ (the files the producers promise).
+
+All schema files are loaded into one registry, so a schema may refer to another by its ``$id``
+(event/1 uses metrics/1's reference definition)."""
 
 from __future__ import annotations
 
@@ -8,8 +11,15 @@ from pathlib import Path
 from typing import Any
 
 import jsonschema
+from referencing import Registry, Resource
 
 SCHEMAS = Path(__file__).resolve().parents[2] / "edge_runtime" / "schemas"
+
+
+@cache
+def _registry() -> Registry:
+    docs = [json.loads(p.read_text()) for p in sorted(SCHEMAS.glob("*.json"))]
+    return Registry().with_resources((d["$id"], Resource.from_contents(d)) for d in docs)
 
 
 @cache
@@ -17,7 +27,7 @@ def _validator(name: str) -> Any:
     schema = json.loads((SCHEMAS / name).read_text())
     cls = jsonschema.validators.validator_for(schema)
     cls.check_schema(schema)
-    return cls(schema)
+    return cls(schema, registry=_registry())
 
 
 def validate(doc: Any, name: str) -> None:

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from edge_runtime.device_config import DeviceConfig
-from edge_runtime.monitoring.config import MonitorConfig, SampleConfig
+from edge_runtime.monitoring.config import DriftConfig, MonitorConfig, SampleConfig
 from edge_runtime.monitoring.http import MonitorHttpServer
 from edge_runtime.monitoring.monitor import Monitor
 from edge_runtime.monitoring.service import DeviceServices
@@ -100,10 +100,10 @@ def test_monitor_without_broker_or_outbox_keeps_records_in_memory():
 
 def test_set_model_closes_the_old_period_and_restarts_quality_and_drift_on_the_new_reference():
     """An OTA swap: records before it are labelled with the old model, after it with the new one, and drift is
-    scored against the new package's own reference statistics."""
+    scored against the new package's own reference statistics (or, for a device baseline, learned anew)."""
     old_m = manifest_with_reference(seed=0)
     new_m = manifest_with_reference(seed=5).model_copy(update={"version": "2.0.0"})
-    mon = Monitor(MonitorConfig(period_s=3600, system=False), old_m)
+    mon = Monitor(MonitorConfig(period_s=3600, system=False, drift=DriftConfig(reference="package")), old_m)
     old_drift = mon.drift
     for i, f in enumerate(frames(12, seed=1)):
         mon(frame_result(i, f, top=1))
@@ -113,7 +113,9 @@ def test_set_model_closes_the_old_period_and_restarts_quality_and_drift_on_the_n
     mon.close()
     metrics = [d for k, d in mon.recent if k == "metrics"]
     assert [(d["version"], d["frames"]) for d in metrics] == [("1.0.0", 12), ("2.0.0", 7)]
-    assert mon.drift is not old_drift and mon.drift.ref == new_m.reference and mon.manifest is new_m
+    assert mon.drift is not old_drift and mon.manifest is new_m
+    assert mon.drift.reference.kind == "package" and mon.drift.reference.version == "2.0.0"
+    assert mon.drift.reference.features["brightness"].center != old_drift.reference.features["brightness"].center
     changed = [d for k, d in mon.recent if k == "event" and d["type"] == "model_changed"]
     assert len(changed) == 1 and changed[0]["from"] == {"name": "unit", "version": "1.0.0"}
     assert changed[0]["version"] == "2.0.0"
