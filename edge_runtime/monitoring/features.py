@@ -2,7 +2,8 @@
 
 Inputs (images, from a small thumbnail, in the model's colour order): ``brightness`` (mean pixel 0..255, the same
 definition as the package's reference statistics), ``contrast`` (std of the grey thumbnail: occlusion, fog,
-exposure), ``sharpness`` (mean absolute Laplacian: blur lowers it, sensor noise raises it). Tensor inputs (sensor
+exposure), ``sharpness`` (mean absolute Laplacian of the thumbnail: blur lowers it) and ``noise`` (mean absolute
+difference between a point-sampled and an area-averaged thumbnail: sensor noise raises it). Tensor inputs (sensor
 windows): ``input_mean`` and ``input_std``. Outputs: ``confidence`` (top-1 score, or best detection score with 0
 for none), ``topk_mass`` (the sum of the top-k class scores: how peaked the answer is, meaningful for a
 1,000-class output where a class histogram is noise), ``class_mix`` (1 when the top-1 class is one of the
@@ -19,8 +20,8 @@ from edge_runtime.results import Prediction
 THUMB_W = 64
 # Smallest scale of each feature worth an alarm: below it a shift is not practically meaningful, however
 # steady the reference (a fixed camera's brightness barely moves, so its spread alone would alarm on noise).
-SCALE_FLOORS = {"brightness": 4.0, "contrast": 3.0, "sharpness": 1.0, "input_mean": 1e-3, "input_std": 1e-3,
-                "confidence": 0.04, "topk_mass": 0.04, "class_mix": 0.2, "detections": 0.5}
+SCALE_FLOORS = {"brightness": 4.0, "contrast": 3.0, "sharpness": 1.0, "noise": 1.0, "input_mean": 1e-3,
+                "input_std": 1e-3, "confidence": 0.04, "topk_mass": 0.04, "class_mix": 0.2, "detections": 0.5}
 PROPORTIONS = frozenset({"class_mix"})  # scored on the window mean (a share), not the median
 
 
@@ -39,8 +40,14 @@ def image_features(frame: np.ndarray, flip: bool = False) -> dict[str, float]:
         means = (float(gray.mean()),)
     _, std = cv2.meanStdDev(gray)
     lap = cv2.Laplacian(gray, cv2.CV_32F)
+    # Pixel noise survives point sampling but not area averaging: their mean difference rises with sensor noise
+    # (the thumbnail's Laplacian does not: averaging has already removed the noise).
+    one = frame if frame.ndim == 2 else frame[:, :, 1]
+    picked = cv2.resize(one, (tw, th), interpolation=cv2.INTER_NEAREST)
+    averaged = cv2.resize(one, (tw, th), interpolation=cv2.INTER_AREA)
+    noise = float(cv2.norm(picked, averaged, cv2.NORM_L1)) / picked.size
     return {"brightness": float(sum(means) / len(means)), "contrast": float(std[0][0]),
-            "sharpness": float(np.abs(lap).mean())}
+            "sharpness": float(np.abs(lap).mean()), "noise": noise}
 
 
 def tensor_features(window: np.ndarray) -> dict[str, float]:
