@@ -2,8 +2,8 @@
 
 A package that runs on the x86 laptop can still fail on a Raspberry Pi or Jetson: a wheel missing for aarch64, an
 operator the arm64 build lacks, different int8 rounding. This module prepares (once, cached) a Debian 12 arm64
-userland with only the device dependencies (``scripts/arm64/prepare.py``), runs the package's golden inputs there
-with ``scripts/arm64/device_check.py`` on the profile's CPU (``cpu.qemu_cpu``), runs the same script on this host,
+userland with only the device dependencies (``converters/arm64/prepare.py``), runs the package's golden inputs there
+with ``converters/arm64/device_check.py`` on the profile's CPU (``cpu.qemu_cpu``), runs the same script on this host,
 and compares: integer outputs within one quantization step, float outputs within ``FLOAT_RTOL`` of the output's
 range, classifier top-1 identical. Timings under emulation mean nothing and are never reported.
 """
@@ -26,7 +26,7 @@ from edge_runtime.errors import EdgeRuntimeError
 from edge_runtime.package import Package, load_package
 from edge_runtime.profiles import DeviceProfile, load_profile
 
-SCRIPTS = Path(__file__).resolve().parents[1] / "scripts" / "arm64"
+SCRIPTS = Path(__file__).resolve().parent / "arm64"  # ships inside the package (works from a wheel)
 FLOAT_RTOL = 1e-4  # float outputs: |arm64 - x86| <= FLOAT_RTOL * max(1, max |x86|)
 INT_STEPS = 1  # int8/uint8 outputs: at most one quantization step apart
 DEFAULT_TIMEOUT_S = 600.0
@@ -38,7 +38,7 @@ class EmulationError(EdgeRuntimeError):
 
 @dataclass(frozen=True)
 class Arm64Environment:
-    """Paths of a prepared environment (see scripts/arm64/prepare.py)."""
+    """Paths of a prepared environment (see converters/arm64/prepare.py)."""
 
     qemu: str
     qemu_version: str
@@ -140,7 +140,7 @@ def prepare_environment(cache: str | Path | None = None, timeout_s: float = DEFA
     """Prepare (or reuse from the cache) the arm64 environment; progress goes to stderr."""
     script = SCRIPTS / "prepare.py"
     if not script.is_file():
-        raise EmulationError(f"{script} is missing: the arm64 check runs from a source checkout of edge-runtime")
+        raise EmulationError(f"{script} is missing: reinstall edge-runtime with the [convert] extra")
     cmd = [sys.executable, str(script), "--json"] + (["--cache", str(cache)] if cache else [])
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
@@ -188,7 +188,7 @@ def _last_line(proc: subprocess.CompletedProcess[str]) -> str:
 
 
 def _device_check(package: Path, profile: str, work: Path, tag: str, run: Any) -> tuple[dict, Path]:
-    """Run scripts/arm64/device_check.py through ``run`` (host or emulator); return its report and outputs file."""
+    """Run converters/arm64/device_check.py through ``run`` (host or emulator); return its report and outputs file."""
     out, report = work / f"{tag}.npz", work / f"{tag}.json"
     args = [str(SCRIPTS / "device_check.py"), "--package", str(package), "--profile", profile, "--threads", "1",
             "--out", str(out), "--report", str(report)]  # fmt: skip

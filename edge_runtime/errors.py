@@ -28,7 +28,15 @@ class PackageError(EdgeRuntimeError):
 
 
 class SignatureError(PackageError):
-    """A package signature is missing, invalid, or made by an untrusted key."""
+    """A signature is missing, malformed, invalid, or made by a key not trusted for the role it is used in.
+
+    ``code`` names the reason for status reports: ``signature_missing``, ``signature_malformed``,
+    ``untrusted_key``, ``wrong_role``, ``signature_invalid`` or ``key_invalid`` (a key file that cannot be used).
+    """
+
+    def __init__(self, message: str, code: str = "signature_invalid") -> None:
+        super().__init__(message)
+        self.code = code
 
 
 class ConversionError(EdgeRuntimeError):

@@ -136,12 +136,10 @@ class DeviceProfile(BaseModel):
 
 
 def builtin_profile_dir() -> Path:
-    """The ``device_profiles/`` folder shipped with the project (or installed beside the package)."""
+    """The built-in profiles: inside the installed package (a wheel), else ``device_profiles/`` of the checkout."""
     here = Path(__file__).resolve().parent
-    for candidate in (here.parent / "device_profiles", here / "device_profiles"):
-        if candidate.is_dir():
-            return candidate
-    return here.parent / "device_profiles"
+    installed = here / "device_profiles"  # setup.py copies the top-level folder here when building a wheel
+    return installed if installed.is_dir() else here.parent / "device_profiles"
 
 
 def _search_dirs() -> list[Path]:

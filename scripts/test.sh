@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The whole test suite: system packages the tests need (a real mosquitto, debootstrap for the arm64 check), the venv,
-# then pytest. Fails when anything fails, and when no test ran (pytest exit code 5).
+# The whole test suite: system packages the tests need (a real mosquitto, PostgreSQL, headless Chromium, promtool,
+# debootstrap for the arm64 check), the venv, then pytest. Fails when anything fails, and when no test ran (pytest exit code 5).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
@@ -9,6 +9,10 @@ need=()
 command -v mosquitto >/dev/null || [[ -x /usr/sbin/mosquitto ]] || need+=(mosquitto)
 command -v mosquitto_pub >/dev/null || need+=(mosquitto-clients)
 command -v debootstrap >/dev/null || [[ -x /usr/sbin/debootstrap ]] || need+=(debootstrap)
+compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || need+=(postgresql)
+command -v chromium >/dev/null || need+=(chromium)
+command -v chromedriver >/dev/null || need+=(chromium-driver)
+command -v promtool >/dev/null || need+=(prometheus)
 if ((${#need[@]})); then
   sudo=""; [[ $(id -u) -eq 0 ]] || sudo="sudo"
   echo "==> installing system packages: ${need[*]}" >&2

@@ -14,10 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from edge_runtime.errors import ConfigError, validation_message
 from edge_runtime.fsutil import read_yaml
+from edge_runtime.package.signing import TrustConfig, check_trust_fields
 from edge_runtime.sources.base import DropPolicy, ThreadedSource
 
 log = logging.getLogger(__name__)
@@ -29,7 +30,12 @@ class AgentConfig(BaseModel):
     device_id: str = Field(description="This device's id.")
     profile: str = Field(description="Device profile name.")
     state_dir: Path = Field(description="Directory for slots, downloads and state.")
-    trusted_keys: list[Path] = Field(min_length=1, description="Trusted Ed25519 public keys or folders.")
+    trust: TrustConfig | None = Field(
+        default=None, description="Public keys by role: release (packages) and operator (documents, commands)."
+    )
+    trusted_keys: list[Path] = Field(
+        default_factory=list, description="Legacy single list: every key trusted as both release and operator."
+    )
     groups: list[str] = Field(default_factory=list, description="Fleet groups this device belongs to.")
     initial_package: Path | None = Field(default=None, description="Package installed when no slot is active.")
     source: str = Field(default="synthetic", description="'synthetic' (random frames) or an open_source spec.")
@@ -40,6 +46,11 @@ class AgentConfig(BaseModel):
         default_factory=dict, description="Device-config sections outbox, monitor, forwarder, http "
         "(deploy/device.example.yaml); the outbox defaults to state_dir/outbox.db and shares the agent's MQTT link.",
     )
+
+    @model_validator(mode="after")
+    def _trust(self) -> AgentConfig:
+        check_trust_fields(self.trust, self.trusted_keys)
+        return self
 
 
 class SyntheticSource(ThreadedSource):
@@ -102,14 +113,15 @@ def run(args: argparse.Namespace) -> int:
     try:
         mqtt = MqttSettings(device_id=cfg.device_id, **cfg.mqtt)
         upd = UpdateSettings(device_id=cfg.device_id, profile=cfg.profile, state_dir=cfg.state_dir,
-                             trusted_keys=tuple(cfg.trusted_keys), groups=tuple(cfg.groups), **cfg.update)
+                             trusted_keys=tuple(cfg.trusted_keys), trust=cfg.trust, groups=tuple(cfg.groups),
+                             **cfg.update)
     except (ValidationError, TypeError) as exc:
         raise ConfigError(f"invalid agent config {args.config}: {exc}") from exc
     device = embedded_device_config(cfg.device_id, mqtt, cfg.monitoring, cfg.state_dir,
                                     f"agent config {args.config}: monitoring")
     profile = load_profile(cfg.profile)
     link = MqttLink(mqtt)
-    runtime = PackageRuntime(profile.name, TrustStore.from_paths(list(cfg.trusted_keys)))
+    runtime = PackageRuntime(profile.name, TrustStore.load(cfg.trust, cfg.trusted_keys))
     agent = UpdateAgent(upd, link, runtime, mqtt.topics, profile.budgets.latency_ms_p95)
     if cfg.initial_package is not None and agent.slots.pointers().active is None:
         seed_initial(agent, cfg.initial_package)

@@ -28,7 +28,7 @@ from pydantic import ValidationError
 from edge_runtime.errors import PackageError, SignatureError, validation_message
 from edge_runtime.fsutil import atomic_directory, atomic_write_bytes, sha256_file
 from edge_runtime.package.manifest import MANIFEST_NAME, SIGNATURE_NAME, FileEntry, Manifest
-from edge_runtime.package.signing import Ed25519PrivateKey, TrustStore, key_id, sign_bytes, verify_bytes
+from edge_runtime.package.signing import RELEASE, Ed25519PrivateKey, TrustStore, sign_bytes, verify_bytes
 
 ARCHIVE_SUFFIX = ".erpkg"
 
@@ -118,8 +118,8 @@ def sign_package(root: str | Path, key: Ed25519PrivateKey) -> str:
     pkg = load_package(root)
     raw = (pkg.root / MANIFEST_NAME).read_bytes()
     atomic_write_bytes(pkg.root / SIGNATURE_NAME, sign_bytes(key, raw))
-    trust = TrustStore({key_id(key.public_key()): key.public_key()})
-    return verify_bytes(raw, (pkg.root / SIGNATURE_NAME).read_bytes(), trust)
+    trust = TrustStore.from_keys([key.public_key()], [RELEASE])
+    return verify_bytes(raw, (pkg.root / SIGNATURE_NAME).read_bytes(), trust, role=RELEASE)
 
 
 def read_manifest(root: str | Path) -> tuple[Manifest, bytes]:
@@ -171,8 +171,8 @@ def load_package(
     sig_path = path / SIGNATURE_NAME
     if must_sign:
         if not sig_path.is_file():
-            raise SignatureError(f"package {path} is not signed ({SIGNATURE_NAME} missing)")
-        signer = verify_bytes(raw, sig_path.read_bytes(), trust or TrustStore({}))
+            raise SignatureError(f"package {path} is not signed ({SIGNATURE_NAME} missing)", "signature_missing")
+        signer = verify_bytes(raw, sig_path.read_bytes(), trust or TrustStore({}), role=RELEASE)
     verify_files(path, manifest)
     return Package(path, manifest, signer)
 

@@ -60,7 +60,7 @@ class UpdateAgent:
         self.runtime = runtime
         self.topics = topics or Topics()
         self.budget_ms = settings.smoke_budget_ms or latency_budget_ms
-        self.trust = TrustStore.from_paths(list(settings.trusted_keys))
+        self.trust = TrustStore.load(settings.trust, settings.trusted_keys)
         root = Path(settings.state_dir)
         self.slots = SlotStore(root / "slots", settings.keep_versions,
                                int(settings.max_disk_mb * 1e6) if settings.max_disk_mb else None)

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from edge_runtime.errors import SignatureError
 from edge_runtime.package.manifest import parse_semver
-from edge_runtime.package.signing import Ed25519PrivateKey, TrustStore, sign_bytes, verify_bytes
+from edge_runtime.package.signing import OPERATOR, Ed25519PrivateKey, TrustStore, sign_bytes, verify_bytes
 from edge_runtime.update.errors import VerificationError
 
 ENVELOPE_SCHEMA = "desired-envelope/1"
@@ -82,9 +82,9 @@ def open_desired(payload: bytes, trust: TrustStore) -> SignedDesired:
     if not isinstance(text, str) or not isinstance(sig, dict):
         raise VerificationError("desired document envelope has wrong types", "desired_malformed")
     try:
-        signer = verify_bytes(text.encode(), json.dumps(sig).encode(), trust)
+        signer = verify_bytes(text.encode(), json.dumps(sig).encode(), trust, role=OPERATOR)
     except SignatureError as exc:
-        code = "untrusted_key" if "untrusted" in str(exc) else "signature_invalid"
+        code = exc.code if exc.code in ("untrusted_key", "wrong_role") else "signature_invalid"
         raise VerificationError(f"desired document rejected: {exc}", code) from exc
     try:
         return SignedDesired(DesiredModel.model_validate_json(text), signer)

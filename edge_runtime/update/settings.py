@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from edge_runtime.package.signing import TrustConfig, check_trust_fields
 from edge_runtime.sync.topics import check_segment
 from edge_runtime.update.health import HealthSettings
 from edge_runtime.update.states import State
@@ -19,7 +20,10 @@ class UpdateSettings(BaseModel):
     groups: tuple[str, ...] = Field(default=(), description="Fleet groups whose desired documents apply here.")
     profile: str = Field(description="Device profile name; packages for another profile are refused.")
     state_dir: Path = Field(description="Where slots, downloads and the update state file live.")
-    trusted_keys: tuple[Path, ...] = Field(min_length=1, description="Ed25519 public keys (.pub) or folders.")
+    trusted_keys: tuple[Path, ...] = Field(
+        default=(), description="Legacy: Ed25519 public keys (.pub) or folders, each trusted for both roles."
+    )
+    trust: TrustConfig | None = Field(default=None, description="Release and operator keys (replaces trusted_keys).")
     pin_version: str | None = Field(default=None, description="Follow only this version (None: follow latest).")
     keep_versions: int = Field(default=3, ge=2, le=20, description="Installed versions kept for local rollback.")
     max_disk_mb: float | None = Field(default=None, gt=0, description="Disk budget for installed versions.")
@@ -37,6 +41,11 @@ class UpdateSettings(BaseModel):
     dwell_s: dict[State, float] = Field(
         default_factory=dict, description="Extra seconds spent in a state (fault-injection tests and demos only)."
     )
+
+    @model_validator(mode="after")
+    def _trust(self) -> UpdateSettings:
+        check_trust_fields(self.trust, self.trusted_keys)
+        return self
 
     @field_validator("device_id")
     @classmethod

@@ -28,12 +28,8 @@ def check_archive(archive: Path, doc: DesiredModel) -> None:
 
 
 def _signature_code(exc: SignatureError) -> str:
-    text = str(exc)
-    if "not signed" in text:
-        return "signature_missing"
-    if "untrusted" in text:
-        return "untrusted_key"
-    return "signature_invalid"
+    known = ("signature_missing", "untrusted_key", "wrong_role", "signature_malformed")
+    return exc.code if exc.code in known else "signature_invalid"
 
 
 def check_version(new: Manifest, current_version: str | None, rollback: bool) -> None:

@@ -12,7 +12,8 @@ hash of what went into it, so a second run only checks that the folders exist:
 - ``site-*``    aarch64 wheels of the device dependencies only (no TensorFlow, no torch), cross-installed with
   ``pip --target --only-binary=:all: --platform manylinux_*_aarch64``, pinned to the versions installed on this
   host so x86 and arm64 outputs differ by architecture, not by library version.
-- ``project-*`` a copy of ``edge_runtime/`` and ``device_profiles/`` (never ``converters/``).
+- ``project-*`` a copy of the ``edge_runtime`` package this host imports (a checkout or an installed wheel) with
+  its built-in device profiles under ``edge_runtime/device_profiles/`` (never ``converters/``).
 
 Usage: ``prepare.py [--cache DIR] [--json]``. Prints progress on stderr and, with ``--json``, the paths on stdout.
 On failure it prints one line (what failed and what to install) and exits with status 2.
@@ -24,6 +25,7 @@ import argparse
 import concurrent.futures
 import hashlib
 import importlib.metadata
+import importlib.util
 import json
 import os
 import shutil
@@ -53,7 +55,6 @@ DEVICE_DEPS = (
 )
 PLATFORMS = ("manylinux_2_17_aarch64", "manylinux2014_aarch64", "manylinux_2_27_aarch64", "manylinux_2_28_aarch64",
              "manylinux_2_31_aarch64", "manylinux_2_34_aarch64", "manylinux_2_35_aarch64")  # fmt: skip
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
 # Where the host tools (debootstrap, apt-get, dpkg) are looked up; root's sbin folders are often not on PATH.
 SYSTEM_PATH = os.environ.get("EDGE_RUNTIME_ARM64_TOOLS_PATH") or os.pathsep.join(
     [os.environ.get("PATH", ""), "/usr/sbin", "/sbin"]
@@ -228,21 +229,34 @@ def build_site(dest: Path, requirements: list[str]) -> None:
     subprocess.run([sys.executable, "-m", "compileall", "-q", "-j", "0", str(site)], capture_output=True, check=False)
 
 
-def _project_files(root: Path) -> list[Path]:
-    files = [p for p in sorted((root / "edge_runtime").rglob("*")) if p.is_file() and "__pycache__" not in p.parts]
-    return files + sorted((root / "device_profiles").glob("*.yaml"))
+def runtime_package_dir() -> Path:
+    """The ``edge_runtime`` package this host imports: a source checkout or an installed wheel."""
+    spec = importlib.util.find_spec("edge_runtime")
+    if spec is None or not spec.submodule_search_locations:
+        raise PrepareError("cannot find the edge_runtime package: is edge-runtime installed?")
+    return Path(next(iter(spec.submodule_search_locations))).resolve()
 
 
-def project_key(root: Path) -> str:
+def _project_files(package: Path) -> list[tuple[Path, str]]:
+    """(file, path inside the copy): the package, and its built-in profiles under edge_runtime/device_profiles/."""
+    files = [(p, "edge_runtime/" + p.relative_to(package).as_posix()) for p in sorted(package.rglob("*"))
+             if p.is_file() and "__pycache__" not in p.parts]  # fmt: skip
+    if not (package / "device_profiles").is_dir():  # a checkout: the profiles sit at the top of the repository
+        files += [(p, f"edge_runtime/device_profiles/{p.name}")
+                  for p in sorted((package.parent / "device_profiles").glob("*.yaml"))]  # fmt: skip
+    return files
+
+
+def project_key(package: Path) -> str:
     h = hashlib.sha256()
-    for f in _project_files(root):
-        h.update(str(f.relative_to(root)).encode() + b"\0" + f.read_bytes() + b"\0")
+    for f, rel in _project_files(package):
+        h.update(rel.encode() + b"\0" + f.read_bytes() + b"\0")
     return h.hexdigest()[:16]
 
 
-def build_project(dest: Path, root: Path) -> None:
-    for f in _project_files(root):
-        target = dest / f.relative_to(root)
+def build_project(dest: Path, package: Path) -> None:
+    for f, rel in _project_files(package):
+        target = dest / rel
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(f, target)
 
@@ -254,23 +268,22 @@ def prune_projects(cache: Path, keep: Path, count: int = 4) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def prepare(cache: Path | None = None, project_root: Path = PROJECT_ROOT) -> dict[str, str]:
+def prepare(cache: Path | None = None, package: Path | None = None) -> dict[str, str]:
     """Build (or reuse) every part; return the paths the emulated run needs."""
     cache = (cache or default_cache()).expanduser().resolve()
-    if not (project_root / "edge_runtime").is_dir():
-        raise PrepareError(f"cannot find edge_runtime/ under {project_root}")
+    package = package or runtime_package_dir()
     reqs = pinned_requirements()
     keys = {
         "rootfs": _digest(ROOTFS_SUITE, "minbase", "python3"),
         "qemu": _digest(QEMU_SUITE, "qemu-user"),
         "site": _digest(reqs, PLATFORMS),
-        "project": project_key(project_root),
+        "project": project_key(package),
     }
     builders: dict[str, Callable[[Path], None]] = {
         "rootfs": build_rootfs,
         "qemu": build_qemu,
         "site": lambda d: build_site(d, reqs),
-        "project": lambda d: build_project(d, project_root),
+        "project": lambda d: build_project(d, package),
     }
     check_prerequisites([p for p, k in keys.items() if not (cache / f"{p}-{k}" / ".complete").is_file()])
     jobs = {part: (lambda part=part: _cached(cache, part, keys[part], builders[part])) for part in keys}
