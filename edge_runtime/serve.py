@@ -181,9 +181,10 @@ class ModelService:
                 self.rejected += 1
                 raise RequestError(422, str(exc)) from exc
             self.requests += 1
+            pid = self.requests
             if self.observe is not None:
                 self._observe(x, pred, received, started)
-        return pred.to_dict()
+        return {**pred.to_dict(), "id": pid}  # the id a feedback label names (POST /feedback)
 
     def _observe(self, x: np.ndarray, pred: Any, received: float, started: float) -> None:
         """Hand the prediction to the monitor like a pipeline frame; a monitor bug never fails the request."""
@@ -268,10 +269,12 @@ def create_app(service: ModelService, load_in_background: bool = True,
 
 
 def _add_monitoring_routes(app: Any, service: ModelService, services: "DeviceServices") -> None:
-    """/metrics (Prometheus text) and /health (JSON, 503 while unhealthy): the same Endpoints as `run`'s server."""
+    """/metrics (Prometheus text), /health (JSON, 503 while unhealthy) and POST /feedback (labels): the same
+    Endpoints as `run`'s server."""
+    from fastapi import Request
     from fastapi.responses import Response
 
-    from edge_runtime.monitoring.http import Endpoints
+    from edge_runtime.monitoring.http import MAX_FEEDBACK_BYTES, Endpoints
 
     service.observe = services.observe
     services.monitor.pipeline_stats = service.stats
@@ -286,3 +289,12 @@ def _add_monitoring_routes(app: Any, service: ModelService, services: "DeviceSer
     def health() -> Response:
         code, ctype, body = endpoints.health()
         return Response(body, status_code=code, media_type=ctype)
+
+    @app.post("/feedback")
+    async def feedback(request: Request) -> Response:
+        try:
+            body = await read_body(request, MAX_FEEDBACK_BYTES)
+        except RequestError as exc:
+            return Response(json.dumps({"error": exc.reason}), status_code=exc.status, media_type="application/json")
+        code, ctype, out = endpoints.feedback(body)
+        return Response(out, status_code=code, media_type=ctype)

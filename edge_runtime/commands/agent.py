@@ -100,6 +100,7 @@ def _source(cfg: AgentConfig, model: Any) -> ThreadedSource:
 
 def run(args: argparse.Namespace) -> int:
     from edge_runtime.device_config import embedded_device_config
+    from edge_runtime.monitoring.health import update_agent_check
     from edge_runtime.monitoring.service import source_info, start_services
     from edge_runtime.package import TrustStore
     from edge_runtime.pipeline import Pipeline, stop_on_signals
@@ -128,8 +129,10 @@ def run(args: argparse.Namespace) -> int:
     model = agent.boot()
     pipeline = Pipeline(model, _source(cfg, model), sinks=[agent.observe])
     agent.attach(pipeline, lambda: pipeline.stats().errors)
-    services = start_services(device, model.manifest, link=link, source=source_info(cfg.source))  # one MQTT link
+    services = start_services(device, model.manifest, link=link, source=source_info(cfg.source),
+                              trust=runtime.trust)  # one MQTT link; operator-signed feedback labels
     services.attach(pipeline)
+    services.add_health_check(update_agent_check(lambda: (agent.machine.state.value, agent.machine.record.reason)))
     link.start()
     agent.start()
     failure: list[BaseException] = []

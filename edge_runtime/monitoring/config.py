@@ -96,6 +96,21 @@ class HealthConfig(BaseModel):
         return self
 
 
+class FieldConfig(BaseModel):
+    """Field accuracy from feedback labels (monitoring.field)."""
+
+    model_config = _STRICT
+
+    enabled: bool = Field(default=True, description="Remember recent predictions and accept labels for them.")
+    keep: int = Field(default=10_000, ge=10, le=1_000_000, description="Recent predictions a label can refer to.")
+    window: int = Field(default=200, ge=10, description="Labels per accuracy window.")
+    min_labels: int = Field(default=50, ge=1, description="Labels a window needs before decay is judged.")
+    max_drop: float = Field(default=0.1, gt=0, lt=1, description="Decay: this far below the first full window.")
+    min_accuracy: float | None = Field(default=None, ge=0, le=1, description="Decay also below this figure.")
+    confirm: int = Field(default=2, ge=1, description="Metric periods in a row to raise or clear a decay.")
+    min_iou: float = Field(default=0.5, gt=0, le=1, description="Detection: IoU for a detection to match a box.")
+
+
 class MonitorConfig(BaseModel):
     model_config = _STRICT
 
@@ -106,6 +121,7 @@ class MonitorConfig(BaseModel):
     samples: SampleConfig = Field(default_factory=SampleConfig, description="Sample capture.")
     emit_queue: int = Field(default=1000, ge=1, description="Records waiting for the outbox writer thread.")
     health: HealthConfig = Field(default_factory=HealthConfig, description="Limits behind /health.")
+    field: FieldConfig = Field(default_factory=FieldConfig, description="Field accuracy from feedback labels.")
     latency_budget_ms: float | None = Field(
         default=None, gt=0, description="Centre of the /metrics latency buckets (None: the package profile's p95 "
         "budget, else 50 ms).")

@@ -145,3 +145,16 @@ def _static_problems(h: Mapping[str, Any]) -> list[Reason]:
                           f"monitor: {h['emit_dropped']} records dropped before the outbox (writer too slow)",
                           float(h["emit_dropped"]), 0.0, "records"))
     return out
+
+
+def update_agent_check(state: Callable[[], tuple[str, str | None]]) -> HealthCheck:
+    """A check for the update agent: ``state()`` gives (state name, reason); failed is degraded (the live model
+    keeps serving, but the update the fleet asked for did not happen)."""
+
+    def check() -> list[Reason]:
+        name, reason = state()
+        if name == "failed":
+            return [Reason("update_failed", "degraded", f"update agent failed: {reason or 'no reason given'}")]
+        return []
+
+    return check

@@ -1,4 +1,5 @@
-"""The local endpoints ``/metrics`` (Prometheus text) and ``/health`` (JSON), rendered in one place.
+"""The local endpoints ``/metrics`` (Prometheus text), ``/health`` (JSON) and ``POST /feedback`` (labels for
+predictions), rendered in one place.
 
 :class:`Endpoints` renders both documents (status code, content type, body); the stdlib server below (`run`,
 `agent`) and `serve`'s FastAPI routes are thin adapters around it, so the two stacks answer the same bytes.
@@ -21,6 +22,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 _NO_CLIENT = b"prometheus-client is not installed: pip install 'edge-runtime[monitor]'\n"
+MAX_FEEDBACK_BYTES = 1 << 20
+
+
+def _error(reason: str) -> bytes:
+    return json.dumps({"error": reason}).encode()
 
 
 class Endpoints:
@@ -38,6 +44,20 @@ class Endpoints:
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
         return 200, CONTENT_TYPE_LATEST, generate_latest(self.registry)
+
+    def feedback(self, body: bytes) -> tuple[int, str, bytes]:
+        """POST /feedback: labels for predictions (monitoring.field); 400 with one line for a bad document."""
+        from edge_runtime.monitoring.field import FeedbackError
+
+        if len(body) > MAX_FEEDBACK_BYTES:
+            return 413, "application/json", _error(f"feedback body over {MAX_FEEDBACK_BYTES} bytes")
+        try:
+            doc = json.loads(body)
+            result = self.services.monitor.feedback(doc)
+        except (ValueError, RecursionError) as exc:  # json's errors and FeedbackError are ValueErrors
+            why = str(exc) if isinstance(exc, FeedbackError) else "the body is not JSON"
+            return 400, "application/json", _error(why)
+        return 200, "application/json", json.dumps(result).encode()
 
     def health(self) -> tuple[int, str, bytes]:
         doc = self.services.health()
@@ -67,6 +87,20 @@ class MonitorHttpServer:
                     self._send(*endpoints.health())
                 else:
                     self._send(404, "text/plain", b"not found: try /metrics or /health\n")
+
+            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+                if self.path.split("?", 1)[0] != "/feedback":
+                    self._send(404, "text/plain", b"not found: POST labels to /feedback\n")
+                    return
+                try:
+                    size = int(self.headers.get("Content-Length") or 0)
+                except ValueError:
+                    size = -1
+                if not 0 <= size <= MAX_FEEDBACK_BYTES:
+                    self.close_connection = True
+                    self._send(413, "application/json", _error(f"feedback body over {MAX_FEEDBACK_BYTES} bytes"))
+                    return
+                self._send(*endpoints.feedback(self.rfile.read(size)))
 
             def _send(self, code: int, ctype: str, body: bytes) -> None:
                 self.send_response(code)

@@ -25,6 +25,7 @@ from edge_runtime.errors import EdgeRuntimeError
 from edge_runtime.monitoring.config import MonitorConfig
 from edge_runtime.monitoring.drift import DriftDetector, DriftScore
 from edge_runtime.monitoring.features import image_features, output_features, tensor_features
+from edge_runtime.monitoring.field import FeedbackError, FieldAccuracy
 from edge_runtime.monitoring.metrics import StageLatencies
 from edge_runtime.monitoring.quality import QualityStats
 from edge_runtime.monitoring.reference import Reference, load_reference
@@ -72,7 +73,6 @@ class Monitor:
         self.samples = SampleStore(config.samples) if config.samples.directory else None
         self.system = SystemStats() if config.system else None
         self.link: MqttLink | None = None
-        self.field: Any = None  # field accuracy from feedback labels (monitoring.field), when enabled
         self.frames = 0
         self.events = 0
         self.emit_dropped = 0
@@ -99,6 +99,8 @@ class Monitor:
         self._flip = bool(spec and spec.color_order in ("RGB", "BGR") and config.frame_order in ("RGB", "BGR")
                           and spec.color_order != config.frame_order)
         self.quality = QualityStats(labels=manifest.outputs.labels if manifest else None)
+        labels = manifest.outputs.labels if manifest else None
+        self.field = FieldAccuracy(config.field, labels) if config.field.enabled else None
         self.drift = self._make_drift(manifest)
 
     def _make_drift(self, manifest: Manifest | None) -> DriftDetector | None:
@@ -154,6 +156,8 @@ class Monitor:
         lat.add("postprocess", t.postprocess_ms)
         lat.add("end_to_end", result.end_to_end_ms)
         self.quality.add(p)
+        if self.field is not None:
+            self.field.record(result.index, p)
         if self.drift is not None:
             self._feed_drift(result)
         if self.samples is not None:
@@ -221,6 +225,11 @@ class Monitor:
             "fps": round(self._period_frames / period, 3), "latency_ms": self.latency.period_summary(),
             "quality": self.quality.snapshot(reset=True),
         }
+        if self.field is not None:
+            decay = self.field.check()
+            if decay is not None:
+                self.event(*decay)
+            doc["quality"]["field"] = self.field.snapshot()
         if self.pipeline_stats is not None:
             doc["pipeline"] = _pipeline_counters(self.pipeline_stats())
         if self.system is not None:
@@ -297,6 +306,24 @@ class Monitor:
                 failed.append({"id": sid, "error": str(exc)})
         self.event("samples_uploaded", {"request_id": doc.get("request_id"), "uploaded": uploaded, "failed": failed})
 
+    def feedback(self, doc: Any) -> dict[str, Any]:
+        """Labels for predictions (any thread): ``{"labels": [...]}``, a list, or one label; returns counts by
+        outcome and the first error. FeedbackError when the document is not labels at all."""
+        if self.field is None:
+            raise FeedbackError("field accuracy is disabled (monitor.field.enabled)")
+        items = doc.get("labels") if isinstance(doc, dict) and "labels" in doc else doc
+        items = items if isinstance(items, list) or not isinstance(doc, dict) or "labels" in doc else [doc]
+        if not isinstance(items, list) or len(items) > 10_000:
+            raise FeedbackError("'labels' is a list of at most 10000 labels")
+        out: dict[str, Any] = {"joined": 0, "unknown_id": 0, "duplicate": 0, "invalid": 0}
+        for item in items:
+            try:
+                out[self.field.label(item)] += 1
+            except FeedbackError as exc:
+                out["invalid"] += 1
+                out.setdefault("error", str(exc))
+        return out
+
     def health(self) -> dict[str, Any]:
         """JSON-ready status for /health: source, model, outbox and broker."""
         out: dict[str, Any] = {"model": {"name": self.model, "version": self.version}, "frames": self.frames,
@@ -311,6 +338,8 @@ class Monitor:
             out["drift"] = {"reference": self.drift.describe_reference(), "alarms": dict(self.drift.state)}
         if self.samples is not None:
             out["samples"] = self.samples.summary()
+        if self.field is not None:
+            out["field"] = {**self.field.figures(), "baseline": self.field.baseline, "decayed": self.field.decayed}
         return out
 
 

@@ -22,8 +22,10 @@ from edge_runtime.device_config import DeviceConfig
 from edge_runtime.errors import ConfigError
 from edge_runtime.monitoring.health import HealthCheck, HealthWatch
 from edge_runtime.monitoring.monitor import Monitor
+from edge_runtime.package.signing import OPERATOR, TrustStore
 
 if TYPE_CHECKING:
+    from edge_runtime.monitoring.feedback import FeedbackSubscriber
     from edge_runtime.monitoring.http import MonitorHttpServer
     from edge_runtime.package.manifest import Manifest
     from edge_runtime.pipeline import FrameResult, Pipeline
@@ -60,6 +62,7 @@ class DeviceServices:
     source: dict[str, Any] | None = None
     left_in_outbox: int | None = None  # records still waiting when closed (for the next run)
     watch: HealthWatch | None = None
+    feedback: FeedbackSubscriber | None = None
     _pipeline: Pipeline | None = field(default=None, repr=False)
     _closed: bool = field(default=False, repr=False)
 
@@ -95,6 +98,16 @@ class DeviceServices:
         self.monitor.set_model(m)
         if self.link is not None and self.owns_link:
             self.link.update_state(model=m.name, version=m.version)
+
+    def enable_feedback(self, trust: TrustStore) -> bool:
+        """Accept operator-signed labels on ``devices/{id}/feedback`` (needs the link and an operator key)."""
+        if self.link is None or not trust.has_role(OPERATOR):
+            return False
+        from edge_runtime.monitoring.feedback import FeedbackSubscriber
+
+        self.feedback = FeedbackSubscriber(self.monitor, trust, self.config.device_id)
+        self.link.subscribe(self.link.topics.feedback(self.config.device_id), self.feedback)
+        return True
 
     # ----------------------------------------------------------------- health
     def add_health_check(self, check: HealthCheck) -> None:
@@ -206,9 +219,11 @@ def _start_http(services: DeviceServices, config: DeviceConfig) -> MonitorHttpSe
 
 
 def start_services(config: DeviceConfig, manifest: Manifest | None = None, *, link: MqttLink | None = None,
-                   http: bool = True, source: dict[str, Any] | None = None) -> DeviceServices:
+                   http: bool = True, source: dict[str, Any] | None = None,
+                   trust: TrustStore | None = None) -> DeviceServices:
     """Build and start the services ``config`` asks for. ``link``: an already made link to share (the caller
-    starts and stops it); ``http``: serve /metrics and /health when the config names a port (serve has its own).
+    starts and stops it); ``http``: serve /metrics and /health when the config names a port (serve has its own);
+    ``trust``: with an operator key, signed feedback labels are taken from the feedback topic.
     A configuration problem (unwritable outbox, missing TLS file, busy port) raises ConfigError, after closing
     whatever was already started."""
     owns_link = link is None
@@ -230,6 +245,8 @@ def start_services(config: DeviceConfig, manifest: Manifest | None = None, *, li
         monitor.source_label = (source or {}).get("spec", "")
         if link is not None:
             monitor.attach_link(link)
+            if trust is not None:
+                services.enable_feedback(trust)
             if owns_link:
                 if manifest is not None:
                     link.update_state(model=manifest.name, version=manifest.version)
