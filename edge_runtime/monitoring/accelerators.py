@@ -27,7 +27,8 @@ JETSON_LOAD_FILES = (Path("/sys/devices/gpu.0/load"), Path("/sys/devices/platfor
 _RAM = re.compile(r"\bRAM (\d+)/(\d+)MB")
 _GR3D = re.compile(r"\bGR3D_FREQ (\d+)%")
 _TEMP = re.compile(r"\b([A-Za-z][A-Za-z0-9_]*)@(-?\d+(?:\.\d+)?)C\b")
-_POWER = re.compile(r"\b(VDD_[A-Z0-9_]*GPU[A-Z0-9_]*|POM_5V_GPU) (\d+)(?:mW)?/(\d+)(?:mW)?")
+# GPU-only rails (VDD_CPU_GPU_CV on Xavier, VDD_GPU_SOC on AGX Orin are shared rails: not GPU figures).
+_POWER = re.compile(r"\b(VDD_GPU|VDD_SYS_GPU|POM_5V_GPU) (\d+)(?:mW)?/(\d+)(?:mW)?")
 
 
 def parse_tegrastats(line: str) -> dict[str, Any] | None:
