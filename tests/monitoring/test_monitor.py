@@ -75,10 +75,22 @@ def test_monitor_records_flow_through_outbox_to_broker_and_endpoints_report(tmp_
                             "-q", "1"], check=True, timeout=10)
         assert sub.wait_for(lambda m: sum(t.endswith("/samples") for t, _, _ in m) == 2)
         up = [json.loads(p) for t, p, _ in sub.snapshot() if t.endswith("/samples")]
+        for doc in up:
+            validate(doc, "sample.json")
         img = cv2.imdecode(np.frombuffer(base64.b64decode(up[-1]["data_b64"]), np.uint8), cv2.IMREAD_COLOR)
         assert np.array_equal(img, fs[50])  # lossless: the very frame the model saw
         assert link.counters["handler_errors"] == 1 and link.connected
         assert sub.wait_for(lambda m: any(b"samples_uploaded" in p for t, p, _ in m if t.endswith("/events")))
+        # and every message the device published, on every topic, conforms to its schema
+        for topic, payload, _ in sub.snapshot():
+            kind = topic.rsplit("/", 1)[1]
+            if kind == "commands":  # written by the fleet (here: the test), not by the device
+                continue
+            doc = json.loads(payload)
+            if kind in ("metrics", "events"):
+                validate_batch(doc)
+            else:
+                validate(doc, {"state": "state.json", "samples": "sample.json"}[kind])
     finally:
         http.stop()
         mon.close()
