@@ -33,11 +33,6 @@ _SOURCE_COUNTERS = (
     ("errors", "edge_inference_errors", "Samples the model rejected or failed on (each one skipped)."),
     ("sink_errors", "edge_sink_errors", "Failures of an output sink (JSON lines, MQTT, files), each isolated."),
 )
-_SERVE_COUNTERS = (
-    ("requests", "edge_serve_requests", "Prediction requests `serve` answered with a prediction."),
-    ("rejected", "edge_serve_rejected_requests", "Prediction requests `serve` refused (bad input, too large, "
-     "not ready)."),
-)
 _LINK_COUNTERS = (
     ("connects", "edge_broker_connects", "Successful connections to the MQTT broker (reconnects included)."),
     ("connect_failures", "edge_broker_connect_failures", "Failed or refused connection attempts."),
@@ -91,9 +86,7 @@ def _pipeline(counter: Any, gauge: Any, services: DeviceServices) -> Iterator[An
     m = services.monitor
     stats = m.pipeline_stats() if m.pipeline_stats is not None else None
     d = stats.to_dict() if hasattr(stats, "to_dict") else dict(stats or {})
-    if "requests" in d:  # `serve`: its source is requests
-        for key, name, doc in _SERVE_COUNTERS:
-            yield _counter(counter, name, doc, d.get(key) or 0)
+    if "requests" in d:  # `serve`: its source is requests, counted by serve_guard.ServeCounters
         return
     src = {"source": m.source_label}
     for key, name, doc in _SOURCE_COUNTERS:

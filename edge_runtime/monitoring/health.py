@@ -60,6 +60,7 @@ class HealthWatch:
         self._link_up = False
         self._link_since = start
         self._errors: deque[tuple[float, int, int]] = deque()
+        self._reported: tuple[float, float, str | None] | None = None  # (stall s, when, fault) from the pipeline
         self.checks: list[HealthCheck] = []  # more checks (the update agent's state), added by their owners
 
     # ----------------------------------------------------------------- observations
@@ -67,11 +68,14 @@ class HealthWatch:
                 last_frame_monotonic: float | None = None) -> None:
         """Note the current counters (call at every health request and metric period)."""
         now = self.clock()
+        if source and source.get("source_stalled_s") is not None:  # the pipeline's own figure, when it has one
+            self._reported = (float(source["source_stalled_s"]), now, source.get("source_fault"))
         if source and "captured" in source:
             captured = int(source.get("captured") or 0)
             if captured != self._captured:
                 self._captured, self._captured_at = captured, now
-            processed, errors = int(source.get("processed") or 0), int(source.get("errors") or 0)
+            processed = int(source.get("processed") or 0)
+            errors = int(source.get("inference_errors", source.get("errors")) or 0)
             self._errors.append((now, processed, errors))
             while len(self._errors) > 2 and self._errors[1][0] <= now - self.config.error_window_s:
                 self._errors.popleft()
@@ -81,8 +85,12 @@ class HealthWatch:
             self._link_up, self._link_since = link_connected, now
 
     def source_stall_s(self) -> float:
-        """Seconds since the source last delivered a sample (or since monitoring started, if it never did)."""
-        return max(0.0, self.clock() - self._captured_at)
+        """Seconds since the source last delivered a sample (or since monitoring started, if it never did): the
+        pipeline's figure when it reports one, else from the capture counter."""
+        if self._reported is None:
+            return max(0.0, self.clock() - self._captured_at)
+        stalled, at, _ = self._reported
+        return stalled + max(0.0, self.clock() - at)
 
     def error_rate(self) -> tuple[float, int]:
         """(share of samples rejected by the model, samples seen) over the recent window."""
@@ -104,8 +112,10 @@ class HealthWatch:
         self.observe(source, broker.get("connected") if broker.get("configured") else None)
         reasons: list[Reason | None] = []
         if "captured" in source:
+            fault = self._reported[2] if self._reported else None
+            what = f"no sample from the source ({fault}) for" if fault else "no sample from the source for"
             reasons.append(_graded("source_stalled", round(self.source_stall_s(), 1), c.source_stall_degraded_s,
-                                   c.source_stall_unhealthy_s, "s", "no sample from the source for"))
+                                   c.source_stall_unhealthy_s, "s", what))
             rate, n = self.error_rate()
             if n:
                 reasons.append(_graded("inference_error_rate", round(rate, 4), c.error_rate_degraded,

@@ -29,6 +29,15 @@ def _error(reason: str) -> bytes:
     return json.dumps({"error": reason}).encode()
 
 
+def metrics_response(registry: Any) -> tuple[int, str, bytes]:
+    """A registry's exposition (501 with the install hint without prometheus-client)."""
+    if registry is None:
+        return 501, "text/plain", _NO_CLIENT
+    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+    return 200, CONTENT_TYPE_LATEST, generate_latest(registry)
+
+
 class Endpoints:
     """``metrics()`` and ``health()`` as (status code, content type, body)."""
 
@@ -39,11 +48,7 @@ class Endpoints:
             log.warning("prometheus-client is not installed: /metrics disabled (pip install 'edge-runtime[monitor]')")
 
     def metrics(self) -> tuple[int, str, bytes]:
-        if self.registry is None:
-            return 501, "text/plain", _NO_CLIENT
-        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-
-        return 200, CONTENT_TYPE_LATEST, generate_latest(self.registry)
+        return metrics_response(self.registry)
 
     def feedback(self, body: bytes) -> tuple[int, str, bytes]:
         """POST /feedback: labels for predictions (monitoring.field); 400 with one line for a bad document."""

@@ -15,11 +15,12 @@ import sqlite3
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
 from edge_runtime.device_config import DeviceConfig
-from edge_runtime.errors import ConfigError
+from edge_runtime.errors import ConfigError, EdgeRuntimeError
 from edge_runtime.monitoring.health import HealthCheck, HealthWatch
 from edge_runtime.monitoring.monitor import Monitor
 from edge_runtime.package.signing import OPERATOR, TrustStore
@@ -61,6 +62,7 @@ class DeviceServices:
     owns_link: bool = True
     source: dict[str, Any] | None = None
     left_in_outbox: int | None = None  # records still waiting when closed (for the next run)
+    commands: Any = None  # edge_runtime.sync.commands.CommandHandler on the device's command topic
     watch: HealthWatch | None = None
     feedback: FeedbackSubscriber | None = None
     _pipeline: Pipeline | None = field(default=None, repr=False)
@@ -218,12 +220,37 @@ def _start_http(services: DeviceServices, config: DeviceConfig) -> MonitorHttpSe
     return server.start()
 
 
+def _operator_trust(config: DeviceConfig, trust: Any) -> Any:
+    """The operator keys: the caller's (the agent's), else the device config's (`run`, `serve`), else None."""
+    if trust is None and config.trust is not None:
+        try:
+            trust = TrustStore.from_config(config.trust).for_role("operator")
+        except EdgeRuntimeError as exc:
+            raise ConfigError(f"trust: {exc}") from exc
+    return trust
+
+
+def _command_handler(config: DeviceConfig, monitor: Monitor, link: MqttLink, trust: Any, state: Path | None) -> Any:
+    """Signed commands on the device's command topic (without operator keys every command is refused, reported)."""
+    from edge_runtime.sync.commands import CommandHandler
+    from edge_runtime.sync.replay import SequenceStore
+
+    if state is None and config.outbox is not None:
+        state = config.outbox.path.parent / "command_replay.json"
+    store = SequenceStore(state) if state is not None else None
+    handler = CommandHandler(config.device_id, trust, store, monitor.event)
+    handler.register("upload_samples", lambda cmd: monitor.upload_samples(cmd.request_id, list(cmd.ids), cmd.max))
+    handler.attach(link, link.topics)
+    return handler
+
+
 def start_services(config: DeviceConfig, manifest: Manifest | None = None, *, link: MqttLink | None = None,
-                   http: bool = True, source: dict[str, Any] | None = None,
-                   trust: TrustStore | None = None) -> DeviceServices:
+                   http: bool = True, source: dict[str, Any] | None = None, command_trust: Any = None,
+                   command_state: Path | None = None) -> DeviceServices:
     """Build and start the services ``config`` asks for. ``link``: an already made link to share (the caller
     starts and stops it); ``http``: serve /metrics and /health when the config names a port (serve has its own);
-    ``trust``: with an operator key, signed feedback labels are taken from the feedback topic.
+    ``command_trust``/``command_state``: operator keys and the replay-state file for signed commands (the same
+    operator keys admit signed feedback labels on the feedback topic).
     A configuration problem (unwritable outbox, missing TLS file, busy port) raises ConfigError, after closing
     whatever was already started."""
     owns_link = link is None
@@ -245,6 +272,8 @@ def start_services(config: DeviceConfig, manifest: Manifest | None = None, *, li
         monitor.source_label = (source or {}).get("spec", "")
         if link is not None:
             monitor.attach_link(link)
+            trust = _operator_trust(config, command_trust)
+            services.commands = _command_handler(config, monitor, link, trust, command_state)
             if trust is not None:
                 services.enable_feedback(trust)
             if owns_link:
