@@ -11,6 +11,7 @@ from pathlib import Path
 
 from edge_runtime.sync.outbox import Outbox, OutboxConfig
 from tests.integration.helpers import CLI, get, reap, sample_value, terminate, wait_until, write_config
+from tests.model_factory import trust_args
 from tests.monitoring.schemas import validate
 from tests.mqtt_broker import free_port
 from tests.sources.media import MjpegServer
@@ -37,7 +38,7 @@ def test_feedback_labels_give_field_accuracy_and_a_decay_event_on_a_real_run(tin
     cfg = write_config(tmp_path / "device.yaml", device_id="cam-f", http={"port": port},
                        monitor={"period_s": 0.3, "field": {"window": 40, "min_labels": 20, "confirm": 1}})
     out = tmp_path / "out.jsonl"
-    proc = subprocess.Popen([*CLI, "run", "--package", str(tiny_onnx_package.root), "--source", cam.url,
+    proc = subprocess.Popen([*CLI, "run", "--package", str(tiny_onnx_package.root), *trust_args(), "--source", cam.url,
                              "--config", str(cfg), "--out", str(out)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:

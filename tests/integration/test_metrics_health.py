@@ -12,6 +12,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.integration.helpers import CLI, get, reap, terminate, wait_until, write_config
+from tests.model_factory import trust_args
 from tests.mqtt_broker import free_port
 from tests.sources.media import MjpegServer
 
@@ -50,7 +51,7 @@ def test_run_metrics_are_conventional_and_health_follows_the_camera(tiny_onnx_pa
     cfg = write_config(tmp_path / "device.yaml", device_id="cam-h", http={"port": port},
                        monitor={"period_s": 0.5, "health": {"source_stall_degraded_s": 1.0,
                                                             "source_stall_unhealthy_s": 2.0}})
-    proc = subprocess.Popen([*CLI, "run", "--package", str(tiny_onnx_package.root), "--source", cam.url,
+    proc = subprocess.Popen([*CLI, "run", "--package", str(tiny_onnx_package.root), *trust_args(), "--source", cam.url,
                              "--config", str(cfg), "--out", str(tmp_path / "out.jsonl")],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
