@@ -284,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     results = []
     for name in args.models.split(","):
-        with load(packages / MODELS[name]) as model:
+        with load(packages / MODELS[name], allow_unsigned=True) as model:  # built here; hashes still checked
             results += measure(name, model, args.hours, args.seed)
     print(f"drift figures at the defaults ({DriftConfig().input_every=}, window {DriftConfig().window} samples, "
           f"confirm {DriftConfig().confirm}); {args.hours:g} h of 30 fps video per stream; goals: <= "
