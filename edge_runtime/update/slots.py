@@ -18,9 +18,10 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from edge_runtime.errors import PackageError
 from edge_runtime.fsutil import atomic_directory, atomic_write_text
 from edge_runtime.package.store import unpack_archive
-from edge_runtime.update.errors import DiskFullError
+from edge_runtime.update.errors import DiskFullError, VerificationError
 
 
 class SlotPointers(BaseModel):
@@ -80,6 +81,8 @@ class SlotStore:
         self.make_room(int(archive.stat().st_size * 1.05) + 4096)
         try:
             unpack_archive(archive, self.path(key))
+        except PackageError as exc:  # the archive's files are checked against its manifest while unpacking
+            raise VerificationError(f"archive is not an installable package: {exc}", "package_invalid") from exc
         except OSError as exc:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise DiskFullError(f"no space left to install {key}: {exc.strerror}") from exc
