@@ -10,17 +10,15 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from converters import calibration as cal
 from converters import guard
+from converters.context import Context, Outputs, decide_outputs
 from converters.model import FloatModel, QuantizedModel
+from converters.scores import score_ranges
 from edge_runtime.package.manifest import AccuracyReport, InputSpec
-
-if TYPE_CHECKING:
-    from converters.pipeline import Context
 
 Runner = Callable[[list[np.ndarray]], list[np.ndarray]]
 
@@ -31,6 +29,7 @@ class Built:
 
     model: QuantizedModel
     float_run: Runner
+    outputs: Outputs
     accuracy: AccuracyReport | None
     remedies: list[str]
 
@@ -64,17 +63,42 @@ def float_reference(fm: FloatModel) -> Runner:
     return ModelRunner(ensure_onnx(fm)).run_float
 
 
-def evaluator(fspecs, vbuild, valid, float_run, class_idx) -> guard.Evaluate:  # type: ignore[no-untyped-def]
-    """Float vs quantized outputs on the held-back samples, each fed as its model expects."""
+def evaluator(ctx: Context, float_run: Runner, outs: Outputs, labels: list[int | None] | None) -> guard.Evaluate:
+    """Float vs quantized outputs on the held-back samples, each fed as its model expects (and their labels)."""
     from converters.evaluate import ModelRunner
+
+    # State outputs are fed back, not results: they are judged through the outputs of the next samples (the
+    # held-back stream runs with the states the float model has), so they are left out of the metrics.
+    state_out = {b.output for b in ctx.opts.state}
+    keep = [i for i, t in enumerate(ctx.fm.outputs) if t.name not in state_out]
+    cls = keep.index(outs.class_idx) if outs.class_idx is not None else None
 
     def evaluate(qm: QuantizedModel) -> guard.Agreement:
         qrun = ModelRunner(qm.path, output_quant=qm.output_quantization)
-        qbuild = cal.InputBuilder(packaged_specs(fspecs, qm), vbuild.frame_order, vbuild.source)
-        pairs = ((float_run(vbuild(s, i)), qrun.run_float(qbuild(s, i))) for i, s in enumerate(valid))
-        return guard.measure(pairs, class_idx)
+        qbuild = cal.InputBuilder(packaged_specs(ctx.fspecs, qm), ctx.vbuild.frame_order, ctx.vbuild.source)
+        pairs = (([f[i] for i in keep], [q[i] for i in keep])
+                 for f, q in ((float_run(ctx.vbuild(s, i)), qrun.run_float(qbuild(s, i)))
+                              for i, s in enumerate(ctx.valid)))  # fmt: skip
+        return guard.measure(pairs, cls, labels, outs.activation)
 
     return evaluate
+
+
+def held_back_labels(ctx: Context, outs: Outputs) -> list[int | None] | None:
+    """Class indices of the held-back samples, when they are labelled and the model is a classifier."""
+    from converters.labels import class_indices
+
+    raw = ctx.valid.labels()
+    if raw is None or outs.class_idx is None:
+        return None
+    indices = class_indices(raw, ctx.plan.labels, ctx.fm.outputs[outs.class_idx].shape[-1])
+    ctx.say(f"held-back data: {sum(i is not None for i in indices)} of {len(indices)} samples labelled")
+    return indices
+
+
+def _budget(ctx: Context, outs: Outputs, labels: list[int | None] | None) -> dict[str, float]:
+    labelled = labels is not None and all(i is not None for i in labels)
+    return guard.budget_for(ctx.plan.profile, outs.class_idx is not None, labelled)
 
 
 def onnx_hooks(ctx: Context) -> TargetHooks:
@@ -83,14 +107,16 @@ def onnx_hooks(ctx: Context) -> TargetHooks:
     from converters.evaluate import ModelRunner
     from converters.sources import ensure_onnx
     from converters.targets import onnx_int8, onnx_io
+    from converters.targets.onnx_sensitivity import onnx_sensitivity
 
     work, calibration, profile = ctx.work, ctx.calibration, ctx.plan.profile
     prepared = onnx_int8.preprocess(ensure_onnx(ctx.fm), work / "prepared.onnx")
     state = {n for b in ctx.opts.state for n in (b.input, b.output)}
+    ranges = score_ranges(ctx.opts.decoding)
 
     def quantize(method: str, keep: Sequence[str], tag: str) -> QuantizedModel:
         ctx.say(f"quantizing to int8 ONNX ({method} calibration on {ctx.n_calib} samples)")
-        qm = onnx_int8.quantize_onnx(prepared, calibration, profile, work / f"q-{tag}.onnx", method, keep)
+        qm = onnx_int8.quantize_onnx(prepared, calibration, profile, work / f"q-{tag}.onnx", method, keep, ranges)
         sample = next(iter(calibration()))
         return onnx_io.integer_io(qm, profile.quantization, work / f"q-{tag}.io.onnx", sample, keep_float=state)
 
@@ -99,7 +125,7 @@ def onnx_hooks(ctx: Context) -> TargetHooks:
         names = [s.name for s in ctx.fspecs]
         few = lambda: itertools.islice(calibration(), 16)  # noqa: E731
         qdq = qm.float_io_path or qm.path  # fed the same float tensors as the float model
-        return guard.onnx_sensitivity(prepared, qdq, lambda: onnx_int8.reader(names, few), work)
+        return onnx_sensitivity(prepared, qdq, lambda: onnx_int8.reader(names, few), work)
 
     return TargetHooks(ModelRunner(prepared).run_float, quantize, sensitivity, onnx_int8.CALIBRATION_METHODS, "ONNX")
 
@@ -117,7 +143,8 @@ def tflite_hooks(ctx: Context) -> TargetHooks:
     def quantize(method: str, keep: Sequence[str], tag: str) -> QuantizedModel:
         kept = f", {len(keep)} op(s) kept in float" if keep else ""
         ctx.say(f"quantizing to int8 TFLite ({method} calibration on {ctx.n_calib} samples{kept})")
-        return quantize_tflite(ctx.fm, calibration, ctx.plan.profile, work / f"q-{tag}.tflite", method, keep)
+        path, ranges = work / f"q-{tag}.tflite", score_ranges(ctx.opts.decoding)
+        return quantize_tflite(ctx.fm, calibration, ctx.plan.profile, path, method, keep, ranges)
 
     def sensitivity(qm: QuantizedModel) -> list[list[str]]:
         ctx.say("per-op error analysis (float vs int8 TFLite tensors)")
@@ -136,11 +163,12 @@ def _float_target(ctx: Context) -> Built:
 
     float_onnx = ensure_onnx(ctx.fm)
     qm = onnx_int8.write_float_onnx(float_onnx, ctx.opts.precision, ctx.work / "model.out.onnx")
-    ctx.float_run = ModelRunner(float_onnx).run_float
-    ctx.decide_outputs()
-    ag = evaluator(ctx.fspecs, ctx.vbuild, ctx.valid, ctx.float_run, ctx.class_idx)(qm)
-    budget = guard.budget_for(ctx.plan.profile, ctx.class_idx is not None)
-    return Built(qm, ctx.float_run, guard.report(ag, budget), [])
+    float_run = ModelRunner(float_onnx).run_float
+    outs = decide_outputs(ctx, float_run)
+    labels = held_back_labels(ctx, outs)
+    ag = evaluator(ctx, float_run, outs, labels)(qm)
+    budget = _budget(ctx, outs, labels)
+    return Built(qm, float_run, outs, guard.report(ag, budget), [])
 
 
 def build_target(ctx: Context) -> Built:
@@ -148,12 +176,12 @@ def build_target(ctx: Context) -> Built:
     if ctx.plan.fmt == "onnx" and ctx.opts.precision != "int8":
         return _float_target(ctx)
     hooks = onnx_hooks(ctx) if ctx.plan.fmt == "onnx" else tflite_hooks(ctx)
-    ctx.float_run = hooks.float_run
-    ctx.decide_outputs()
-    budget = guard.budget_for(ctx.plan.profile, ctx.class_idx is not None)
-    evaluate = evaluator(ctx.fspecs, ctx.vbuild, ctx.valid, hooks.float_run, ctx.class_idx)
+    outs = decide_outputs(ctx, hooks.float_run)
+    labels = held_back_labels(ctx, outs)
+    evaluate = evaluator(ctx, hooks.float_run, outs, labels)
+    budget = _budget(ctx, outs, labels)
     result = guard.guard(
         hooks.quantize, evaluate, budget, ctx.plan.method, hooks.sensitivity, ctx.say, ctx.opts.max_float_nodes,
         methods=hooks.methods, target=hooks.target,
     )  # fmt: skip
-    return Built(result.model, hooks.float_run, result.agreement, result.remedies)
+    return Built(result.model, hooks.float_run, outs, result.agreement, result.remedies)

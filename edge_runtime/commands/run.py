@@ -159,6 +159,9 @@ def check_arguments(args: argparse.Namespace) -> None:
     kind = source_kind(args.source)
     if args.motion_gate is not None and kind != "frame":
         raise ConfigError("--motion-gate works with camera and video sources only")
+    if args.motion_gate is not None and not 0.0 < args.motion_gate < 1.0:
+        raise ConfigError(f"--motion-gate {args.motion_gate:g}: give the share of changed pixels, between 0 and 1 "
+                          "(e.g. 0.01)")
     if args.window_hop is not None and kind != "window":
         raise ConfigError("--window-hop applies to sensor sources only")
     check_model_arguments(args)

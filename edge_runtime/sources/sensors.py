@@ -54,8 +54,8 @@ class LineSource(ThreadedSource):
         values = parse_line(text)
         if values is None and not self._seen_sample and _HEADER.match(text):
             return True  # a CSV header
-        if values is None or values.size != self.window.channels:
-            want = self.window.channels
+        if values is None or not self.window.accepts(values.size):
+            want = self.window.describe()
             self._bad_line("does not parse" if values is None else f"has {values.size} values, expected {want}", text)
             return True
         self._seen_sample = True
@@ -224,13 +224,17 @@ class SerialSource(LineSource):
 
         while not self._stop.is_set():
             try:
-                assert self._serial is not None
+                if self._serial is None:  # not open (yet): reopen with backoff
+                    raise OSError("serial port not open")
                 chunk = self._serial.read(max(1, self._serial.in_waiting))
             except (serial.SerialException, OSError):
                 if not self._reopen():
                     return
                 continue
             yield chunk
+
+    def _keeps_trying(self) -> bool:
+        return not self.reconnect.give_up
 
     def _reopen(self) -> bool:
         return self._reconnect_with(self.reconnect, lambda: self._try_open() is None)
