@@ -164,3 +164,18 @@ def test_cli_converts_blazeface_with_a_decoding_file_and_anchors(tmp_path, photo
         assert model.predict(photos["coffee"], frame_order="RGB").detections == ()
     assert len(faces) == 1 and faces[0].label == "face"
     assert abs(faces[0].score - float_face.score) < 0.05 and _iou(faces[0].box, float_face.box) >= 0.8
+
+
+@pytest.mark.slow
+def test_int8_face_scores_keep_their_resolution(demo_package):  # noqa: ANN001
+    """Issue 12: the score head is calibrated to logits -10..10 (converters.scores), so int8 scores between 0.5
+    and 1.0 take at least 32 distinct values over the demo's frames (three, 0.75/0.90/0.97, before)."""
+    from converters.scores import MIN_DISTINCT, distinct_high_scores
+    from edge_runtime.api import load
+
+    pkg, public = demo_package
+    with load(pkg.root, trust=TrustStore.from_paths([public])) as model:
+        logits = np.concatenate([np.ravel(model.predict(rgb, frame_order="RGB").raw["classificators"])
+                                 for _, rgb in blazeface.calibration_frames()])  # fmt: skip
+    assert distinct_high_scores(logits) >= MIN_DISTINCT
+    assert "score-ranges" in model.manifest.quantization.method or model.manifest.format == "onnx"
