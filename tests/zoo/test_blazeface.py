@@ -177,7 +177,8 @@ def test_int8_face_scores_keep_their_resolution(demo_package):  # noqa: ANN001
     pkg, public = demo_package
     m = load_package(pkg.root, TrustStore.from_paths([public])).manifest
     scores = next(t for t in m.outputs.tensors if t.name == "classificators")
-    assert score_levels(scores.quantization.scale[0], scores.quantization.zero_point[0], scores.dtype) >= 2 * MIN_DISTINCT
+    q = scores.quantization
+    assert score_levels(q.scale[0], q.zero_point[0], scores.dtype) >= 2 * MIN_DISTINCT
     with load(pkg.root, trust=TrustStore.from_paths([public])) as model:
         logits = np.concatenate([score_logits(model, rgb) for _, rgb in blazeface.calibration_frames()])
     assert distinct_high_scores(logits) >= MIN_DISTINCT // 2  # observed over the 36 demo frames (two faces)
