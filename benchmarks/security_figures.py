@@ -139,6 +139,7 @@ def body_cases() -> list[tuple[str, bytes]]:
         ("application/json", b"[[[1e39, 0, 0]]]"), ("application/json", b'[["a", "b"]]'),
         ("application/json", b"[" * 8_000_000 + b"]" * 8_000_000),  # 16 MB of nesting: at the body limit
         ("application/json", b"0" * (16 * MIB + 1)),  # over the body limit
+        ("application/json", b"[" + b"0.5," * (4 * MIB - 1) + b"0]"),  # 16 MiB of numbers: 200+ MiB once parsed
         (multipart, b"--b\r\n\r\n--b--"), (multipart, b"garbage"), ("multipart/form-data", b"x"),
         (multipart, b'--b\r\nContent-Disposition: form-data; name="file"; filename="x"\r\n'
                     b"Content-Transfer-Encoding: base64\r\n\r\n!!!!\r\n--b--\r\n"),

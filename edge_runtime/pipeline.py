@@ -12,20 +12,23 @@ import queue
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
 
 from edge_runtime.errors import ConfigError, EdgeRuntimeError, InferenceError, SourceError
 from edge_runtime.latency import STAGES, LatencyRecorder  # noqa: F401 - STAGES re-exported: hooks get these keys
 from edge_runtime.package.manifest import InputSpec, Manifest
+from edge_runtime.pipeline_types import FrameResult, Guarded, PipelineConfig, PipelineStats, Sink, StageHook
 from edge_runtime.results import Prediction
 from edge_runtime.sources.base import END, Sample, ThreadedSource
 from edge_runtime.sources.motion import MotionGate
+
+__all__ = ["FrameResult", "Pipeline", "PipelineConfig", "PipelineStats", "Predictor", "Sink", "StageHook",
+           "stop_on_signals"]
 
 log = logging.getLogger(__name__)
 
@@ -42,91 +45,6 @@ class Predictor(Protocol):
 
     # Optional: ``prepare(x, frame_order=...)`` and ``predict_prepared(prepared)`` let the pipeline preprocess the
     # next sample while the current one is inferred (edge_runtime.api.Model has both).
-
-
-@dataclass(frozen=True)
-class FrameResult:
-    """One processed sample: what sinks receive."""
-
-    index: int  # the source's sample number (gaps are dropped or skipped samples)
-    timestamp: float  # wall-clock capture time (seconds since the epoch)
-    prediction: Prediction
-    frame: np.ndarray | None  # the input frame (BGR) or sensor window
-    capture_wait_ms: float  # capture -> start of processing (time spent queued)
-    end_to_end_ms: float  # capture -> prediction ready
-
-
-Sink = Callable[[FrameResult], None]
-StageHook = Callable[[Mapping[str, float]], None]
-
-
-@dataclass(frozen=True)
-class PipelineStats:
-    """A snapshot of the pipeline's counters, for logs, health endpoints and monitoring."""
-
-    captured: int
-    processed: int
-    dropped: int
-    skipped_still: int
-    bad_lines: int
-    errors: int
-    sink_errors: int
-    reconnects: int
-    reconnect_attempts: int
-    uptime_s: float
-    fps: float
-    running: bool
-    model: str
-    version: str
-    last_error: str | None
-    inference_errors: int = 0  # of ``errors``: the model raised while running (InferenceError), not a bad input
-    source_stalled_s: float = 0.0  # seconds since the source last yielded a sample (or opened)
-    source_fault: str | None = None  # why the source yields nothing now (reconnecting, stalled); None when fine
-
-    def to_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
-
-
-class PipelineConfig(BaseModel):
-    """Bounds and behaviour of one pipeline run."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    max_frames: int | None = Field(default=None, ge=1, description="Stop after this many samples from the source.")
-    duration_s: float | None = Field(default=None, gt=0, description="Stop after this many seconds.")
-    frame_order: Literal["BGR", "RGB", "GRAY"] = Field(
-        default="BGR", description="Channel order of frames from the source (OpenCV: BGR)."
-    )
-    max_consecutive_errors: int | None = Field(
-        default=25, ge=1, description="Give up after this many samples in a row the model rejects or fails on "
-        "(None: never; every error is counted and passed to the error hooks, e.g. the update agent's health window).",
-    )
-    stall_timeout_s: float | None = Field(
-        default=None, gt=0, description="A source that yields no sample this long is faulty (None: no bound).",
-    )
-    fail_on_stall: bool = Field(
-        default=True, description="End the run with SourceError on a stall; False: report it in stats.source_fault.",
-    )
-    keep_frames: bool = Field(default=True, description="Pass the input frame or window to sinks.")
-    latency_window: int = Field(default=10000, ge=10, description="Recent samples kept per stage for percentiles.")
-
-
-class _Guarded:
-    """Calls callables one by one, each in its own guard; failures are counted and logged (rate-limited)."""
-
-    def __init__(self, what: str) -> None:
-        self.what = what
-        self.items: list[Callable[[Any], None]] = []
-        self.failures = 0
-
-    def __call__(self, value: Any) -> None:
-        for fn in list(self.items):
-            try:
-                fn(value)
-            except Exception:  # noqa: BLE001 - isolation is the point: one bad sink must not stop the rest
-                self.failures += 1
-                if self.failures <= 5 or self.failures % 1000 == 0:
-                    log.exception("%s %r failed (%d failures so far)", self.what, fn, self.failures)
 
 
 @dataclass(frozen=True)
@@ -171,9 +89,9 @@ class Pipeline:
         self.latency = LatencyRecorder(self.config.latency_window)
         self._model = model
         self._model_lock = threading.Lock()
-        self._sinks = _Guarded("sink")
-        self._hooks = _Guarded("stage hook")
-        self._error_hooks = _Guarded("error hook")
+        self._sinks = Guarded("sink")
+        self._hooks = Guarded("stage hook")
+        self._error_hooks = Guarded("error hook")
         for sink in sinks:
             self._sinks.items.append(sink)
         self._stop = threading.Event()

@@ -20,6 +20,7 @@ import email.parser
 import email.policy
 import json
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -45,6 +46,7 @@ if TYPE_CHECKING:
     from edge_runtime.pipeline import FrameResult
 
 log = logging.getLogger(__name__)
+JSON_IMAGE_VALUES = 320 * 320 * 3  # a frame as JSON nested lists: at most 320x320 (about 10 MiB once parsed)
 __all__ = ["MAX_BODY_BYTES", "ModelService", "RequestError", "ServeConfig", "create_app", "decode_image"]
 
 
@@ -85,7 +87,21 @@ def _multipart_file(content_type: str, body: bytes) -> bytes:
     raise RequestError(400, "multipart body has no file part (send the image as field 'file')", kind="multipart")
 
 
-def _json_array(body: bytes, image_input: bool) -> np.ndarray:
+def json_value_limit(spec: Any) -> int:
+    """How many values a JSON body may hold for a model input: Python's parsed lists cost ~32 bytes per value, so a
+    16 MiB body of numbers would cost 200+ MiB. A tensor input needs prod(shape) values; a frame sent as JSON is
+    meant for small frames (larger ones go as JPEG/PNG)."""
+    if spec.kind == "image":
+        return JSON_IMAGE_VALUES
+    return 4 * math.prod(max(d, 1) for d in spec.shape) + 64
+
+
+def _json_array(body: bytes, image_input: bool, max_values: int = JSON_IMAGE_VALUES) -> np.ndarray:
+    values = body.count(b",") + body.count(b":") + 1  # an upper bound of what json.loads would build, read in C
+    if values > max_values:
+        hint = " (send frames as JPEG or PNG)" if image_input else ""
+        raise RequestError(413, f"JSON body holds up to {values} values, this model takes at most {max_values}{hint}",
+                           kind="json_size")  # fmt: skip
     try:
         doc = json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
@@ -122,13 +138,12 @@ async def read_body(request: Any, limit: int = MAX_BODY_BYTES) -> bytes:
             raise RequestError(400, f"bad Content-Length {declared[:40]!r}", kind="bad_request")
         if int(declared) > limit:
             raise too_big
-    chunks, size = [], 0
+    body = bytearray()  # grown in place: a list of chunks joined at the end would hold the body twice
     async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
+        if len(body) + len(chunk) > limit:
             raise too_big
-        chunks.append(chunk)
-    return b"".join(chunks)
+        body += chunk
+    return body  # type: ignore[return-value] # bytes-like: every consumer takes a bytearray
 
 
 async def _read_body_in_time(request: Any, config: ServeConfig) -> bytes:
@@ -140,11 +155,12 @@ async def _read_body_in_time(request: Any, config: ServeConfig) -> bytes:
                            kind="body_timeout") from None
 
 
-def request_input(content_type: str, body: bytes, image_input: bool, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+def request_input(content_type: str, body: bytes, image_input: bool, max_pixels: int = MAX_PIXELS,
+                  max_values: int = JSON_IMAGE_VALUES) -> np.ndarray:
     """Turn a request body into the model's input (a BGR frame or an array), or raise RequestError."""
     ctype = content_type.split(";")[0].strip().lower()
     if ctype == "application/json":
-        return _json_array(body, image_input)
+        return _json_array(body, image_input, max_values)
     if ctype == "multipart/form-data":
         data = _multipart_file(content_type, body)
     elif ctype.startswith("image/") or ctype in ("application/octet-stream", ""):
@@ -285,7 +301,8 @@ def create_app(service: ModelService, load_in_background: bool = True,
 
     def work(content_type: str, body: bytes, received: float) -> bytes:
         """On a worker thread: decode, predict, render (JSON has no NaN: a model can overflow on finite input)."""
-        x = request_input(content_type, body, service.model.input_spec.kind == "image", config.max_pixels)
+        spec = service.model.input_spec
+        x = request_input(content_type, body, spec.kind == "image", config.max_pixels, json_value_limit(spec))
         result = service.predict(x, received)
         try:
             return json.dumps(result, allow_nan=False, separators=(",", ":")).encode()

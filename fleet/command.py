@@ -31,6 +31,14 @@ def configure(p: argparse.ArgumentParser) -> None:
     pub.add_argument("--target", help="device id, or group:NAME (without it: upload and register only)")
     pub.add_argument("--key", help="Ed25519 private key that signs the desired document (with --target)")
     pub.add_argument("--url", help="optional HTTP(S) URL of the same archive")
+    cm = sub.add_parser("command", help="send a signed command to one device (e.g. upload_samples)")
+    cm.add_argument("device", help="device id")
+    cm.add_argument("command", choices=["upload_samples"])
+    cm.add_argument("--key", "--sign-key", dest="key", required=True,
+                    help="Ed25519 private key of an operator (the device checks it holds the operator role)")
+    cm.add_argument("--max", type=int, default=10, help="upload_samples: the newest N stored samples (1..100)")
+    cm.add_argument("--ids", help="upload_samples: comma-separated sample ids instead of --max")
+    cm.add_argument("--ttl", type=float, default=300.0, help="seconds until the device refuses the command")
     st = sub.add_parser("status", help="show every device's model, update state and health")
     st.add_argument("--wait", type=float, default=1.0, help="seconds to collect retained messages")
     st.add_argument("--json", action="store_true")
@@ -121,14 +129,33 @@ def run(args: argparse.Namespace) -> int:
     from edge_runtime.package import load_private_key, read_passphrase
 
     plan = rollout_plan(args) if args.fleet_cmd == "rollout" else None
+    command = command_doc(args) if args.fleet_cmd == "command" else None
     if args.fleet_cmd == "publish" and args.target and not args.key:
         raise ConfigError("fleet publish --target needs --key to sign the desired document")
     key = load_private_key(args.key, read_passphrase(args.passphrase_file)) if getattr(args, "key", None) else None
     link = _link(args)
     try:
+        if command is not None:
+            from fleet.publish import send_command
+
+            send_command(link, link.topics, command, key)
+            print(f"sent {command.command} to {command.device} (request {command.request_id}, sequence "
+                  f"{command.sequence}, expires in {args.ttl:g} s)")
+            return 0
         return _dispatch(args, link, key, plan)
     finally:
         link.stop()
+
+
+def command_doc(args: argparse.Namespace) -> Any:
+    """The (unsigned) command from the command line, checked before connecting."""
+    from edge_runtime.sync.commands import new_command
+
+    ids = tuple(i.strip() for i in args.ids.split(",") if i.strip()) if args.ids else ()
+    try:
+        return new_command(args.device, args.command, ttl_s=args.ttl, max=args.max, ids=ids)
+    except ValidationError as exc:
+        raise ConfigError(f"invalid command: {validation_message(exc, root='command')}") from None
 
 
 def _dispatch(args: argparse.Namespace, link: Any, key: Any, plan: RolloutPlan | None) -> int:

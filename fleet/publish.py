@@ -111,6 +111,13 @@ def set_desired_many(link: Any, topics: Topics, pub: Published, targets: list[st
     return docs
 
 
+def send_command(link: Any, topics: Topics, cmd: Any, key: Ed25519PrivateKey, timeout: float = 10.0) -> None:
+    """Sign ``cmd`` (edge_runtime.sync.commands.Command) and publish it (QoS 1, not retained) to its device."""
+    from edge_runtime.sync.commands import sign_command
+
+    _wait_all([link.publish(topics.commands(cmd.device), sign_command(cmd, key), qos=1)], timeout)
+
+
 class Registry:
     """name-version -> what was published (JSON file, written atomically)."""
 

@@ -88,6 +88,9 @@ class SyntheticSource(ThreadedSource):
 
 def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", required=True, help="agent configuration (YAML or JSON)")
+    p.add_argument("--reset-replay", action="store_true",
+                   help="operator action after the replay state was lost: accept only documents and commands "
+                        "signed from now on, then exit (re-publish the desired document afterwards)")
 
 
 def load_config(path: Path) -> AgentConfig:
@@ -165,7 +168,7 @@ def build_agent(cfg: AgentConfig, what: str = "agent config") -> AgentParts:
     from edge_runtime.pipeline import Pipeline, PipelineConfig
     from edge_runtime.profiles import load_profile
     from edge_runtime.sync.mqtt import MqttLink
-    from edge_runtime.update.agent import UpdateAgent
+    from edge_runtime.update.agent import COMMAND_REPLAY, UpdateAgent
     from edge_runtime.update.runtime import PackageRuntime
     from edge_runtime.update.settings import UpdateSettings
 
@@ -192,7 +195,8 @@ def build_agent(cfg: AgentConfig, what: str = "agent config") -> AgentParts:
     pipeline = Pipeline(model, open_agent_source(cfg, model), sinks=[agent.observe], config=config)
     pipeline.add_error_hook(agent.observe_error)
     agent.attach(pipeline, lambda: _source_status(pipeline))
-    services = start_services(device, model.manifest, link=link, source=source_info(cfg.source))
+    services = start_services(device, model.manifest, link=link, source=source_info(cfg.source),  # one MQTT link
+                              command_trust=agent.trust, command_state=cfg.state_dir / COMMAND_REPLAY)
     services.attach(pipeline)
     return AgentParts(cfg, link, agent, pipeline, services)
 
@@ -211,7 +215,10 @@ def _source_status(pipeline: Any) -> dict[str, Any]:
 def run(args: argparse.Namespace) -> int:
     from edge_runtime.pipeline import stop_on_signals
 
-    parts = build_agent(load_config(Path(args.config)), f"agent config {args.config}")
+    cfg = load_config(Path(args.config))
+    if args.reset_replay:
+        return reset_replay(cfg)
+    parts = build_agent(cfg, f"agent config {args.config}")
     parts.start()
     failure: list[BaseException] = []
 
@@ -240,6 +247,18 @@ def seed_initial(agent: Any, package: Path) -> None:
     pkg = load_package(package, agent.trust, require_signature=True)
     if pkg.manifest.profile != agent.s.profile:
         raise ConfigError(f"initial package is for profile {pkg.manifest.profile}, device is {agent.s.profile}")
-    key = f"{pkg.manifest.name}-{pkg.manifest.version}"
-    agent.slots.install_dir(pkg.root, key)
-    agent.slots.activate(key)
+    agent.slots.activate(agent.slots.install_dir(pkg.root))
+
+
+def reset_replay(cfg: AgentConfig) -> int:
+    """Set the replay floor of desired documents and commands to now (both copies), after a lost state."""
+    from edge_runtime.sync.replay import SequenceStore
+    from edge_runtime.update.agent import COMMAND_REPLAY, DESIRED_REPLAY
+
+    cfg.state_dir.mkdir(parents=True, exist_ok=True)
+    floor = 0
+    for name in (DESIRED_REPLAY, COMMAND_REPLAY):
+        floor = SequenceStore(cfg.state_dir / name).reset(floor or None)
+    print(f"replay state reset: documents and commands signed before sequence {floor} are refused; "
+          "re-publish the desired document for this device")
+    return 0

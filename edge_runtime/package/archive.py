@@ -248,9 +248,13 @@ def _extract_member(r: _Reader, member: _Member, entries: dict, seen: set[str], 
         raise r.fail(f"{member.name} is {member.size} bytes, the manifest says {entry.size}")
     seen.add(member.name)
     target = tmp / member.name
-    target.parent.mkdir(parents=True, exist_ok=True)
     h = hashlib.sha256()
-    with open(target, "xb") as out:
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        out = open(target, "xb")  # noqa: SIM115 (closed below)
+    except (FileExistsError, NotADirectoryError, IsADirectoryError) as exc:  # "a" and "a/b" both listed
+        raise r.fail(f"{member.name!r} collides with another listed path") from exc
+    with out:
         for chunk in r.stream(member):
             h.update(chunk)
             out.write(chunk)

@@ -152,6 +152,17 @@ def _read_manifest_raw(root: Path, limit: int = DEFAULT_LIMITS.max_manifest_byte
     return raw
 
 
+def _read_signature(p: Path) -> bytes | None:
+    """signature.json, read bounded (an oversized one fails as malformed), or None when there is none."""
+    if not p.is_file():
+        return None
+    try:
+        with open(p, "rb") as f:
+            return f.read(MAX_SIGNATURE_DOC + 1)
+    except OSError as exc:
+        raise PackageError(f"cannot read {p}: {exc.strerror}") from exc
+
+
 def read_manifest(root: str | Path) -> tuple[Manifest, bytes]:
     """Parse a package directory's manifest (no signature check: for tools that only read it)."""
     root = Path(root)
@@ -206,8 +217,7 @@ def load_package(
         if not path.is_dir():
             raise PackageError(f"package {path} does not exist")
         raw = _read_manifest_raw(path, limits.max_manifest_bytes)
-        sig_path = path / SIGNATURE_NAME
-        sig = sig_path.read_bytes()[: MAX_SIGNATURE_DOC + 1] if sig_path.is_file() else None
+        sig = _read_signature(path / SIGNATURE_NAME)
         signer = check_signature(raw, sig, trust, must_sign, path)
     except SignatureError as exc:
         if require_signature is None and exc.code in ("signature_missing", "untrusted_key"):

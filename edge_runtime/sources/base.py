@@ -187,6 +187,7 @@ class ThreadedSource:
     """Base for sources: subclasses implement ``_open()`` and ``_loop()``; this runs the thread and the queue."""
 
     kind: SampleKind = "frame"
+    close_timeout_s = 2.0  # how long close() waits for the reader (longer where a read can block, e.g. streams)
 
     def __init__(self, name: str, policy: DropPolicy, queue_size: int = 4) -> None:
         self.name = name
@@ -227,7 +228,13 @@ class ThreadedSource:
             self.queue.finish(error)
 
     def start(self) -> None:
-        self._open()
+        try:
+            self._open()
+        except SourceError as exc:
+            if not self._keeps_trying():
+                raise
+            self.counters.fault = f"{exc}; retrying"  # the reader thread reconnects, the fault is reported
+            log.warning("%s", self.counters.fault)
         self.counters.opened_at = time.monotonic()
         self._thread = threading.Thread(target=self._run, name=f"source-{self.name}", daemon=True)
         self._thread.start()
@@ -241,7 +248,14 @@ class ThreadedSource:
         if self._thread is None:  # opened (or not) but never read: no reader thread will release the input
             self._release()
         elif self._thread is not threading.current_thread():
-            self._thread.join(timeout=2.0)
+            self._thread.join(timeout=self.close_timeout_s)
+            if self._thread.is_alive():
+                log.warning("%s: reader still busy after %.0f s; leaving it", self.name, self.close_timeout_s)
+
+    def _keeps_trying(self) -> bool:
+        """True for a live source whose reconnect policy never gives up (the agent's): it starts even when the
+        input is not there yet, and its reader thread keeps reopening it."""
+        return False
 
     def _wait(self, seconds: float) -> bool:
         """Sleep unless stopped; True if the source was asked to stop."""

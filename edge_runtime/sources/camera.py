@@ -36,6 +36,9 @@ class VideoSource(ThreadedSource):
     """Frames (BGR uint8) from ``cv2.VideoCapture``."""
 
     kind = "frame"
+    # a stream's open or read blocks up to its timeout: wait that long, so the process never exits while OpenCV's
+    # FFmpeg thread is inside a call (it aborts with "terminate called without an active exception")
+    close_timeout_s = _STREAM_TIMEOUT_MS / 1000 + 2.0
 
     def __init__(
         self,
@@ -83,8 +86,12 @@ class VideoSource(ThreadedSource):
             self._cap.release()
             self._cap = None
 
+    def _keeps_trying(self) -> bool:
+        return self.video_kind != "file" and not self.reconnect.give_up
+
     def _read(self) -> np.ndarray | None:
-        assert self._cap is not None
+        if self._cap is None:  # not open (yet): a live input reconnects
+            return None
         ok, frame = self._cap.read()
         if not ok or frame is None or frame.size == 0:
             return None

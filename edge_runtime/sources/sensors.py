@@ -224,13 +224,17 @@ class SerialSource(LineSource):
 
         while not self._stop.is_set():
             try:
-                assert self._serial is not None
+                if self._serial is None:  # not open (yet): reopen with backoff
+                    raise OSError("serial port not open")
                 chunk = self._serial.read(max(1, self._serial.in_waiting))
             except (serial.SerialException, OSError):
                 if not self._reopen():
                     return
                 continue
             yield chunk
+
+    def _keeps_trying(self) -> bool:
+        return not self.reconnect.give_up
 
     def _reopen(self) -> bool:
         return self._reconnect_with(self.reconnect, lambda: self._try_open() is None)

@@ -26,6 +26,8 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from edge_runtime.sync.mqtt_settings import MqttSettings, TlsSettings, settings_from_url
@@ -136,8 +138,13 @@ class MqttLink:
         self._connect_async()
 
     def _connect_async(self) -> None:
+        props = None
+        if self.protocol_in_use == "5":  # the broker drops messages above this for us: never received, never parsed
+            props = Properties(PacketTypes.CONNECT)
+            props.MaximumPacketSize = self.settings.max_incoming
         try:
-            self._client.connect_async(self.settings.host, self.settings.port, keepalive=self.settings.keepalive)
+            self._client.connect_async(self.settings.host, self.settings.port, keepalive=self.settings.keepalive,
+                                       properties=props)
         except (OSError, ValueError) as exc:  # e.g. an unresolvable host name is reported, then retried by paho
             self.last_error = f"cannot connect: {exc}"
         self._client.loop_start()

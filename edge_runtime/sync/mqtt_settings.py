@@ -56,6 +56,11 @@ class MqttSettings(BaseModel):
     max_queued: int = Field(
         default=10000, ge=1, description="Messages paho may hold while offline before publish() fails."
     )
+    max_incoming: int = Field(
+        default=(1 << 20) + 4096, ge=4096, description="Largest packet the broker may send this link (MQTT 5 "
+        "Maximum Packet Size in CONNECT: larger messages are never delivered, so never parsed). Keep above the "
+        "chunk size of package transfers.",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> MqttSettings:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_runtime.package.signing import TrustStore
+from edge_runtime.sync.replay import SequenceStore
 from edge_runtime.sync.topics import Topics
 from edge_runtime.update import steps
 from edge_runtime.update.attempt import Attempt, Link, ModelHost, UpdateContext
@@ -28,9 +29,12 @@ from edge_runtime.update.runtime import ModelRuntime, prediction_ok
 from edge_runtime.update.settings import UpdateSettings
 from edge_runtime.update.slots import SlotStore
 from edge_runtime.update.states import Event, State
+from edge_runtime.update.transfer import package_id_for
 
 log = logging.getLogger(__name__)
-__all__ = ["Link", "ModelHost", "UpdateAgent"]
+__all__ = ["COMMAND_REPLAY", "DESIRED_REPLAY", "Link", "ModelHost", "UpdateAgent"]
+DESIRED_REPLAY = "desired_replay.json"
+COMMAND_REPLAY = "command_replay.json"
 SourceStatus = Callable[[], dict[str, Any]]
 
 
@@ -49,6 +53,9 @@ class UpdateAgent:
         trust = TrustStore.load(settings.trust, settings.trusted_keys)
         self.ctx = UpdateContext(settings, machine, slots, runtime, trust, link, topics or Topics(),
                                  settings.smoke_budget_ms or latency_budget_ms)
+        # the accepted desired-document sequence, in two copies (update_state.json's copy is the fallback)
+        self.ctx.replay = SequenceStore(root / DESIRED_REPLAY, floor=machine.record.accepted_sequence,
+                                        has_history=slots.has_history())
         self.source_status: SourceStatus = dict
         self._source_seen: Any = None
         self._docs: dict[str, SignedDesired] = {}
@@ -70,6 +77,7 @@ class UpdateAgent:
     stop_event = property(lambda self: self.ctx.stop_event)
     budget_ms = property(lambda self: self.ctx.budget_ms)
     live = property(lambda self: self.ctx.serving.model)
+    replay = property(lambda self: self.ctx.replay)
 
     # ------------------------------------------------------------------------------- reporting
     @property
@@ -82,8 +90,12 @@ class UpdateAgent:
         except Exception:  # a broken accessor must not stop a report
             log.exception("cannot read the source status")
             source = {}
+        active = self.slots.pointers().active
+        sha = self.slots.archive_of(active)
         payload = status_payload(record, self.s.device_id, self.serving, profile=self.s.profile,
-                                 groups=list(self.s.groups), source=source, **extra)
+                                 groups=list(self.s.groups), source=source, serving_key=active,
+                                 serving_package_id=package_id_for(sha) if sha else None,
+                                 replay_state=self.replay.problem or "ok", **extra)
         try:
             self.link.set_retained(self.topics.update_status(self.s.device_id), payload)
             update_state = getattr(self.link, "update_state", None)
@@ -195,12 +207,17 @@ class UpdateAgent:
         if not pin_allows(doc, self.s.pin_version):
             self._reject(f"device is pinned to {self.s.pin_version}; ignoring {doc.version}", "pinned", doc.sequence)
             return False
-        if self.serving == f"{doc.name}-{doc.version}" or rec.package_id == doc.package_id and not self.machine.resting:
+        active = self.slots.pointers().active
+        if active is not None and self.slots.key_for_archive(doc.sha256) == active:
+            return False  # these very bytes serve (the same version with other bytes goes on, and is refused)
+        if rec.package_id == doc.package_id and not self.machine.resting:
             return False
-        if doc.sequence < rec.accepted_sequence or (doc.sequence == rec.accepted_sequence and rec.package_id
-                                                     != doc.package_id):
-            self._reject(f"document sequence {doc.sequence} is older than {rec.accepted_sequence}", "replay",
-                         doc.sequence)
+        if self.replay.lost:  # never guess the floor: refuse every document until an operator resets it
+            self._reject(str(self.replay.problem), "replay_state_lost", doc.sequence)
+            return False
+        floor = self.replay.value
+        if doc.sequence < floor or (doc.sequence == floor and rec.package_id != doc.package_id):
+            self._reject(f"document sequence {doc.sequence} is older than {floor}", "replay", doc.sequence)
             return False
         # this very document already failed: only a newer signed document tries the package again
         return not (doc.package_id in rec.failed_packages and doc.sequence <= rec.sequence)

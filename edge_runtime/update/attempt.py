@@ -23,11 +23,12 @@ from edge_runtime.package.signing import TrustStore
 from edge_runtime.package.store import read_manifest
 from edge_runtime.sync.topics import Topics
 from edge_runtime.update.desired import DesiredModel, SignedDesired
+from edge_runtime.update.errors import UpdateError
 from edge_runtime.update.health import HealthWindow
 from edge_runtime.update.machine import UpdateMachine
 from edge_runtime.update.runtime import ModelRuntime
 from edge_runtime.update.settings import UpdateSettings
-from edge_runtime.update.slots import SlotStore, slot_key
+from edge_runtime.update.slots import SlotStore
 from edge_runtime.update.states import State
 
 log = logging.getLogger(__name__)
@@ -74,8 +75,9 @@ class Serving:
 
     @property
     def key(self) -> str | None:
+        """``name-version`` of the serving model (what status reports; slots are keyed by content)."""
         m = getattr(self.model, "manifest", None)
-        return slot_key(m.name, m.version) if m is not None else None
+        return f"{m.name}-{m.version}" if m is not None else None
 
 
 @dataclass
@@ -92,6 +94,7 @@ class UpdateContext:
     budget_ms: float
     stop_event: threading.Event = field(default_factory=threading.Event)
     serving: Serving = field(default_factory=Serving)
+    replay: Any = None  # edge_runtime.sync.replay.SequenceStore: the accepted desired-document sequence
 
     @property
     def root(self) -> Path:
@@ -161,9 +164,18 @@ class Attempt:
     new_model: Any = None
 
     @property
+    def installed_key(self) -> str | None:
+        """The slot holding the document's archive, if installed (content-addressed: by sha256, never by version)."""
+        return self.ctx.slots.key_for_archive(self.doc.sha256)
+
+    @property
     def key(self) -> str:
-        """The slot key the package installs into (and serves from)."""
-        return slot_key(self.doc.name, self.doc.version)
+        """The slot the package was installed into (and serves from); UpdateError if it is gone."""
+        key = self.installed_key
+        if key is None:
+            raise UpdateError(f"the package for {self.doc.name} {self.doc.version} is no longer installed",
+                              "staged_missing")
+        return key
 
     @property
     def archive(self) -> Path:

@@ -9,17 +9,17 @@ from __future__ import annotations
 
 import logging
 import queue
-import shutil
 from typing import Any
 
 from edge_runtime.errors import EdgeRuntimeError
 from edge_runtime.update.attempt import Attempt, UpdateContext
 from edge_runtime.update.desired import DesiredModel
-from edge_runtime.update.errors import SmokeTestError, TransferError, UpdateError
+from edge_runtime.update.errors import SmokeTestError, TransferError, UpdateError, VerificationError
 from edge_runtime.update.health import HealthWindow, Verdict
+from edge_runtime.update.http_transfer import http_download
 from edge_runtime.update.runtime import agree
 from edge_runtime.update.states import LIVE_MODEL_AT_RISK, TRANSITIONS, Event, State
-from edge_runtime.update.transfer import ChunkDownloader, http_download
+from edge_runtime.update.transfer import ChunkDownloader
 from edge_runtime.update.verify import check_archive, verify_package
 
 log = logging.getLogger(__name__)
@@ -43,10 +43,12 @@ def recover(ctx: UpdateContext) -> Attempt | None:
     ctx.clean_stale_downloads()
     m, rec = ctx.machine, ctx.machine.record
     if m.resting:
-        ctx.slots.prune()
+        _prune(ctx)
         return None
     doc = ctx.stored_doc()
     exhausted = doc is None or rec.recoveries >= ctx.settings.max_recoveries
+    if rec.state in LIVE_MODEL_AT_RISK and doc is not None and ctx.slots.key_for_archive(doc.sha256) is None:
+        exhausted = True  # the swapped-in slot is gone: nothing to try again, switch back
     if rec.state is State.ROLLING_BACK or (rec.state in LIVE_MODEL_AT_RISK and exhausted):
         if rec.state is not State.ROLLING_BACK:
             m.fire(Event.ERROR, f"device restarted during {rec.state.value} {rec.recoveries + 1} times; "
@@ -126,6 +128,11 @@ def _chain(a: Attempt) -> State:
     if state is State.VERIFYING:
         ctx.dwell(State.VERIFYING)
         a.new_model = stage(a)
+        if ctx.replay is not None:
+            ctx.replay.advance(doc.sequence)  # both copies written before the state says verified
+        if a.new_model is None:  # the very content that serves (same manifest): nothing to swap
+            return m.fire(Event.ALREADY_SERVING, f"{doc.name} {doc.version} already serves this content",
+                          accepted_sequence=max(doc.sequence, m.record.accepted_sequence))
         m.fire(Event.VERIFIED, "signature, hashes, profile, version and smoke test ok",
                accepted_sequence=max(doc.sequence, m.record.accepted_sequence))
     if a.new_model is None:  # resumed at staged or shadow: load and smoke-test again
@@ -141,26 +148,31 @@ def _chain(a: Attempt) -> State:
 
 
 def download(a: Attempt) -> Any:
-    """Fetch the archive (MQTT chunks, or HTTP when the document has a URL); retries are bounded."""
+    """Fetch the archive (HTTP(S) first when the document has a URL, else or then MQTT chunks); bounded retries."""
     ctx, doc = a.ctx, a.doc
-    if ctx.slots.has(a.key):  # still installed: instant local rollback, nothing to fetch
+    if a.installed_key is not None:  # these very bytes are installed: instant local rollback, nothing to fetch
         return None
     ctx.slots.make_room(doc.size)
     last = [0.0]
 
     def progress(good: int, total: int, stats: dict[str, int]) -> None:
         if good < 0:
-            ctx.machine.update(reason=f"chunk failed its hash; re-fetching ({stats['corrupt_chunks']} so far)",
+            ctx.machine.update(reason=f"chunk failed its checks; re-fetching ({stats['corrupt_chunks']} so far)",
                                code="chunk_corrupt")
         elif good / total - last[0] >= 0.1 or good == total:
             last[0] = good / total
             ctx.machine.update(progress=good / total)
 
+    if doc.url and ctx.settings.allow_http:
+        try:
+            return http_download(doc.url, a.archive, doc.sha256, doc.size, ctx.stop_event)
+        except TransferError as exc:  # any HTTP failure: the same signed bytes come over MQTT instead
+            if exc.code == "interrupted":
+                raise UpdateError(str(exc), exc.code) from exc
+            log.warning("HTTP download failed (%s); falling back to MQTT chunks", exc)
+            ctx.machine.update(reason=f"{exc}; falling back to MQTT chunks", code="http_fallback")
     while True:
         try:
-            if doc.url and ctx.settings.allow_http:
-                ctx.downloads.mkdir(parents=True, exist_ok=True)
-                return http_download(doc.url, a.archive, doc.sha256, doc.size, ctx.stop_event)
             return ChunkDownloader(ctx.link, ctx.topics, ctx.downloads, doc.package_id, doc.sha256, doc.size,
                                    ctx.settings.transfer, progress, ctx.stop_event).run()  # type: ignore[arg-type]
         except TransferError as exc:
@@ -169,23 +181,40 @@ def download(a: Attempt) -> Any:
 
 
 def stage(a: Attempt) -> Any:
-    """Verify the archive, install it into the inactive slot, verify the package there, load, smoke-test."""
-    ctx, doc, key = a.ctx, a.doc, a.key
-    fresh = not ctx.slots.has(key)
-    if fresh:
-        check_archive(a.archive, doc)
-        ctx.slots.install_archive(a.archive, key)
+    """Verify the archive, install it into the inactive slot, verify the package there, load, smoke-test.
+
+    Returns the loaded candidate, or None when the archive is exactly the content that serves."""
+    ctx, doc = a.ctx, a.doc
+    key, fresh = a.installed_key, False
     try:
+        if key is None:
+            check_archive(a.archive, doc)  # size and sha256 against the signed document, before unpacking
+            key, fresh = ctx.slots.install_archive(a.archive, doc.sha256)
+        if key == ctx.slots.pointers().active:
+            ctx.slots.set_candidate(None)
+            return None
+        check_same_version(ctx, doc, key)
         verify_package(ctx.slots.path(key), ctx.trust, ctx.settings.profile, doc, ctx.installed_version())
         model = load_and_smoke(ctx, ctx.slots.path(key))
     except UpdateError:
-        if fresh:
-            shutil.rmtree(ctx.slots.path(key), ignore_errors=True)
-            ctx.slots.set_candidate(None)
+        if fresh and key is not None:
+            ctx.slots.remove(key)
+        ctx.slots.set_candidate(None)
         raise
+    finally:
+        a.archive.unlink(missing_ok=True)
     ctx.slots.set_candidate(key)
-    a.archive.unlink(missing_ok=True)
     return model
+
+
+def check_same_version(ctx: UpdateContext, doc: DesiredModel, key: str) -> None:
+    """Refuse other bytes under the version that serves: a version names one content, so a fix needs a new one."""
+    active = ctx.slots.pointers().active
+    if active is None or not ctx.slots.has(active) or ctx.slots.name_version(active) != (doc.name, doc.version):
+        return
+    raise VerificationError(
+        f"{doc.version} is installed with different content (serving {active}, offered {key}); "
+        f"publish the changed package under a new version", "version_conflict")
 
 
 def load_and_smoke(ctx: UpdateContext, path: Any) -> Any:
@@ -269,8 +298,8 @@ def activate(a: Attempt) -> State:
     if not verdict.healthy:
         m.fire(Event.UNHEALTHY, f"health window failed: {verdict.reason}", "unhealthy", health=verdict.stats)
         return switch_back(a, old, f"health window failed: {verdict.reason}", "unhealthy")
+    _prune(ctx)  # before the commit is reported: what the status says is what is on disk
     m.fire(Event.HEALTHY, verdict.reason, health=verdict.stats)
-    ctx.slots.prune()
     if old is not None:
         ctx.runtime.close(old)
     return m.state
@@ -312,11 +341,21 @@ def _restore_pointers(ctx: UpdateContext) -> None:
 def _finish_rollback(ctx: UpdateContext, reason: str, code: str) -> State:
     rec = ctx.machine.record
     _restore_pointers(ctx)
+    _prune(ctx)  # keep_versions holds after rollbacks too
     failed = (rec.failed_packages + [rec.package_id])[-20:] if rec.package_id else rec.failed_packages
-    state = ctx.machine.fire(Event.ROLLED_BACK, f"{reason}; serving {rec.from_key} again", code,
-                             failed_packages=failed)
-    ctx.slots.prune()  # keep_versions holds after rollbacks too
-    return state
+    return ctx.machine.fire(Event.ROLLED_BACK, f"{reason}; serving {rec.from_key} again", code,
+                            failed_packages=failed)
+
+
+def _prune(ctx: UpdateContext) -> None:
+    """Hold keep_versions (never the active, previous or candidate slot); a disk error is logged, not fatal."""
+    try:
+        removed = ctx.slots.prune()
+    except OSError as exc:
+        log.error("cannot prune old versions: %s", exc)
+        return
+    if removed:
+        log.info("removed old versions %s (keep_versions %d)", ", ".join(removed), ctx.settings.keep_versions)
 
 
 def fail(ctx: UpdateContext, reason: str, code: str, doc: DesiredModel | None) -> State:
@@ -332,7 +371,7 @@ def fail(ctx: UpdateContext, reason: str, code: str, doc: DesiredModel | None) -
     failed = rec.failed_packages
     if code not in TRANSIENT and rec.package_id:
         failed = (failed + [rec.package_id])[-20:]
-    if code in ("hash_mismatch", "chunk_corrupt") and doc is not None:
+    if code in ("hash_mismatch", "chunk_corrupt", "chunk_wrong_size", "oversize") and doc is not None:
         for p in ctx.downloads.glob(f"{doc.package_id}.*"):
             p.unlink(missing_ok=True)
     ctx.slots.set_candidate(None)

@@ -265,3 +265,44 @@ def test_commands_refuse_unsigned_and_untrusted_packages_and_say_how_to_sign(tmp
     ok = subprocess.run([*CLI, "verify", str(unsigned), "--allow-unsigned"],
                         capture_output=True, text=True, timeout=120)  # fmt: skip
     assert ok.returncode == 0 and "signature not checked (--allow-unsigned)" in ok.stdout, ok.stderr
+
+
+def test_listed_paths_that_collide_are_refused_not_a_traceback(signed, tmp_path) -> None:
+    """A (signed or allowed-unsigned) manifest listing both "x" and "x/y": one clear refusal, nothing written."""
+    import hashlib
+    import json
+
+    root, _, _ = signed
+    doc = json.loads((root / "manifest.json").read_bytes())
+    doc["files"] += [{"path": p, "sha256": hashlib.sha256(b"x").hexdigest(), "size": 1} for p in ("x", "x/y")]
+    raw = json.dumps(doc).encode()
+    parts = [hostile.member("manifest.json", raw), *hostile.file_members(root),
+             hostile.member("x", b"x"), hostile.member("x/y", b"x")]  # fmt: skip
+    archive = hostile.write(tmp_path / "collide.erpkg", parts)
+    with pytest.raises(PackageError, match="'x/y' collides with another listed path"):
+        extract_verified(archive, tmp_path / "out", must_sign=False)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("signer", ["operator", "none"])
+def test_the_agent_refuses_a_first_package_not_signed_by_a_release_key(signer: str, tmp_path) -> None:
+    """A real `edge-runtime agent` with separate roles: a package signed by its operator key (trusted, wrong role)
+    or not signed at all is refused before anything is installed, with one line and exit 2."""
+    import yaml
+
+    from tests.mqtt_broker import free_port
+
+    rel_priv, rel_pub = generate_keypair(tmp_path / "release")
+    op_priv, op_pub = generate_keypair(tmp_path / "operator")
+    pkg = make_package(tmp_path / "p", sign_key=load_private_key(op_priv) if signer == "operator" else None)
+    archive = pack_archive(pkg.root, tmp_path / "first.erpkg")
+    cfg = tmp_path / "agent.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "device_id": "roles-1", "profile": "x86-laptop", "state_dir": str(tmp_path / "state"),
+        "trust": {"release": [str(rel_pub)], "operator": [str(op_pub)]}, "initial_package": str(archive),
+        "mqtt": {"host": "127.0.0.1", "port": free_port()},
+    }))  # fmt: skip
+    env = {**os.environ, "EDGE_RUNTIME_CACHE": str(tmp_path / "cache")}
+    proc = subprocess.run([*CLI, "agent", "--config", str(cfg)], capture_output=True, text=True, timeout=120, env=env)
+    _one_line_exit_2(proc, "not as a release key" if signer == "operator" else "is not signed")
+    assert not list((tmp_path / "state").rglob("manifest.json"))  # nothing installed in a slot

@@ -227,7 +227,8 @@ def test_a_stream_that_stops_sending_ends_the_run_with_one_line_and_exit_2(packa
     server = MjpegServer(fps=30, stall_after=3).start()
     try:
         proc = subprocess.run(
-            [*CLI, "run", "--package", str(packages["classifier"]), "--source", server.url, "--stall-timeout", "2"],
+            [*CLI, "run", "--package", str(packages["classifier"]), *trust_args(), "--source", server.url,
+             "--stall-timeout", "2"],
             capture_output=True, text=True, timeout=90,
         )  # fmt: skip
     finally:
@@ -240,8 +241,29 @@ def test_a_stream_that_stops_sending_ends_the_run_with_one_line_and_exit_2(packa
 def test_a_run_whose_every_line_is_rejected_exits_2(packages) -> None:
     rows = "\n".join(f"{i},x,{i}" for i in range(200)) + "\n"
     proc = subprocess.run(
-        [*CLI, "run", "--package", str(packages["sensor"]), "--source", "stdin"],
+        [*CLI, "run", "--package", str(packages["sensor"]), *trust_args(), "--source", "stdin"],
         input=rows, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert proc.returncode == 2, proc.stderr
     assert "nothing processed: 200 bad line(s)" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_run_broker_tls_and_credential_options_reach_the_mqtt_settings(tmp_path, monkeypatch) -> None:
+    """--mqtt-ca/-cert/-key/-username/-password-file (or the environment) fill the broker settings; the password
+    never has to sit in the URL."""
+    from edge_runtime.cli import build_parser
+    from edge_runtime.commands.run import device_config
+
+    pw = tmp_path / "pw"
+    pw.write_text("s3cret\n")
+    files = {n: tmp_path / f"{n}.pem" for n in ("ca", "cert", "key")}
+    for f in files.values():
+        f.write_text("-----BEGIN CERTIFICATE-----\n")
+    argv = ["run", "--package", "p", "--source", "0", "--mqtt", "mqtts://broker:8883", "--device-id", "cam-1",
+            "--outbox", str(tmp_path / "o.db"), "--mqtt-ca", str(files["ca"]), "--mqtt-cert", str(files["cert"]),
+            "--mqtt-key", str(files["key"]), "--mqtt-username", "cam-1"]
+    mqtt = device_config(build_parser(argv).parse_args([*argv, "--mqtt-password-file", str(pw)])).mqtt
+    assert (mqtt.username, mqtt.password, mqtt.tls.ca_cert, mqtt.tls.client_key) == ("cam-1", "s3cret", files["ca"],
+                                                                                     files["key"])
+    monkeypatch.setenv("EDGE_RUNTIME_MQTT_PASSWORD", "from-env")
+    assert device_config(build_parser(argv).parse_args(argv)).mqtt.password == "from-env"

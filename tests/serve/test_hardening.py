@@ -160,3 +160,18 @@ def test_counters_on_metrics_without_device_services(classifier) -> None:
                  'edge_serve_requests_total{status="400"} 2.0', 'edge_serve_requests_total{status="200"} 1.0'):
         assert line in text, text
     assert "# TYPE edge_serve_errors_total counter" in text
+
+
+def test_json_bodies_are_bounded_by_what_the_model_takes(classifier, tmp_path: Path) -> None:
+    """A 16 MiB body of numbers would parse into 200+ MiB of Python lists: refused before parsing instead."""
+    sensor = model_factory.tensor_package(tmp_path / "sensor", window=4, channels=2).root  # takes 8 values
+    numbers = b"[" + b"0," * 4095 + b"0]"
+    with client_for(sensor) as c:
+        r = c.post("/predict", content=numbers, headers={"content-type": "application/json"})
+        assert r.status_code == 413 and "at most 96" in r.json()["error"]
+        assert c.post("/predict", json=[[1.0, 2.0]] * 4).status_code == 200
+        assert 'edge_serve_rejected_total{reason="json_size"} 1.0' in c.get("/metrics").text
+    with client_for(classifier) as c:
+        frame = b"[" + b"0," * (320 * 320 * 3) + b"0]"
+        r = c.post("/predict", content=frame, headers={"content-type": "application/json"})
+        assert r.status_code == 413 and "send frames as JPEG or PNG" in r.json()["error"]

@@ -78,19 +78,24 @@ def test_a_model_that_raises_on_every_frame_is_rolled_back_in_process(tmp_path, 
 
 def test_an_agent_on_an_mjpeg_stream_updates_and_reports_a_source_fault(tmp_path, broker, ota_keys, ota_packages,
                                                                         agents) -> None:
-    """The agent on a network camera commits v2; when the camera goes away it keeps running and reports the fault
-    on its status topic; when the camera comes back the fault clears."""
+    """The agent starts while its network camera is still down (it reports the fault, keeps retrying, and serves
+    once the camera is up), commits v2 over the live stream, and reports the fault again, alive, when the camera
+    goes away; the fault clears when it comes back."""
     server = MjpegServer(fps=30).start()
+    server.stop()  # the port is known; nothing serves it yet
     top = {"source": server.url, "stall_timeout_s": 2,
            "source_options": {"reconnect": {"initial_delay_s": 0.2, "max_delay_s": 0.5, "max_attempts": 2}}}
     config = device_config(tmp_path, "cam-2", broker.port, ota_keys["pub"], ota_packages["v1"], top)
     fleet = FleetSide(broker.port, ota_keys["priv"])
     try:
         proc = _spawn(agents, config, tmp_path)
-        fleet.wait_for("cam-2", lambda d: d["serving"] == "tiny-1.0.0", timeout=60)
+        down = fleet.wait_for("cam-2", lambda d: (d.get("source") or {}).get("fault"), timeout=60)
+        server.start()
+        fleet.wait_for("cam-2", lambda d: (d.get("source") or {}).get("fault") is None, timeout=60)
         fleet.desire(fleet.upload(ota_packages["v2"]), "cam-2")
         done = fleet.wait_for("cam-2", lambda d: d["state"] in FINAL, timeout=60)
         server.stop()
+        fleet.clear("cam-2")
         fault = fleet.wait_for("cam-2", lambda d: (d.get("source") or {}).get("fault"), timeout=60)
         server.start()
         fleet.clear("cam-2")
@@ -98,6 +103,7 @@ def test_an_agent_on_an_mjpeg_stream_updates_and_reports_a_source_fault(tmp_path
     finally:
         server.stop()
         fleet.close()
+    assert down["serving"] == "tiny-1.0.0" and down["state"] == "idle"
     assert (done["state"], done["serving"]) == ("committed", "tiny-2.0.0"), done
     assert server.url in fault["source"]["fault"] and proc.poll() is None, _log(tmp_path, "cam-2")
     assert clear["serving"] == "tiny-2.0.0"

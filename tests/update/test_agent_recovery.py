@@ -138,3 +138,26 @@ def test_an_older_signed_rollback_queued_behind_a_newer_update_is_refused_as_a_r
         fleet.close()
     assert done["rejected"] == "replay" and done["serving"] == "tiny-3.0.0", done
     assert stats.version == "3.0.0"
+
+
+def test_rollbacks_keep_the_rollback_target_and_the_version_bound(tmp_path, broker, ota_keys, ota_packages) -> None:
+    """v1 -> v2 commits; two models that fail their health window are switched back. Afterwards v2 serves with v1
+    still its instant rollback target (before: previous became null) and no more than keep_versions stay installed
+    (before: every failed version stayed)."""
+    fleet = FleetSide(broker.port, ota_keys["priv"])
+    dev = _device(tmp_path, broker, ota_keys, ota_packages["v1"], keep_versions=2).start()
+    try:
+        fleet.desire(fleet.upload(ota_packages["v2"]), "cam-1")
+        fleet.wait_for("cam-1", lambda d: d["state"] == "committed" and d["serving"] == "tiny-2.0.0")
+        for bad in ("nan", "raising"):
+            fleet.clear("cam-1")
+            fleet.desire(fleet.upload(ota_packages[bad]), "cam-1")
+            done = fleet.wait_for("cam-1", lambda d: d["state"] in FINAL)
+            assert (done["state"], done["serving"]) == ("failed", "tiny-2.0.0"), done
+        pointers = dev.agent.slots.pointers()
+        installed = set(dev.agent.slots.keys())
+    finally:
+        dev.stop()
+        fleet.close()
+    assert (pointers.active, pointers.previous) == ("tiny-2.0.0", "tiny-1.0.0")
+    assert installed == {"tiny-1.0.0", "tiny-2.0.0"}
