@@ -79,6 +79,11 @@ class _Tally:
             self.reg, self.gain = self.reg + (f == label != q), self.gain + (q == label != f)
 
 
+def cosine_of(a: np.ndarray, b: np.ndarray) -> float:
+    """Cosine similarity as the guard takes it (two essentially zero vectors agree)."""
+    return _cosine(np.asarray(a, np.float64).ravel(), np.asarray(b, np.float64).ravel())
+
+
 def measure(
     pairs: Iterable[tuple[list[np.ndarray], list[np.ndarray]]],
     class_output: int | None,

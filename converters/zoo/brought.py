@@ -285,7 +285,10 @@ def check(r: Recipe, package: Path) -> str:
         out_name = model.manifest.outputs.tensors[0].name
         f = np.stack([ref.run_float([x[None]])[0].ravel() for x in xs])
         q = np.stack([np.ravel(model.predict(x).raw[out_name]) for x in xs])
-        cos = np.mean(np.sum(f * q, 1) / (np.linalg.norm(f, axis=1) * np.linalg.norm(q, axis=1) + 1e-12))
+        from converters.guard import cosine_of
+
+        cos = float(np.mean([cosine_of(a, b) for a, b in zip(f, q, strict=True)])) if f.shape[1] >= 16 else (
+            cosine_of(f.ravel(), q.ravel()))  # fmt: skip  (as the guard: a scalar is judged over the set)
         extra = ""
         if r.name == "oww-hey-mycroft":
             agree = np.mean((f > 0.5) == (q > 0.5))
