@@ -10,17 +10,14 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from converters import calibration as cal
 from converters import guard
+from converters.context import Context, Outputs, decide_outputs
 from converters.model import FloatModel, QuantizedModel
 from edge_runtime.package.manifest import AccuracyReport, InputSpec
-
-if TYPE_CHECKING:
-    from converters.pipeline import Context
 
 Runner = Callable[[list[np.ndarray]], list[np.ndarray]]
 
@@ -31,6 +28,7 @@ class Built:
 
     model: QuantizedModel
     float_run: Runner
+    outputs: Outputs
     accuracy: AccuracyReport | None
     remedies: list[str]
 
@@ -64,17 +62,34 @@ def float_reference(fm: FloatModel) -> Runner:
     return ModelRunner(ensure_onnx(fm)).run_float
 
 
-def evaluator(fspecs, vbuild, valid, float_run, class_idx) -> guard.Evaluate:  # type: ignore[no-untyped-def]
-    """Float vs quantized outputs on the held-back samples, each fed as its model expects."""
+def evaluator(ctx: Context, float_run: Runner, outs: Outputs, labels: list[int | None] | None) -> guard.Evaluate:
+    """Float vs quantized outputs on the held-back samples, each fed as its model expects (and their labels)."""
     from converters.evaluate import ModelRunner
 
     def evaluate(qm: QuantizedModel) -> guard.Agreement:
         qrun = ModelRunner(qm.path, output_quant=qm.output_quantization)
-        qbuild = cal.InputBuilder(packaged_specs(fspecs, qm), vbuild.frame_order, vbuild.source)
-        pairs = ((float_run(vbuild(s, i)), qrun.run_float(qbuild(s, i))) for i, s in enumerate(valid))
-        return guard.measure(pairs, class_idx)
+        qbuild = cal.InputBuilder(packaged_specs(ctx.fspecs, qm), ctx.vbuild.frame_order, ctx.vbuild.source)
+        pairs = ((float_run(ctx.vbuild(s, i)), qrun.run_float(qbuild(s, i))) for i, s in enumerate(ctx.valid))
+        return guard.measure(pairs, outs.class_idx, labels, outs.activation)
 
     return evaluate
+
+
+def held_back_labels(ctx: Context, outs: Outputs) -> list[int | None] | None:
+    """Class indices of the held-back samples, when they are labelled and the model is a classifier."""
+    from converters.labels import class_indices
+
+    raw = ctx.valid.labels()
+    if raw is None or outs.class_idx is None:
+        return None
+    indices = class_indices(raw, ctx.plan.labels, ctx.fm.outputs[outs.class_idx].shape[-1])
+    ctx.say(f"held-back data: {sum(i is not None for i in indices)} of {len(indices)} samples labelled")
+    return indices
+
+
+def _budget(ctx: Context, outs: Outputs, labels: list[int | None] | None) -> dict[str, float]:
+    labelled = labels is not None and all(i is not None for i in labels)
+    return guard.budget_for(ctx.plan.profile, outs.class_idx is not None, labelled)
 
 
 def onnx_hooks(ctx: Context) -> TargetHooks:
@@ -83,6 +98,7 @@ def onnx_hooks(ctx: Context) -> TargetHooks:
     from converters.evaluate import ModelRunner
     from converters.sources import ensure_onnx
     from converters.targets import onnx_int8, onnx_io
+    from converters.targets.onnx_sensitivity import onnx_sensitivity
 
     work, calibration, profile = ctx.work, ctx.calibration, ctx.plan.profile
     prepared = onnx_int8.preprocess(ensure_onnx(ctx.fm), work / "prepared.onnx")
@@ -99,7 +115,7 @@ def onnx_hooks(ctx: Context) -> TargetHooks:
         names = [s.name for s in ctx.fspecs]
         few = lambda: itertools.islice(calibration(), 16)  # noqa: E731
         qdq = qm.float_io_path or qm.path  # fed the same float tensors as the float model
-        return guard.onnx_sensitivity(prepared, qdq, lambda: onnx_int8.reader(names, few), work)
+        return onnx_sensitivity(prepared, qdq, lambda: onnx_int8.reader(names, few), work)
 
     return TargetHooks(ModelRunner(prepared).run_float, quantize, sensitivity, onnx_int8.CALIBRATION_METHODS, "ONNX")
 
@@ -136,11 +152,12 @@ def _float_target(ctx: Context) -> Built:
 
     float_onnx = ensure_onnx(ctx.fm)
     qm = onnx_int8.write_float_onnx(float_onnx, ctx.opts.precision, ctx.work / "model.out.onnx")
-    ctx.float_run = ModelRunner(float_onnx).run_float
-    ctx.decide_outputs()
-    ag = evaluator(ctx.fspecs, ctx.vbuild, ctx.valid, ctx.float_run, ctx.class_idx)(qm)
-    budget = guard.budget_for(ctx.plan.profile, ctx.class_idx is not None)
-    return Built(qm, ctx.float_run, guard.report(ag, budget), [])
+    float_run = ModelRunner(float_onnx).run_float
+    outs = decide_outputs(ctx, float_run)
+    labels = held_back_labels(ctx, outs)
+    ag = evaluator(ctx, float_run, outs, labels)(qm)
+    budget = _budget(ctx, outs, labels)
+    return Built(qm, float_run, outs, guard.report(ag, budget), [])
 
 
 def build_target(ctx: Context) -> Built:
@@ -148,12 +165,12 @@ def build_target(ctx: Context) -> Built:
     if ctx.plan.fmt == "onnx" and ctx.opts.precision != "int8":
         return _float_target(ctx)
     hooks = onnx_hooks(ctx) if ctx.plan.fmt == "onnx" else tflite_hooks(ctx)
-    ctx.float_run = hooks.float_run
-    ctx.decide_outputs()
-    budget = guard.budget_for(ctx.plan.profile, ctx.class_idx is not None)
-    evaluate = evaluator(ctx.fspecs, ctx.vbuild, ctx.valid, hooks.float_run, ctx.class_idx)
+    outs = decide_outputs(ctx, hooks.float_run)
+    labels = held_back_labels(ctx, outs)
+    evaluate = evaluator(ctx, hooks.float_run, outs, labels)
+    budget = _budget(ctx, outs, labels)
     result = guard.guard(
         hooks.quantize, evaluate, budget, ctx.plan.method, hooks.sensitivity, ctx.say, ctx.opts.max_float_nodes,
         methods=hooks.methods, target=hooks.target,
     )  # fmt: skip
-    return Built(result.model, hooks.float_run, result.agreement, result.remedies)
+    return Built(result.model, hooks.float_run, outs, result.agreement, result.remedies)

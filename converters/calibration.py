@@ -18,6 +18,7 @@ import numpy as np
 from edge_runtime.errors import CalibrationError, InputError
 from edge_runtime.package.manifest import InputSpec
 from edge_runtime.preprocess import FrameOrder, ImagePreprocessor, TensorPreprocessor
+from edge_runtime.quant import quantize
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg"}
@@ -29,6 +30,7 @@ class Dataset:
 
     description: str = "data"
     frame_order: FrameOrder = "BGR"
+    labels: Sequence[str | None] | None = None  # one class (name or index) per sample, when the data has them
 
     def __len__(self) -> int:
         raise NotImplementedError
@@ -37,14 +39,27 @@ class Dataset:
         raise NotImplementedError
 
 
+def _images(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+
+
 class ImageFolder(Dataset):
-    """Every image file in a folder (sorted, not recursive), read with OpenCV as BGR frames."""
+    """Every image file in a folder (sorted), or in its class subfolders (then labelled by folder name), read
+    with OpenCV as BGR frames; ``labels.json`` or ``labels.csv`` beside flat images label them too."""
 
     def __init__(self, path: Path) -> None:
+        from converters.labels import folder_labels
+
         self.description = str(path)
-        self.files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        self.files = _images(path)
         if not self.files:
-            raise CalibrationError(f"{path} has no image files ({', '.join(sorted(IMAGE_SUFFIXES))})")
+            subs = sorted(d for d in path.iterdir() if d.is_dir() and not d.name.startswith("."))
+            self.files = [f for d in subs for f in _images(d)]
+        if not self.files:
+            raise CalibrationError(
+                f"{path} has no image files ({', '.join(sorted(IMAGE_SUFFIXES))}), in it or in class subfolders"
+            )
+        self.labels = folder_labels(path, self.files)
 
     def __len__(self) -> int:
         return len(self.files)
@@ -111,7 +126,9 @@ class ArrayFile(Dataset):
                 self.arrays = {self.names[0]: np.load(path, mmap_mode="r", allow_pickle=False)}
             else:
                 self._npz = np.load(path, allow_pickle=False)
-                keys = list(self._npz.files)
+                keys = [k for k in self._npz.files if k != "labels"]
+                if "labels" in self._npz.files:
+                    self.labels = [str(v) for v in np.asarray(self._npz["labels"]).ravel().tolist()]
                 if len(keys) == 1:
                     self.arrays = {self.names[0]: self._npz[keys[0]]}
                 elif set(self.names) <= set(keys):
@@ -126,6 +143,8 @@ class ArrayFile(Dataset):
         if len(sizes) != 1 or 0 in sizes:
             raise CalibrationError(f"{path} is empty or its arrays have different sample counts ({sorted(sizes)})")
         self.count = sizes.pop()
+        if self.labels is not None and len(self.labels) != self.count:
+            raise CalibrationError(f"{path}: {len(self.labels)} labels for {self.count} samples")
         if len(self.arrays) == 1 and self.names[0] in self.arrays:
             first = self.arrays[self.names[0]]
             if first.ndim == 3 and first.dtype == np.uint8:
@@ -199,6 +218,15 @@ class Subset:
             return True
         return self._held_back(i, n) == (self.part == "validation")
 
+    def labels(self) -> list[str | None] | None:
+        """The labels of this subset's samples, in order (None when the data set has none)."""
+        raw = self.dataset.labels
+        if raw is None:
+            return None
+        n = len(self.dataset)
+        kept = [raw[i] for i in range(n) if self._keep(i, n)]
+        return kept[: self.limit] if self.limit is not None else kept
+
     def __iter__(self) -> Iterator[np.ndarray]:
         n, taken = len(self.dataset), 0
         for i, sample in enumerate(self.dataset.samples()):
@@ -226,15 +254,30 @@ class InputBuilder:
         out = []
         for spec, fn in zip(self.specs, self._fns, strict=True):
             x = sample[spec.name] if isinstance(sample, dict) else sample
-            if spec.kind == "image" and (x.dtype != np.uint8):
-                raise CalibrationError(
-                    f"{self.source} sample {index}: image input {spec.name!r} needs 8-bit frames, got {x.dtype} arrays"
-                )
+            if spec.kind == "image" and x.dtype != np.uint8:
+                out.append(self._image_tensor(spec, x, index))
+                continue
             try:
                 out.append(fn(x))
             except InputError as exc:
                 raise CalibrationError(f"{self.source} sample {index}: {exc}") from exc
         return out
+
+    def _image_tensor(self, spec: InputSpec, x: np.ndarray, index: int) -> np.ndarray:
+        """A float array of the image input's own shape: an already preprocessed tensor (onnxruntime's examples
+        calibrate with these), used as given; the device still gets frames through the spec's preprocessing."""
+        shape = tuple(spec.shape)
+        if x.dtype.kind != "f" or x.shape not in (shape, shape[1:]):
+            raise CalibrationError(
+                f"{self.source} sample {index}: image input {spec.name!r} takes 8-bit frames (uint8, H x W or "
+                f"H x W x C, e.g. an image folder or video) or float tensors of its shape {list(shape)}, already "
+                f"normalised; got {x.dtype} arrays of shape {list(x.shape)}"
+            )
+        t = np.ascontiguousarray(x, dtype=np.float32).reshape(shape)
+        if spec.dtype in ("int8", "uint8"):
+            assert spec.quantization is not None
+            return quantize(t, spec.quantization, np.dtype(spec.dtype))
+        return t
 
     def over(self, subset: Subset) -> Iterator[list[np.ndarray]]:
         for i, sample in enumerate(subset):

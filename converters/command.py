@@ -28,6 +28,35 @@ def _shape(text: str) -> tuple[int, ...]:
     return dims
 
 
+def _named_shape(text: str) -> tuple[str | None, tuple[int, ...]]:
+    """``NAME=1,576`` or a bare ``1,576`` (the first input)."""
+    name, sep, rest = text.rpartition("=")
+    if sep and not name:
+        raise argparse.ArgumentTypeError(f"expected NAME=SHAPE or SHAPE, got {text!r}")
+    return (name or None), _shape(rest)
+
+
+def _input_kind(text: str) -> tuple[str | None, str]:
+    name, _, kind = text.rpartition("=")
+    if kind not in ("image", "tensor"):
+        raise argparse.ArgumentTypeError(f"expected image, tensor, NAME=image or NAME=tensor, got {text!r}")
+    return (name or None), kind
+
+
+def _state(text: str) -> tuple[str, str]:
+    inp, sep, out = text.partition(":")
+    if not sep or not inp or not out:
+        raise argparse.ArgumentTypeError(f"expected INPUT:OUTPUT (the output fed back into the input), got {text!r}")
+    return inp, out
+
+
+def _const(text: str) -> tuple[str, tuple[float, ...]]:
+    name, sep, value = text.partition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE (e.g. sample_rate=16000), got {text!r}")
+    return name, _floats(value)
+
+
 def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("source", type=Path, help="model: .onnx, .keras/.h5, SavedModel dir, .tflite, .pkl/.joblib, .pt")
     p.add_argument("--profile", required=True, help="device profile name (see `edge-runtime profiles list`) or YAML")
@@ -41,8 +70,15 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", choices=["int8", "float32", "float16"], default="int8", help="default int8")
     p.add_argument("--labels", type=Path, help="class labels file, one per line")
     p.add_argument("--task", choices=["classification", "detection", "raw"], help="default: guessed from outputs")
-    p.add_argument("--input-kind", choices=["image", "tensor"], help="default: image for 4-D 1/3-channel inputs")
-    p.add_argument("--input-shape", type=_shape, help="input shape for dynamic or PyTorch models, e.g. 1,3,224,224")
+    p.add_argument("--input-kind", type=_input_kind, action="append", metavar="[NAME=]image|tensor",
+                   help="image or tensor (default: image for one 4-D 1/3-channel input); NAME= for one input")
+    p.add_argument("--input-shape", type=_named_shape, action="append", metavar="[NAME=]SHAPE",
+                   help="static input shape, e.g. 1,3,224,224 (first input) or state=2,1,128; repeatable")
+    p.add_argument("--state", type=_state, action="append", metavar="INPUT:OUTPUT",
+                   help="recurrent state: OUTPUT is fed back into INPUT on the next call; repeatable")
+    p.add_argument("--const", type=_const, action="append", metavar="NAME=VALUE",
+                   help="constant input folded into the graph, e.g. sample_rate=16000; repeatable")
+    p.add_argument("--window-hop", type=int, help="sensor streams: samples between windows (default: window size)")
     p.add_argument("--mean", type=_floats, help="normalisation mean, pixel units, e.g. 127.5 or 123.7,116.3,103.5")
     p.add_argument("--std", type=_floats, help="normalisation std, pixel units (image default 255: [0, 1])")
     p.add_argument("--color-order", choices=["RGB", "BGR", "GRAY"], help="the model's colour order (default RGB)")
@@ -77,6 +113,31 @@ def _detection(args: argparse.Namespace) -> dict:
     return {"decoding": decoding, "extra_files": {ANCHORS_FILE: load_anchors(args.anchors)}}
 
 
+def _inputs(args: argparse.Namespace) -> dict:
+    """--input-shape, --input-kind, --state and --const as the options' fields; a name given twice is refused."""
+    from edge_runtime.package.manifest import StateBinding
+
+    def by_name(pairs, flag: str) -> tuple[object, dict]:  # type: ignore[no-untyped-def]
+        bare, named = None, {}
+        for name, value in pairs or ():
+            if name is None:
+                if bare is not None:
+                    raise ConversionError(f"{flag} without a name is given twice: name the inputs (NAME=...)")
+                bare = value
+            elif name in named:
+                raise ConversionError(f"{flag} {name}=... is given twice")
+            else:
+                named[name] = value
+        return bare, named
+
+    shape, shapes = by_name(args.input_shape, "--input-shape")
+    kind, kinds = by_name(args.input_kind, "--input-kind")
+    _, consts = by_name(args.const, "--const")
+    state = tuple(StateBinding(input=i, output=o) for i, o in args.state or ())
+    return {"input_shape": shape, "input_shapes": shapes, "input_kind": kind, "input_kinds": kinds,
+            "constants": consts, "state": state}  # fmt: skip
+
+
 def _options(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     from converters.pipeline import ConvertOptions
 
@@ -84,11 +145,12 @@ def _options(args: argparse.Namespace):  # type: ignore[no-untyped-def]
         k: getattr(args, k)
         for k in (
             "source", "profile", "calibration", "validation", "out", "name", "version", "sign_key", "format",
-            "precision", "labels", "task", "input_kind", "input_shape", "mean", "std", "color_order", "layout",
+            "precision", "labels", "task", "mean", "std", "color_order", "layout", "window_hop",
             "resize", "calibration_method", "max_samples", "force", "archive", "max_float_nodes", "pad_value",
         )
     }  # fmt: skip
     fields.update(_detection(args))
+    fields.update(_inputs(args))
     try:
         return ConvertOptions(**fields)
     except ValidationError as exc:

@@ -8,29 +8,35 @@ and int8 intermediate tensors node by node (ONNX here; TFLite in converters.targ
 
 from __future__ import annotations
 
-import logging
-import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
+from converters import evidence as ev
 from converters.model import QuantizedModel
 from edge_runtime.errors import AccuracyBudgetError
 from edge_runtime.package.manifest import AccuracyReport
 from edge_runtime.profiles import DeviceProfile
 
-log = logging.getLogger(__name__)
 METHOD_ORDER = ("minmax", "entropy", "percentile")
 
 
 @dataclass(frozen=True)
 class Agreement:
+    """Float vs quantized outputs on the held-back samples (and against labels where they carry one)."""
+
     samples: int
     top1: float | None
     cosine: float
     max_abs: float
+    flips: int = 0
+    weighted_flips: float = 0.0
+    labelled: int = 0
+    float_correct: int = 0
+    int8_correct: int = 0
+    regressions: int = 0  # labelled samples the float model gets right and the quantized one wrong
+    gains: int = 0  # and the other way round
 
 
 def _cosine(a: np.ndarray, b: np.ndarray) -> float:
@@ -42,52 +48,139 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.dot(a, b) / (na * nb))
 
 
-def measure(pairs: Iterable[tuple[list[np.ndarray], list[np.ndarray]]], class_output: int | None) -> Agreement:
-    """``pairs`` yields (float outputs, quantized outputs dequantized) per held-back sample."""
-    n, agree, cos_sum, max_abs = 0, 0, 0.0, 0.0
+@dataclass
+class _Tally:
+    n: int = 0
+    agree: int = 0
+    weighted: float = 0.0
+    cos_sum: float = 0.0
+    max_abs: float = 0.0
+    labelled: int = 0
+    f_ok: int = 0
+    q_ok: int = 0
+    reg: int = 0
+    gain: int = 0
+
+    def add_classes(self, ref: np.ndarray, got: np.ndarray, label: int | None, activation: str) -> None:
+        f, q = int(np.argmax(ref)), int(np.argmax(got))
+        if f == q:
+            self.agree += 1
+        else:
+            self.weighted += ev.flip_weight(ref, activation)
+        if label is not None:
+            self.labelled += 1
+            self.f_ok, self.q_ok = self.f_ok + (f == label), self.q_ok + (q == label)
+            self.reg, self.gain = self.reg + (f == label != q), self.gain + (q == label != f)
+
+
+def measure(
+    pairs: Iterable[tuple[list[np.ndarray], list[np.ndarray]]],
+    class_output: int | None,
+    labels: Iterable[int | None] | None = None,
+    activation: str = "none",
+) -> Agreement:
+    """``pairs`` yields (float outputs, quantized outputs dequantized) per held-back sample; ``labels`` the class
+    index of each sample (None where it has none); ``activation`` turns class scores into probabilities."""
+    t = _Tally()
+    label_it = iter(labels) if labels is not None else None
     for ref, got in pairs:
         fl = [i for i, r in enumerate(ref) if r.dtype.kind == "f"]
         a = np.concatenate([ref[i].astype(np.float64).ravel() for i in fl])
         b = np.concatenate([got[i].astype(np.float64).ravel() for i in fl])
-        cos_sum += _cosine(a, b)
-        max_abs = max(max_abs, float(np.max(np.abs(a - b))) if a.size else 0.0)
+        t.cos_sum += _cosine(a, b)
+        t.max_abs = max(t.max_abs, float(np.max(np.abs(a - b))) if a.size else 0.0)
+        label = next(label_it, None) if label_it is not None else None
         if class_output is not None:
-            agree += int(np.argmax(ref[class_output]) == np.argmax(got[class_output]))
-        n += 1
-    if n == 0:
+            t.add_classes(ref[class_output], got[class_output], label, activation)
+        t.n += 1
+    if t.n == 0:
         raise AccuracyBudgetError("no held-back samples to check the quantized model on")
-    return Agreement(n, agree / n if class_output is not None else None, cos_sum / n, max_abs)
+    top1 = t.agree / t.n if class_output is not None else None
+    return Agreement(t.n, top1, t.cos_sum / t.n, t.max_abs, t.n - t.agree if top1 is not None else 0,
+                     t.weighted, t.labelled, t.f_ok, t.q_ok, t.reg, t.gain)  # fmt: skip
 
 
-def budget_for(profile: DeviceProfile, classifier: bool) -> dict[str, float]:
+def budget_for(profile: DeviceProfile, classifier: bool, labelled: bool = False) -> dict[str, float]:
+    """The budget the guard checks: classifiers also keep the output cosine; labelled data adds the drop."""
     b = profile.budgets
-    return {"min_top1_agreement": b.min_top1_agreement} if classifier else {"min_cosine": b.min_cosine}
+    if not classifier:
+        return {"min_cosine": b.min_cosine}
+    budget = {"min_top1_agreement": b.min_top1_agreement, "min_cosine": b.min_cosine}
+    if labelled:
+        budget["max_accuracy_drop"] = b.max_accuracy_drop
+    return budget
+
+
+def verdict(ag: Agreement, budget: dict[str, float]) -> ev.Verdict:
+    """Pass, fail or undecided on the evidence; undecided stands only while the outputs meet the cosine budget."""
+    min_cos = budget.get("min_cosine", -1.0)
+    if "min_top1_agreement" not in budget or ag.top1 is None:
+        return ev.decide_cosine(ag.cosine, min_cos)
+    if "max_accuracy_drop" in budget and ag.labelled == ag.samples:
+        v = ev.decide_accuracy(ag.samples, ag.float_correct, ag.int8_correct, ag.regressions, ag.gains,
+                               budget["max_accuracy_drop"])  # fmt: skip
+    else:
+        v = ev.decide_agreement(ag.samples, ag.weighted_flips, ag.flips, ag.cosine, budget["min_top1_agreement"])
+    if v.decision != "fail" and ag.cosine < min_cos:
+        return ev.Verdict("fail", f"{v.reason}; outputs differ: cosine {ag.cosine:.4f} < {min_cos}")
+    return v
 
 
 def passes(ag: Agreement, budget: dict[str, float]) -> bool:
-    if "min_top1_agreement" in budget:
-        return ag.top1 is not None and ag.top1 >= budget["min_top1_agreement"]
-    return ag.cosine >= budget["min_cosine"]
+    return verdict(ag, budget).decision != "fail"
 
 
 def report(ag: Agreement, budget: dict[str, float]) -> AccuracyReport:
+    v = verdict(ag, budget)
+    n, labelled = ag.samples, ag.labelled == ag.samples and ag.top1 is not None
     return AccuracyReport(
-        samples=ag.samples,
+        samples=n,
         top1_agreement=ag.top1,
         cosine_similarity=round(ag.cosine, 6),
         max_abs_error=ag.max_abs,
         budget=budget,
-        passed=passes(ag, budget),
+        passed=v.decision != "fail",
+        decision=v.decision,
+        reason=v.reason,
+        samples_needed=v.needed,
+        weighted_flips=round(ag.weighted_flips, 4) if ag.top1 is not None else None,
+        labelled_samples=ag.labelled,
+        float_accuracy=ag.float_correct / n if labelled else None,
+        int8_accuracy=ag.int8_correct / n if labelled else None,
+        float_accuracy_ci=ev.wilson(ag.float_correct, n) if labelled else None,
+        int8_accuracy_ci=ev.wilson(ag.int8_correct, n) if labelled else None,
     )
 
 
-def _key(ag: Agreement) -> tuple[float, float]:
-    return (ag.top1 if ag.top1 is not None else 0.0, ag.cosine)
+_RANK = {"pass": 2, "undecided": 1, "fail": 0}
+
+
+def _key(ag: Agreement, budget: dict[str, float]) -> tuple[float, ...]:
+    acc = ag.int8_correct / ag.samples if ag.labelled == ag.samples else 0.0
+    return (_RANK[verdict(ag, budget).decision], acc, -ag.weighted_flips, ag.cosine)
 
 
 def _describe(ag: Agreement) -> str:
     parts = [f"top-1 agreement {ag.top1:.4f}"] if ag.top1 is not None else []
+    if ag.labelled and ag.labelled == ag.samples and ag.top1 is not None:
+        parts.append(f"accuracy {ag.float_correct / ag.samples:.4f} float, {ag.int8_correct / ag.samples:.4f} int8")
     return ", ".join(parts + [f"cosine {ag.cosine:.4f}", f"max |err| {ag.max_abs:.4g}"])
+
+
+def table(rows: Sequence[tuple[str, Agreement, ev.Verdict]]) -> list[str]:
+    """One line per remedy tried: what it measured and what the guard decided."""
+    out = [f"{'remedy':<34} {'agree':>6} {'flips(w)':>9} {'float acc':>9} {'int8 acc':>9} {'cosine':>7} "
+           f"{'max err':>8}  decision"]  # fmt: skip
+    for name, ag, v in rows:
+        lab = ag.labelled == ag.samples and ag.top1 is not None
+        out.append(
+            f"{name[:34]:<34} {'-' if ag.top1 is None else f'{ag.top1:.4f}':>6} "
+            f"{'-' if ag.top1 is None else f'{ag.flips}({ag.weighted_flips:.2f})':>9} "
+            f"{f'{ag.float_correct / ag.samples:.4f}' if lab else '-':>9} "
+            f"{f'{ag.int8_correct / ag.samples:.4f}' if lab else '-':>9} {ag.cosine:>7.4f} {ag.max_abs:>8.4g}  "
+            f"{v.decision}"
+        )
+    return out
 
 
 @dataclass
@@ -104,18 +197,32 @@ Sensitivity = Callable[[QuantizedModel], list[list[str]]]  # worst first: groups
 
 @dataclass
 class _Search:
-    """What the guard has tried so far and the best model seen."""
+    """What the guard has tried so far, what each try measured, and the best model seen."""
 
     budget: dict[str, float]
     progress: Callable[[str], None]
     tried: list[str] = field(default_factory=list)
     methods_run: list[str] = field(default_factory=list)
+    rows: list[tuple[str, Agreement, ev.Verdict]] = field(default_factory=list)
     best: tuple[QuantizedModel, Agreement] | None = None
 
-    def check(self, qm: QuantizedModel, ag: Agreement) -> bool:
-        if self.best is None or _key(ag) > _key(self.best[1]):
+    def check(self, qm: QuantizedModel, ag: Agreement, name: str) -> bool:
+        v = verdict(ag, self.budget)
+        self.rows.append((name, ag, v))
+        self.progress(f"guard: {name}: {_describe(ag)}: {v.decision}")
+        if self.best is None or _key(ag, self.budget) > _key(self.best[1], self.budget):
             self.best = (qm, ag)
-        return passes(ag, self.budget)
+        return v.decision != "fail"
+
+    def result(self, qm: QuantizedModel, ag: Agreement, remedies: list[str]) -> GuardResult:
+        self.print_table()
+        rep = report(ag, self.budget)
+        self.progress(f"guard: {rep.decision}: {rep.reason}")
+        return GuardResult(qm, rep, remedies)
+
+    def print_table(self) -> None:
+        for line in table(self.rows):
+            self.progress(f"guard | {line}")
 
 
 def _try_methods(s: _Search, quantize: Quantize, evaluate: Evaluate, order: list[str], supported: Sequence[str],
@@ -131,10 +238,9 @@ def _try_methods(s: _Search, quantize: Quantize, evaluate: Evaluate, order: list
         qm = quantize(method, (), method)
         ag = evaluate(qm)
         s.methods_run.append(method)
-        s.progress(f"guard: {method} calibration: {_describe(ag)}")
-        if s.check(qm, ag):
+        if s.check(qm, ag, f"{method} calibration"):
             remedies = [] if method == first else s.tried + [f"calibration method {method} met the budget"]
-            return GuardResult(qm, report(ag, s.budget), remedies)
+            return s.result(qm, ag, remedies)
         s.tried.append(f"calibration method {method} missed the budget ({_describe(ag)})")
     return None
 
@@ -151,14 +257,26 @@ def _try_float_nodes(s: _Search, quantize: Quantize, evaluate: Evaluate, sensiti
             break
         qm = quantize(method, keep, f"{method}-float{k}")
         ag = evaluate(qm)
-        s.progress(f"guard: {len(keep)} sensitive node(s) kept in float: {_describe(ag)}")
-        if s.check(qm, ag):
+        if s.check(qm, ag, f"{method}, {len(keep)} node(s) in float"):
             s.tried.append(f"kept {len(keep)} error-sensitive node(s) in float: {', '.join(keep)}")
-            return GuardResult(qm, report(ag, s.budget), s.tried)
+            return s.result(qm, ag, s.tried)
         s.tried.append(f"keeping {len(keep)} sensitive node(s) in float missed the budget ({_describe(ag)})")
     if not groups:
         s.tried.append("per-node error analysis found no node to keep in float")
     return None
+
+
+def _fixes(budget: dict[str, float], ag: Agreement, max_float_nodes: int, supported: Sequence[str]) -> str:
+    """What the user can change, named by flag or data."""
+    fixes = []
+    if "min_top1_agreement" in budget and ag.labelled < ag.samples:
+        fixes.append("labelled --validation data (a folder per class, labels.json or labels.csv) to judge accuracy")
+    fixes.append(f"more or more typical --calibration data (--max-samples; {ag.samples} held back now)")
+    fixes.append(f"--max-float-nodes above {max_float_nodes} to keep more nodes in float")
+    if len(supported) < len(METHOD_ORDER):
+        fixes.append("--format onnx for entropy and percentile calibration")
+    fixes.append("or a budget in a profile of your own (--profile FILE.yaml)")
+    return "; to fix, give " + ", ".join(fixes)
 
 
 def guard(
@@ -187,64 +305,15 @@ def guard(
     if result is not None:
         return result
     assert s.best is not None
+    s.print_table()
     want = ", ".join(f"{k} {v}" for k, v in budget.items())
     skipped = [m for m in order if m not in methods]
+    best = s.best[1]
     raise AccuracyBudgetError(
-        f"int8 model misses the accuracy budget ({want}): best {_describe(s.best[1])} after trying "
+        f"int8 model misses the accuracy budget ({want}): best {verdict(best, budget).reason} after trying "
         f"{', '.join(s.methods_run)} calibration"
         + (f" ({', '.join(skipped)}: not supported by the {target} target)" if skipped else "")
-        + (
-            f" and keeping up to {max_float_nodes} sensitive node(s) in float"
-            if sensitivity and max_float_nodes
-            else ""
-        )
+        + (f" and keeping up to {max_float_nodes} sensitive node(s) in float" if sensitivity and max_float_nodes
+           else "")
+        + _fixes(budget, best, max_float_nodes, methods)
     )
-
-
-def _sqnr(ref: list[np.ndarray], got: list[np.ndarray]) -> float:
-    signal = sum(float(np.sum(np.square(r.astype(np.float64)))) for r in ref)
-    noise = sum(float(np.sum(np.square(r.astype(np.float64) - g))) for r, g in zip(ref, got, strict=True))
-    if noise == 0.0:
-        return 100.0
-    return min(100.0, 10 * math.log10(max(signal, 1e-30) / noise))
-
-
-def onnx_sensitivity(prepared: Path, qdq: Path, reader_factory: Callable[[], object], workdir: Path) -> list[list[str]]:
-    """Rank float-model nodes by how much error the int8 model adds across each node (SQNR drop, dB).
-
-    Each entry is the node plus the quantizable nodes feeding it: keeping a node in float only helps when the
-    tensors it reads are not quantized either.
-    """
-    import onnx
-    import onnxruntime
-    from onnxruntime.quantization.qdq_loss_debug import collect_activations, modify_model_output_intermediate_tensors
-
-    aug_f, aug_q = workdir / "sens_float.onnx", workdir / "sens_qdq.onnx"
-    modify_model_output_intermediate_tensors(str(prepared), str(aug_f))
-    modify_model_output_intermediate_tensors(str(qdq), str(aug_q))
-    # Basic optimisations (constant folding) as in a normal session: some QDQ graphs from onnxruntime 1.32 only
-    # run once DequantizeLinear of constant per-channel biases is folded.
-    opts = onnxruntime.SessionOptions()
-    opts.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_BASIC
-    opts.log_severity_level = 3
-    try:
-        f_acts = collect_activations(str(aug_f), reader_factory(), opts)  # type: ignore[arg-type]
-        q_acts = collect_activations(str(aug_q), reader_factory(), opts)  # type: ignore[arg-type]
-    except Exception as exc:  # onnxruntime's own exception types
-        log.warning("per-node error analysis failed: %s", str(exc).splitlines()[0][:200])
-        return []
-    model = onnx.load(str(prepared))
-    producer = {o: n for n in model.graph.node for o in n.output}
-    scored = []
-    for node in model.graph.node:
-        out = node.output[0] if node.output else None
-        if out not in f_acts or out not in q_acts:
-            continue
-        ins = [i for i in node.input if i in f_acts and i in q_acts]
-        sqnr_in = min((_sqnr(f_acts[i], q_acts[i]) for i in ins), default=100.0)
-        drop = sqnr_in - _sqnr(f_acts[out], q_acts[out])
-        feeders = [producer[i].name for i in node.input if i in producer and producer[i].name]
-        scored.append((drop, [node.name, *feeders]))
-    scored.sort(key=lambda t: -t[0])
-    log.info("sensitivity (SQNR drop dB): %s", [(round(d, 1), g[0]) for d, g in scored[:8]])
-    return [g for _, g in scored]

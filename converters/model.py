@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -9,6 +10,17 @@ from typing import Any, Literal
 from edge_runtime.package.manifest import Quantization
 
 SourceFormat = Literal["onnx", "keras", "savedmodel", "tflite", "sklearn", "torch"]
+
+
+@dataclass(frozen=True)
+class InputFixes:
+    """What the user fixed about a model's inputs by name: static shapes and constant values (ONNX sources)."""
+
+    shapes: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
+    constants: Mapping[str, tuple[float, ...]] = field(default_factory=dict)
+
+    def __bool__(self) -> bool:
+        return bool(self.shapes or self.constants)
 
 
 @dataclass(frozen=True)

@@ -49,6 +49,8 @@ class RefStatsBuilder:
 
     def _channels(self, raw: np.ndarray) -> np.ndarray:
         x = np.asarray(raw)
+        if self.spec.kind == "image" and x.dtype.kind == "f":
+            return self._tensor_pixels(x)
         if self.spec.kind == "image":
             if x.ndim == 2:
                 x = x[:, :, None]
@@ -60,6 +62,15 @@ class RefStatsBuilder:
                 x = x[:, :, ::-1]
             return x.reshape(-1, x.shape[2]).astype(np.float64)
         return x.reshape(-1, x.shape[-1] if x.ndim else 1).astype(np.float64)
+
+    def _tensor_pixels(self, x: np.ndarray) -> np.ndarray:
+        """A preprocessed float image tensor back in pixel units (the drift baseline compares raw pixels)."""
+        t = x.reshape(self.spec.shape[1:]).astype(np.float64)
+        if self.spec.layout == "NCHW":
+            t = np.moveaxis(t, 0, -1)
+        norm = self.spec.normalization
+        t = t * np.asarray(norm.std, np.float64) + np.asarray(norm.mean, np.float64)
+        return t.reshape(-1, t.shape[-1])
 
     def add_input(self, raw: np.ndarray | dict[str, np.ndarray]) -> None:
         if isinstance(raw, dict):

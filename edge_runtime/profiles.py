@@ -103,6 +103,9 @@ class Budgets(BaseModel):
         default=0.98, ge=0, le=1, description="Classifiers: minimum int8-vs-float top-1 agreement."
     )
     min_cosine: float = Field(default=0.98, ge=-1, le=1, description="Other models: minimum output cosine similarity.")
+    max_accuracy_drop: float = Field(
+        default=0.01, ge=0, le=1, description="Labelled validation: largest int8 top-1 accuracy drop (0.01 = 1 pt)."
+    )
     memory_mb: int = Field(ge=16, description="Memory the runtime may use, model included.")
 
 

@@ -11,7 +11,7 @@ import inspect
 from collections.abc import Sequence
 from pathlib import Path
 
-from converters.model import FloatModel, SourceFormat
+from converters.model import FloatModel, InputFixes, SourceFormat
 from edge_runtime.errors import ConversionError, MissingDependencyError
 
 # format -> (module, loader, extra that provides its libraries)
@@ -66,11 +66,19 @@ def _loader(fmt: SourceFormat):  # type: ignore[no-untyped-def]
     return getattr(module, func)
 
 
-def load_source(path: Path, workdir: Path, input_shape: Sequence[int] | None = None) -> FloatModel:
-    """Load any supported source into a FloatModel (files it makes go into ``workdir``)."""
+def load_source(
+    path: Path, workdir: Path, input_shape: Sequence[int] | None = None, fixed: InputFixes | None = None
+) -> FloatModel:
+    """Load any supported source into a FloatModel (files it makes go into ``workdir``). ``fixed`` (named input
+    shapes and constants) applies to ONNX sources, whose graph they are folded into."""
     path = Path(path)
     fmt = detect_format(path)
     loader = _loader(fmt)
+    if fixed:
+        if "fixed" not in inspect.signature(loader).parameters:
+            raise ConversionError(f"--const and --input-shape NAME=... apply to ONNX models; for a {fmt} source "
+                                  "give one bare --input-shape, or export the model to ONNX first")  # fmt: skip
+        return loader(path, workdir, input_shape=input_shape, fixed=fixed)
     if "input_shape" in inspect.signature(loader).parameters:
         return loader(path, workdir, input_shape=input_shape)
     return loader(path, workdir)

@@ -7,7 +7,7 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
-from converters.model import FloatModel, TensorInfo
+from converters.model import FloatModel, InputFixes, TensorInfo
 from edge_runtime.errors import ConversionError
 from edge_runtime.fsutil import sha256_file
 
@@ -36,29 +36,9 @@ def graph_inputs(model):  # type: ignore[no-untyped-def]
 
 def fix_input_shapes(model, input_shape: Sequence[int] | None):  # type: ignore[no-untyped-def]
     """Set a dynamic batch dimension to 1 and other dynamic dimensions from ``input_shape`` (first input)."""
-    for idx, vi in enumerate(graph_inputs(model)):
-        dims = vi.type.tensor_type.shape.dim
-        if idx == 0 and input_shape is not None:
-            if len(input_shape) != len(dims):
-                raise ConversionError(
-                    f"--input-shape has {len(input_shape)} dimensions but input {vi.name!r} has {len(dims)}"
-                )
-            for d, want in zip(dims, input_shape, strict=True):
-                if d.HasField("dim_value") and d.dim_value != want:
-                    raise ConversionError(f"--input-shape {list(input_shape)} does not fit input {vi.name!r}")
-                d.ClearField("dim_param")
-                d.dim_value = int(want)
-            continue
-        for pos, d in enumerate(dims):
-            if not d.HasField("dim_value"):
-                if pos != 0:
-                    raise ConversionError(
-                        f"input {vi.name!r} has a dynamic dimension {pos} ({d.dim_param or '?'}): "
-                        "give the shape with --input-shape"
-                    )
-                d.ClearField("dim_param")
-                d.dim_value = 1
-    return model
+    from converters.sources.onnx_fold import set_shapes
+
+    return set_shapes(model, input_shape, {}, set())
 
 
 def check_runnable(path: Path, label: str) -> None:
@@ -92,11 +72,16 @@ def load_onnx_model(path: Path):  # type: ignore[no-untyped-def]
     return model
 
 
-def finish_onnx(model, fm_kwargs: dict, workdir: Path, input_shape: Sequence[int] | None) -> FloatModel:  # type: ignore[no-untyped-def]
-    """Fix shapes, infer the rest, save into ``workdir`` as model.float.onnx and check onnxruntime runs it."""
+def finish_onnx(model, fm_kwargs: dict, workdir: Path, input_shape: Sequence[int] | None,  # type: ignore[no-untyped-def]
+                fixed: InputFixes | None = None) -> FloatModel:  # fmt: skip
+    """Fix shapes and constants (folded into the graph), infer the rest, save into ``workdir`` as
+    model.float.onnx and check onnxruntime runs it."""
     import onnx
 
-    model = fix_input_shapes(model, input_shape)
+    from converters.sources.onnx_fold import fold
+
+    fixed = fixed or InputFixes()
+    model = fold(model, input_shape, fixed.shapes, fixed.constants)
     try:
         model = onnx.shape_inference.infer_shapes(model)
     except Exception as exc:  # shape inference is best effort; onnxruntime checks the model next
@@ -116,8 +101,9 @@ def finish_onnx(model, fm_kwargs: dict, workdir: Path, input_shape: Sequence[int
     )
 
 
-def load_onnx(path: Path, workdir: Path, input_shape: Sequence[int] | None = None) -> FloatModel:
-    """An ONNX file -> FloatModel whose ``onnx_path`` is a checked, shape-fixed copy in ``workdir``."""
+def load_onnx(path: Path, workdir: Path, input_shape: Sequence[int] | None = None,
+              fixed: InputFixes | None = None) -> FloatModel:  # fmt: skip
+    """An ONNX file -> FloatModel whose ``onnx_path`` is a checked, shape-fixed (and constant-folded) copy."""
     model = load_onnx_model(path)
     kwargs = {"source_format": "onnx", "source_path": path, "source_sha256": sha256_file(path)}
-    return finish_onnx(model, kwargs, workdir, input_shape)
+    return finish_onnx(model, kwargs, workdir, input_shape, fixed)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
-from edge_runtime.errors import ConfigError
+from edge_runtime.errors import ConfigError, SourceError
 from edge_runtime.pipeline import Pipeline, PipelineConfig, PipelineStats, Sink, stop_on_signals
 from edge_runtime.sources import DropPolicy, SourceOptions, open_source, source_kind, window_spec_for
 
@@ -198,6 +198,11 @@ def run_pipeline(pipeline: Pipeline, summary: bool) -> int:
         if summary:
             print(format_stats(pipeline.stats()), file=sys.stderr)
             print(pipeline.latency.format(), file=sys.stderr)
+    stats = pipeline.stats()
+    if stats.processed == 0 and stats.bad_lines > 0:
+        window = getattr(pipeline.source, "window", None)
+        want = f": each line must hold {window.describe()} numbers" if window is not None else ""
+        raise SourceError(f"every line of the sensor input was rejected ({stats.bad_lines} bad lines){want}")
     return 0
 
 

@@ -103,9 +103,15 @@ class InputSpec(TensorSpec):
     )
     pad_value: int = Field(default=114, ge=0, le=255, description="Letterbox padding pixel value.")
     normalization: Normalization = Field(default_factory=Normalization, description="Pixel normalisation.")
+    window_hop: int | None = Field(
+        default=None, ge=1, description="Tensor inputs fed from a sample stream: samples between windows (default: "
+        "the window size, no overlap); `run --window-hop` overrides it."
+    )
 
     @model_validator(mode="after")
     def _image_fields(self) -> InputSpec:
+        if self.window_hop is not None and self.kind != "tensor":
+            raise ValueError("window_hop applies to tensor inputs only")
         if self.kind == "image":
             if self.layout is None or self.color_order is None:
                 raise ValueError("image inputs need layout and color_order")
@@ -229,6 +235,17 @@ class AccuracyReport(BaseModel):
     max_abs_error: float | None = Field(default=None, description="Largest absolute output difference.")
     budget: dict[str, float] = Field(default_factory=dict, description="The budget the report was checked against.")
     passed: bool = Field(description="Whether the budget was met.")
+    decision: Literal["pass", "fail", "undecided"] | None = Field(
+        default=None, description="The guard's decision; 'undecided': too few samples, accepted on output agreement."
+    )
+    reason: str | None = Field(default=None, description="What the decision rests on, in one line.")
+    samples_needed: int | None = Field(default=None, ge=1, description="Held-back samples that would settle it.")
+    weighted_flips: float | None = Field(default=None, ge=0, description="Top-1 flips weighted by float margin.")
+    labelled_samples: int = Field(default=0, ge=0, description="Held-back samples that carry a class label.")
+    float_accuracy: float | None = Field(default=None, description="Labelled data: float model top-1 accuracy.")
+    int8_accuracy: float | None = Field(default=None, description="Labelled data: packaged model top-1 accuracy.")
+    float_accuracy_ci: tuple[float, float] | None = Field(default=None, description="95% Wilson interval.")
+    int8_accuracy_ci: tuple[float, float] | None = Field(default=None, description="95% Wilson interval.")
 
 
 class Histogram(BaseModel):

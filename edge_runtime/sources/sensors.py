@@ -47,10 +47,10 @@ class LineSource(ThreadedSource):
         values = parse_line(text)
         if values is None and not self._seen_sample and _HEADER.match(text):
             return True  # a CSV header
-        if values is None or values.size != self.window.channels:
+        if values is None or not self.window.accepts(values.size):
             self.counters.bad_lines += 1
             if self.counters.bad_lines <= 3 or self.counters.bad_lines % 1000 == 0:
-                want = self.window.channels
+                want = self.window.describe()
                 why = "does not parse" if values is None else f"has {values.size} values, expected {want}"
                 log.warning("%s: skipped line (%s; %d so far): %.60r", self.name, why, self.counters.bad_lines, text)
             return True

@@ -17,7 +17,10 @@ _SPLIT = re.compile(r"[,;\s]+")
 
 @dataclass(frozen=True)
 class WindowSpec:
-    """``size`` samples of ``channels`` values each, a new window every ``hop`` samples, delivered in ``shape``."""
+    """``size`` samples of ``channels`` values each, a new window every ``hop`` samples, delivered in ``shape``.
+
+    A line holding ``size * channels`` values (when ``size`` > 1) is a whole window by itself.
+    """
 
     size: int
     hop: int
@@ -30,22 +33,36 @@ class WindowSpec:
         if not 1 <= self.hop:
             raise ConfigError(f"window hop must be at least 1, got {self.hop}")
 
+    @property
+    def row_values(self) -> int:
+        """Values in a line that is one whole window."""
+        return self.size * self.channels
+
+    def accepts(self, values: int) -> bool:
+        """Whether a line of ``values`` numbers is one sample or one whole window."""
+        return values in (self.channels, self.row_values)
+
+    def describe(self) -> str:
+        whole = f" or {self.row_values} (a whole window)" if self.size > 1 else ""
+        return f"{self.channels}{whole}"
+
 
 def window_spec_for(spec: InputSpec, hop: int | None = None, streaming: bool = False) -> WindowSpec:
     """The window a tensor input expects: time on the first axis after batch, channels after it.
 
-    [1, T] -> T samples of 1 value; [1, T, C] -> T samples of C values; [1, T, C, 1] (spectrogram-style) too.
-    ``streaming`` (a stateful model that keeps its own history): [1, C] -> one sample of C values per call.
+    [1, N] -> windows of N samples of one value (a line of N values is one window); [1, T, C] -> T samples of C
+    values; [1, T, C, 1] (spectrogram-style) too. The hop is ``hop`` (`run --window-hop`), else the manifest's
+    ``window_hop``, else the window size. ``streaming`` (a stateful model) changes nothing any more: its [1, N]
+    input is cut into windows of N like any other, with the manifest's hop.
     """
+    del streaming
     if spec.kind != "tensor":
         raise ConfigError(f"input {spec.name!r} takes images, not sensor windows: use a camera or video source")
     dims = spec.shape[1:] if len(spec.shape) > 1 else spec.shape
     if not dims or any(d < 1 for d in dims):
         raise ConfigError(f"input {spec.name!r} has shape {list(spec.shape)}; sensor windows need fixed sizes")
-    if streaming and len(dims) == 1:
-        return WindowSpec(size=1, hop=1, channels=dims[0], shape=tuple(dims))
     size, channels = dims[0], math.prod(dims[1:]) if len(dims) > 1 else 1
-    return WindowSpec(size=size, hop=hop or size, channels=channels, shape=tuple(dims))
+    return WindowSpec(size=size, hop=hop or spec.window_hop or size, channels=channels, shape=tuple(dims))
 
 
 def parse_line(line: str | bytes) -> np.ndarray | None:
@@ -82,9 +99,13 @@ class Windower:
         self._count = 0  # samples pushed so far
 
     def push(self, values: np.ndarray) -> np.ndarray | None:
-        """Add one sample (``channels`` values); a window (a new array, in ``spec.shape``) when one is due."""
+        """Add one sample (``channels`` values); a window (a new array, in ``spec.shape``) when one is due.
+
+        A line of ``row_values`` values is a whole window: returned as it is, the ring left alone."""
+        if self.spec.size > 1 and values.shape == (self.spec.row_values,):
+            return values.astype(np.float32).reshape(self.spec.shape)
         if values.shape != (self.spec.channels,):
-            raise ValueError(f"expected {self.spec.channels} values, got {values.size}")
+            raise ValueError(f"expected {self.spec.describe()} values, got {values.size}")
         pos = self._count % self.spec.size
         self._ring[pos] = values
         self._count += 1

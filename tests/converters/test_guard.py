@@ -64,4 +64,7 @@ def test_budget_miss_fails_clearly_and_writes_nothing(outlier_data, sklearn_mode
                "--max-float-nodes", "0", "-q"])  # fmt: skip
     err = capsys.readouterr().err.strip().splitlines()
     assert rc != 0 and len(err) == 1 and not out.exists()
-    assert "misses the accuracy budget (min_top1_agreement 0.98)" in err[0] and "minmax, entropy, percentile" in err[0]
+    assert "misses the accuracy budget (min_top1_agreement 0.98, min_cosine 0.98)" in err[0]
+    assert "minmax, entropy, percentile" in err[0]
+    # the refusal teaches: it names the data and the flags that would change the outcome
+    assert "labelled --validation data" in err[0] and "--max-float-nodes above 0" in err[0]
