@@ -70,12 +70,39 @@ def _fine_tune(module: Any, po: PruneOptions, train: finetune.Labelled, work: Pa
     return module, "builtin", finetune.builtin(module, train, po.fine_tune_epochs, po.learning_rate)
 
 
+# Pruned and fine-tuned modules of this process, so `bench --choose` prunes once per ratio for all its
+# formats and precisions. Keyed by everything the result depends on.
+_DONE: dict[tuple, tuple[Any, PruningInfo]] = {}  # type: ignore[type-arg]
+
+
 def prune_stage(ctx: Context) -> tuple[Context, PruningInfo]:
     """Prune and fine-tune the context's PyTorch source; the returned Context holds the pruned float model."""
-    from converters.sources import load_source
+    import copy
+
+    import torch
 
     po = ctx.opts.prune
     assert po is not None and ctx.opts.input_shape is not None  # plan() and the torch source checked both
+    key = (ctx.fm.source_sha256, po, tuple(ctx.opts.input_shape), ctx.fingerprint, len(ctx.valid), ctx.plan.labels)
+    if key not in _DONE:
+        module, info = _prune_and_tune(ctx, po)
+        _DONE[key] = (copy.deepcopy(module), info)
+    else:
+        ctx.say("pruned module reused from an earlier candidate of this run")
+    module, info = _DONE[key]
+    folder = ctx.work / "pruned"
+    folder.mkdir(exist_ok=True)
+    torch.save(module, str(folder / "model.pt"))
+    from converters.sources import load_source
+
+    fm = load_source(folder / "model.pt", folder, ctx.opts.input_shape)
+    fm = dataclasses.replace(fm, source_path=ctx.fm.source_path, source_sha256=ctx.fm.source_sha256,
+                             tool_versions={**fm.tool_versions, "torch-pruning": _tp_version()})  # fmt: skip
+    return dataclasses.replace(ctx, fm=fm), info
+
+
+def _prune_and_tune(ctx: Context, po: PruneOptions) -> tuple[Any, PruningInfo]:
+    assert ctx.opts.input_shape is not None
     module = load_module(Path(ctx.opts.source))
     train = labelled(ctx, cal.Subset(ctx.data, ctx.calib.part, None, ctx.calib.holdout))
     valid = labelled(ctx, ctx.valid)
@@ -91,21 +118,13 @@ def prune_stage(ctx: Context) -> tuple[Context, PruningInfo]:
                 f"({len(valid.x)} held-back samples)")  # fmt: skip
     else:
         ctx.say(f"fine-tuned ({summary})")
-    import torch
-
-    folder = ctx.work / "pruned"
-    folder.mkdir(exist_ok=True)
-    torch.save(module, str(folder / "model.pt"))
-    fm = load_source(folder / "model.pt", folder, ctx.opts.input_shape)
-    fm = dataclasses.replace(fm, source_path=ctx.fm.source_path, source_sha256=ctx.fm.source_sha256,
-                             tool_versions={**fm.tool_versions, "torch-pruning": _tp_version()})  # fmt: skip
     info = PruningInfo(
         ratio=po.ratio, importance=po.importance, macs_before=res.macs_before, macs_after=res.macs_after,
         params_before=res.params_before, params_after=res.params_after, excluded=res.excluded, fine_tune=how,
         fine_tune_summary=summary, float_accuracy_before=before, float_accuracy_after=after,
         accuracy_samples=0 if valid.y is None else len(valid.y),
     )  # fmt: skip
-    return dataclasses.replace(ctx, fm=fm), info
+    return module, info
 
 
 def _tp_version() -> str:
