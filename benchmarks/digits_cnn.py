@@ -72,7 +72,7 @@ def train(model: Any, frames: np.ndarray, labels: np.ndarray, epochs: int, lr: f
             loss.backward()
             opt.step()
     model.eval()
-    return float(loss)
+    return float(loss.detach())
 
 
 def accuracy(model: Any, frames: np.ndarray, labels: np.ndarray) -> float:
