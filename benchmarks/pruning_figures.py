@@ -17,6 +17,7 @@ The machine is shared with other work: the load average is printed beside the fi
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import sys
@@ -93,7 +94,7 @@ def prepare(args, work: Path, frames, labels) -> dict:  # type: ignore[no-untype
     shape = (1, 1, args.size, args.size)
     rows = {}
     for ratio in RATIOS:
-        m = __import__("copy").deepcopy(model)
+        m = copy.deepcopy(model)
         if ratio > 0:
             res = prune(m, shape, ratio, "l1")
             m, macs, params = res.module, res.macs_after, res.params_after
@@ -101,24 +102,33 @@ def prepare(args, work: Path, frames, labels) -> dict:  # type: ignore[no-untype
             finetune.builtin(m, train, args.tune)
         else:
             macs, params = count(m, torch.zeros(*shape))
-        pt = work / f"p{ratio:g}.pt"
-        torch.save(m, str(pt))
-        km = keras_copy(m, args.size)
-        km.save(str(work / f"p{ratio:g}.keras"))
-        x = frames[split : split + 16, :, :, None].astype(np.float32) / 255.0
-        with torch.no_grad():
-            diff = float(np.abs(km(x).numpy() - m(torch.from_numpy(x.transpose(0, 3, 1, 2))).numpy()).max())
-        row = {"macs": macs, "params": params, "float_acc": digits_cnn.accuracy(m, frames[split:], labels[split:]),
-               "keras_vs_torch_max_abs": diff, "packages": {}}  # fmt: skip
-        for fmt, src, inshape in (("onnx", pt, shape), ("tflite", work / f"p{ratio:g}.keras", None)):
+        torch.save(m, str(work / f"p{ratio:g}.pt"))
+        rows[ratio] = {"macs": macs, "params": params, "module": m, "packages": {},
+                       "float_acc": digits_cnn.accuracy(m, frames[split:], labels[split:])}  # fmt: skip
+    # All ONNX packages first, then the TFLite ones: see the note in the report about converting in one process.
+    for fmt in ("onnx", "tflite"):
+        for ratio in RATIOS:
+            row = rows[ratio]
+            src = work / f"p{ratio:g}.pt"
+            if fmt == "tflite":
+                km = keras_copy(row["module"], args.size)
+                src = work / f"p{ratio:g}.keras"
+                km.save(str(src))
+                x = frames[split : split + 16, :, :, None].astype(np.float32) / 255.0
+                with torch.no_grad():
+                    ref = row["module"](torch.from_numpy(x.transpose(0, 3, 1, 2))).numpy()
+                row["keras_vs_torch_max_abs"] = float(np.abs(km(x).numpy() - ref).max())
             out = work / f"pkg-{fmt}-p{ratio:g}"
             print(f"ratio {ratio}: converting to int8 {fmt}", file=sys.stderr, flush=True)
             opts = ConvertOptions(source=src, profile="x86-laptop", calibration=train_npz, validation=valid_npz,
                                   out=out, name=f"digits-{fmt}-p{round(ratio * 100)}", format=fmt,
-                                  input_shape=inshape, max_samples=200, force=True)  # fmt: skip
-            convert(opts, progress=lambda _m: None)
+                                  input_shape=shape if fmt == "onnx" else None, max_samples=200,
+                                  force=True)  # fmt: skip
+            pkg = convert(opts, progress=lambda _m: None)
+            acc = pkg.manifest.accuracy
             row["packages"][fmt] = out
-        rows[ratio] = row
+            row[f"{fmt}_guard"] = f"{acc.decision} ({len(pkg.manifest.quantization.float_nodes)} float nodes)" if acc \
+                else "-"  # fmt: skip
     return rows
 
 
@@ -178,10 +188,13 @@ def emit(rows: dict, sizes: dict, report, args) -> int:  # type: ignore[no-untyp
             cells.append(f"{sizes[(r, fmt)] / 1e3:7.1f} {p[0]:7.3f} {p[1]:7.3f} {100 * acc:6.2f}%")
             figures[f"p{r:g}/{fmt}"] = {"size": sizes[(r, fmt)], "p50_t1": p[0], "p50_t2": p[1], "acc": acc}
         print(f"{r:5.1f} {row['macs']:10,} {row['params']:8,} {100 * row['float_acc']:8.2f}% | {cells[0]} | {cells[1]}")
-        figures[f"p{r:g}"] = {k: row[k] for k in ("macs", "params", "float_acc", "keras_vs_torch_max_abs")}
+        figures[f"p{r:g}"] = {k: row[k] for k in ("macs", "params", "float_acc", "keras_vs_torch_max_abs",
+                                                    "onnx_guard", "tflite_guard")}
     verdicts = goal_lines(figures)
     for line in verdicts:
         print(line)
+    print("int8 guard per ratio (onnx / tflite): " +
+          ", ".join(f"{r}: {rows[r]['onnx_guard']} / {rows[r]['tflite_guard']}" for r in RATIOS))
     print("keras copy vs torch max |diff| per ratio: " +
           ", ".join(f"{r}: {rows[r]['keras_vs_torch_max_abs']:.2e}" for r in RATIOS))
     if args.json:

@@ -175,7 +175,8 @@ def run(args: argparse.Namespace) -> int:
     if args.choose:
         from converters.optimize.choose import run_choose  # laptop side: builds packages (convert extra)
 
-        return run_choose(args, options_from_args(args))
+        # --validation is the raw labelled data here (images or arrays, as convert reads), not bench's .npz x/y
+        return run_choose(args, options_from_args(argparse.Namespace(**{**vars(args), "validation": None})))
     stray = _choose_flags_unused(args)
     if stray:
         raise BenchmarkError(f"{stray} applies with --choose only")
