@@ -146,7 +146,7 @@ def test_convert_prune_with_train_command(tmp_path):
     pr = json.loads((out / "manifest.json").read_text())["pruning"]
     assert pr["fine_tune"] == "command" and pr["importance"] == "group"
     held_back = round(1437 * 0.2)  # without --validation, convert holds back 20% of the calibration digits
-    assert f"trained on {1437 - held_back} samples of shape (1, 1, 16, 16)" in pr["fine_tune_summary"]
+    assert f"trained on {1437 - held_back} samples of shape (1, 16, 16)" in pr["fine_tune_summary"]
 
 
 @pytest.mark.slow
