@@ -5,8 +5,8 @@
 1. Swap pause: a real pipeline runs a real ONNX classifier on a 30 fps video file (written with
    cv2.VideoWriter); the real update agent, over a real mosquitto, downloads, verifies, smoke-tests and swaps in
    v2 and watches its health window. Reported: time inside ``swap_model`` and the largest gap between two
-   results around the swap, against one frame interval (33.3 ms); failed inferences across the update (0
-   expected).
+   results around the swap, in frame intervals (33.3 ms; target <= 1.5: the next frame's result comes in its own
+   slot, no frame lost, "ok" or "MISS"); failed inferences across the update (0 expected).
 2. Transfer: a 10 MB archive through the chunked, resumable MQTT transfer (publish as retained chunks, then the
    device's ChunkDownloader: per-chunk sha256, fsync, progress record, final sha256) against ``mosquitto_pub -f``
    of the same bytes as one QoS 1 message to a ``mosquitto_sub`` on loopback. Target: under 3x.
@@ -122,7 +122,8 @@ def swap_pause(work: Path, pk: dict[str, Any]) -> None:
         pipeline = Pipeline(model, source, sinks=[agent.observe, lambda r: results.append((time.monotonic(),
                                                                                            r.index))])
         host = _TimedHost(pipeline)
-        agent.attach(host, lambda: pipeline.stats().errors)
+        pipeline.add_error_hook(agent.observe_error)
+        agent.attach(host)
         link.start()
         agent.start()
         runner = threading.Thread(target=pipeline.run, daemon=True)
@@ -162,9 +163,11 @@ def _report_swap(results: list[tuple[float, int]], swaps: list[tuple[float, floa
     t0, inside = swaps[0]
     around = [(b - a) * 1000 for a, b in zip(times[:-1], times[1:], strict=True) if a <= t0 + inside and b >= t0]
     gap = max(around) if around else float("nan")
-    verdict = "within" if gap <= 2 * FRAME_MS else "MORE than"
+    frames = gap / FRAME_MS
+    verdict = "ok" if gap <= FRAME_MS * 1.5 else "MISS"  # the next result within its own frame slot: no frame lost
     print(f"    time inside swap_model: {inside * 1000:.3f} ms; gap between the results around the swap: {gap:.1f} ms"
-          f" -> pause beyond the frame interval {max(0.0, gap - FRAME_MS):.1f} ms ({verdict} one frame)")
+          f" = {frames:.2f} frame intervals (target: the next frame's result in its slot, <= 1.5 intervals: "
+          f"{verdict})")
 
 
 # ------------------------------------------------------------------------------------------- 2. transfer

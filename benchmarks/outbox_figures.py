@@ -152,9 +152,6 @@ def main() -> int:
         print(f"per-frame: model {m * 1e3:.3f} ms (BlazeFace float, LiteRT, 1 thread, 288x288 frames), "
               f"Monitor.__call__ {mon * 1e6:.1f} us -> overhead {pct:.2f} % "
               f"-> {'PASS' if pct < 2 else 'FAIL'} (target < 2 %)")
-        mb = 0.92e-3  # FINDINGS.md: MobileNetV2-224 int8, 2 threads, this machine
-        print(f"           against MobileNetV2-224 int8 inference ({mb * 1e3:.2f} ms, FINDINGS.md): "
-              f"{100 * mon / mb:.2f} %")
     return 0
 
 

@@ -14,7 +14,8 @@ its spread (min-max of per-round medians, or p10-p90) and the machine; nothing i
 4. end-to-end latency p95 with a source slower than the model (video paced at half the model's rate) vs
    inference p50 + 5 ms                                                                     (target: below it)
 5. cold start to first result in a fresh process (python start, import, verify, load, one predict)  (< 1.5 s)
-6. `import edge_runtime` (and `edge_runtime.api`) in a fresh process                                 (< 0.3 s)
+6. `import edge_runtime.api` (what a device program imports; `edge_runtime` shown too) in a fresh process (< 0.3 s)
+Every target line ends in "ok" or "MISS", decided from the figures measured in the same run.
 """
 
 from __future__ import annotations
@@ -186,6 +187,11 @@ def spread(a: np.ndarray) -> str:
     return f"{np.median(a):8.1f} ms  (min {a.min():.1f}, max {a.max():.1f}, n={a.size})"
 
 
+def mark(ok: bool) -> str:
+    """Every target line ends in a verdict measured in this run: a miss reads MISS."""
+    return "ok" if ok else "MISS"
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--threads", type=int, default=2)
@@ -216,22 +222,29 @@ def main() -> int:
             print(f"     runtime p50          {o['runtime_p50_ms']:7.3f} ms  (round medians "
                   f"{o['runtime_spread'][0]:.3f}-{o['runtime_spread'][1]:.3f})")
             print(f"     overhead             {o['overhead_pct']:+7.2f} %   (rounds {o['overhead_spread'][0]:+.2f}"
-                  f" to {o['overhead_spread'][1]:+.2f}; target <= 5 %)")
+                  f" to {o['overhead_spread'][1]:+.2f}; target <= 5 %: {mark(o['overhead_pct'] <= 5)})")
             print(f"  2. preprocess 640x480->224x224 int8 {o['preprocess_p50_ms']:.3f} ms = "
-                  f"{o['preprocess_pct_of_inference']:.1f} % of inference (target < 10 %)")
+                  f"{o['preprocess_pct_of_inference']:.1f} % of inference (target < 10 %: "
+                  f"{mark(o['preprocess_pct_of_inference'] < 10)})")
             print(f"  3. model alone {t['model_rate_fps']:.1f}/s; pipeline, frames in memory "
                   f"{t['pipeline_mem_fps']:.1f}/s ({t['mem_pct']:.1f} %), MJPG file {t['pipeline_file_fps']:.1f}/s "
-                  f"({t['file_pct']:.1f} %) (target >= 95 %)")
+                  f"({t['file_pct']:.1f} %) (target >= 95 %: memory {mark(t['mem_pct'] >= 95)}, "
+                  f"file {mark(t['file_pct'] >= 95)})")
             print(f"  4. source at {t['paced_fps']:.0f} fps: end-to-end p50 {t['e2e_p50_ms']:.2f} ms, p95 "
-                  f"{t['e2e_p95_ms']:.2f} ms vs inference p50 + 5 = {t['inference_p50_ms'] + 5:.2f} ms")
+                  f"{t['e2e_p95_ms']:.2f} ms vs inference p50 + 5 = {t['inference_p50_ms'] + 5:.2f} ms: "
+                  f"{mark(t['e2e_p95_ms'] <= t['inference_p50_ms'] + 5)}")
             print()  # fmt: skip
             cold = subprocess_times(["-c", COLD, str(pkg), str(a.threads)], 5, from_launch=True)
             results[backend]["cold_start_ms"] = cold.tolist()  # type: ignore[index]
-            print(f"  5. cold start to first result {spread(cold)} (target < 1500 ms)\n")
+            print(f"  5. cold start to first result {spread(cold)} (target < 1500 ms: "
+                  f"{mark(float(np.median(cold)) < 1500)})\n")
     for mod in ("edge_runtime", "edge_runtime.api"):
         times = subprocess_times(["-c", IMPORT.format(mod=mod)], 7, from_launch=False)
         results[f"import {mod}"] = times.tolist()
-        print(f"6. import {mod:<18} {spread(times)}" + ("  (target < 300 ms)" if mod == "edge_runtime" else ""))
+        # the target is for what a device program imports to run a model (edge_runtime.api), not the package's
+        # 7-line __init__
+        target = f"  (target < 300 ms: {mark(float(np.median(times)) < 300)})" if mod == "edge_runtime.api" else ""
+        print(f"6. import {mod:<18} {spread(times)}{target}")
     if a.json:
         a.json.write_text(json.dumps(results, indent=2, default=float))
     return 0

@@ -66,6 +66,8 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--name", help="package name (default: source file name)")
     p.add_argument("--version", default="1.0.0", help="package version, semver (default 1.0.0)")
     p.add_argument("--sign-key", type=Path, help="Ed25519 private key (from `edge-runtime keygen`)")
+    p.add_argument("--passphrase-file", type=Path, metavar="FILE",
+                   help="passphrase of an encrypted --sign-key (first line; or $EDGE_RUNTIME_KEY_PASSPHRASE)")
     p.add_argument("--format", choices=["tflite", "onnx"], help="target format (default: the profile's preferred)")
     p.add_argument("--precision", choices=["int8", "float32", "float16"], default="int8", help="default int8")
     p.add_argument("--labels", type=Path, help="class labels file, one per line")
@@ -179,6 +181,10 @@ def _options(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     fields.update(_detection(args))
     fields.update(_pruning(args))
     fields.update(_inputs(args))
+    if args.sign_key is not None:  # loaded (and its passphrase checked) before any conversion work
+        from edge_runtime.package.signing import load_private_key, read_passphrase
+
+        fields["sign_key"] = load_private_key(args.sign_key, read_passphrase(args.passphrase_file))
     try:
         return ConvertOptions(**fields)
     except ValidationError as exc:
@@ -192,13 +198,10 @@ def run(args: argparse.Namespace) -> int:
     from edge_runtime.commands.package_cmds import summary
     from edge_runtime.package.signing import key_id
 
-    pkg = convert(_options(args), progress=(lambda s: None) if args.quiet else None)
+    opts = _options(args)
+    pkg = convert(opts, progress=(lambda s: None) if args.quiet else None)
     m = pkg.manifest
-    signer = None
-    if args.sign_key is not None:
-        from edge_runtime.package.signing import load_private_key
-
-        signer = key_id(load_private_key(args.sign_key).public_key())
+    signer = key_id(opts.sign_key.public_key()) if opts.sign_key is not None else None  # type: ignore[union-attr]
     print(summary(m, pkg.root, signer))
     if args.archive:
         print(f"archive   {args.archive}")

@@ -72,9 +72,11 @@ def input_specs(fm: FloatModel, opts: ConvertOptions) -> list[InputSpec]:
     data = [t for t in fm.inputs if t.name not in state]
     specs = []
     for t in fm.inputs:
-        if t.dtype not in ("float32", "float16", "float64"):
-            raise ConversionError(f"input {t.name!r} has dtype {t.dtype}; only float inputs can be calibrated "
-                                  f"(a constant one can be given with --const {t.name}=VALUE)")  # fmt: skip
+        if t.dtype not in ("float32", "float16", "float64", "int32", "int64") or (
+            t.dtype.startswith("int") and (t.name in state or opts.input_kinds.get(t.name) == "image")
+        ):
+            raise ConversionError(f"input {t.name!r} has dtype {t.dtype}; float inputs, and integer tensors fed as "
+                                  f"they are, can be calibrated (a constant one: --const {t.name}=VALUE)")  # fmt: skip
         try:
             specs.append(_spec(t, opts, t.name in state, len(data) == 1, t is data[0]))
         except ValueError as exc:
@@ -85,7 +87,10 @@ def input_specs(fm: FloatModel, opts: ConvertOptions) -> list[InputSpec]:
 def _spec(t, opts: ConvertOptions, is_state: bool, single: bool, first_data: bool) -> InputSpec:  # type: ignore[no-untyped-def]
     guess = "image" if _guess_image(t.shape) and single and not is_state else "tensor"
     kind = "tensor" if is_state else opts.input_kinds.get(t.name) or opts.input_kind or guess
-    fields: dict = {"name": t.name, "shape": t.shape, "dtype": "float32", "kind": kind}
+    integer = t.dtype.startswith("int")  # token ids, byte values: fed as they are, never normalised
+    fields: dict = {"name": t.name, "shape": t.shape, "dtype": t.dtype if integer else "float32", "kind": kind}
+    if integer:
+        return InputSpec(**{**fields, "kind": "tensor"})
     if kind == "image":
         if len(t.shape) != 4 or min(t.shape[1:]) < 1:
             raise ConversionError(f"image input {t.name!r} needs a fixed 4-D shape, has {list(t.shape)}: give "

@@ -279,7 +279,7 @@ def run_golden_emulated(
     timeout_s: float = DEFAULT_TIMEOUT_S,
 ) -> EmulationReport:
     """Run the package's golden inputs on the profile's emulated arm64 CPU and on this host; compare the outputs."""
-    pkg = package_dir if isinstance(package_dir, Package) else load_package(package_dir)
+    pkg = package_dir if isinstance(package_dir, Package) else load_package(package_dir, allow_unsigned=True)
     if pkg.manifest.golden is None:
         raise EmulationError(f"package {pkg.manifest.name} has no golden set to run (the converter writes one)")
     name, cpu = qemu_cpu_for(profile)

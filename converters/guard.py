@@ -20,6 +20,7 @@ from edge_runtime.package.manifest import AccuracyReport
 from edge_runtime.profiles import DeviceProfile
 
 METHOD_ORDER = ("minmax", "entropy", "percentile")
+MIN_COSINE_SIZE = 16  # outputs with fewer values per sample are compared over the whole held-back set
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,8 @@ class _Tally:
     q_ok: int = 0
     reg: int = 0
     gain: int = 0
+    small_ref: list[np.ndarray] = field(default_factory=list)
+    small_got: list[np.ndarray] = field(default_factory=list)
 
     def add_classes(self, ref: np.ndarray, got: np.ndarray, label: int | None, activation: str) -> None:
         f, q = int(np.argmax(ref)), int(np.argmax(got))
@@ -87,7 +90,11 @@ def measure(
         fl = [i for i, r in enumerate(ref) if r.dtype.kind == "f"]
         a = np.concatenate([ref[i].astype(np.float64).ravel() for i in fl])
         b = np.concatenate([got[i].astype(np.float64).ravel() for i in fl])
-        t.cos_sum += _cosine(a, b)
+        if a.size >= MIN_COSINE_SIZE:
+            t.cos_sum += _cosine(a, b)
+        else:  # a scalar score's cosine is 1 whatever its value: judge the few values over the whole set
+            t.small_ref.append(a)
+            t.small_got.append(b)
         t.max_abs = max(t.max_abs, float(np.max(np.abs(a - b))) if a.size else 0.0)
         label = next(label_it, None) if label_it is not None else None
         if class_output is not None:
@@ -96,7 +103,11 @@ def measure(
     if t.n == 0:
         raise AccuracyBudgetError("no held-back samples to check the quantized model on")
     top1 = t.agree / t.n if class_output is not None else None
-    return Agreement(t.n, top1, t.cos_sum / t.n, t.max_abs, t.n - t.agree if top1 is not None else 0,
+    if t.small_ref:  # every sample has the same output sizes: all small, or none
+        cosine = _cosine(np.concatenate(t.small_ref), np.concatenate(t.small_got))
+    else:
+        cosine = t.cos_sum / t.n
+    return Agreement(t.n, top1, cosine, t.max_abs, t.n - t.agree if top1 is not None else 0,
                      t.weighted, t.labelled, t.f_ok, t.q_ok, t.reg, t.gain)  # fmt: skip
 
 

@@ -8,12 +8,13 @@ Example::
         pred = model.predict(frame_bgr)          # uint8 HxWx3 frame (BGR, as OpenCV reads it)
         print(pred.top, pred.timings.total_ms)   # ClassScore(index=.., score=.., label=..), milliseconds
 
-``load`` verifies every file's hash against the manifest (and the Ed25519 signature when ``trust`` holds keys)
-before the model file is opened. ``Model.predict`` runs the manifest's preprocessing, the backend and the
-manifest's post-processing; ``prepare`` + ``predict_prepared`` split it so a pipeline can preprocess the next
-frame while the current one is inferred. ``predict_tensors`` takes model-ready arrays. Stateful streaming models
-get their state outputs fed back automatically (``reset_state`` starts a new stream). Predictions are serialised
-by a lock, so one Model may be shared between threads and swapped by the updater between two inferences.
+``load`` verifies the Ed25519 signature (by a release key in ``trust``; ``allow_unsigned=True`` skips a missing
+one) and every file's hash against the manifest before the model file is opened. ``Model.predict`` runs the
+manifest's preprocessing, the backend and the manifest's post-processing; ``prepare`` + ``predict_prepared``
+split it so a pipeline can preprocess the next frame while the current one is inferred. ``predict_tensors`` takes
+model-ready arrays. Stateful streaming models get their state outputs fed back automatically (``reset_state``
+starts a new stream). Predictions are serialised by a lock, so one Model may be shared between threads and
+swapped by the updater between two inferences.
 """
 
 from __future__ import annotations
@@ -289,16 +290,18 @@ def load(
     profile: str | DeviceProfile | None = None,
     backend: BackendName | None = None,
     threads: int | None = None,
+    allow_unsigned: bool = False,
 ) -> Model:
     """Verify a package (directory or .erpkg archive) and open its model.
 
-    Hashes are always checked, the signature too when ``trust`` holds keys, and both before the model file is
+    The package must be signed by a release key in ``trust`` unless ``allow_unsigned`` (then only a present
+    signature is checked, when ``trust`` holds keys); hashes are always checked; all before the model file is
     opened. ``profile`` (name, path or DeviceProfile; default: the one the package was built for, if known here)
     gives threads, XNNPACK and execution providers; ``threads`` overrides its thread count. ``backend`` defaults
     to the one for the package's format.
     """
     root = package.root if isinstance(package, Package) else package
-    pkg = load_package(root, trust)
+    pkg = load_package(root, trust, allow_unsigned=allow_unsigned)
     manifest = pkg.manifest
     name = backend or backend_for_format(manifest.format)
     prof = _resolve_profile(profile, manifest)

@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from edge_runtime.errors import ConfigError, validation_message
 from edge_runtime.fsutil import read_yaml
 from edge_runtime.monitoring.config import MonitorConfig
+from edge_runtime.package.signing import TrustConfig
 from edge_runtime.sync.forwarder import ForwarderConfig
 from edge_runtime.sync.mqtt_settings import MqttSettings
 from edge_runtime.sync.outbox import OutboxConfig
@@ -61,6 +62,10 @@ class DeviceConfig(BaseModel):
     http: HttpConfig | None = Field(default=None, description="Local /metrics and /health endpoint of `run`.")
     shutdown_flush_s: float = Field(
         default=5.0, ge=0, description="On exit, wait up to this long for the outbox to drain to a connected broker."
+    )
+    trust: TrustConfig | None = Field(
+        default=None, description="Operator keys that may sign commands (upload_samples); none: every command is "
+        "refused and reported.",
     )
 
     @model_validator(mode="before")
@@ -114,6 +119,9 @@ def resolve_paths(cfg: DeviceConfig, base: Path) -> DeviceConfig:
         t = cfg.mqtt.tls
         tls = t.model_copy(update={k: _resolve(getattr(t, k), base) for k in ("ca_cert", "client_cert", "client_key")})
         update["mqtt"] = cfg.mqtt.model_copy(update={"tls": tls})
+    if cfg.trust is not None:
+        update["trust"] = TrustConfig(release=[_resolve(p, base) for p in cfg.trust.release],  # type: ignore[misc]
+                                      operator=[_resolve(p, base) for p in cfg.trust.operator])  # type: ignore[misc]
     samples = cfg.monitor.samples
     if samples.directory is not None:
         new_samples = samples.model_copy(update={"directory": _resolve(samples.directory, base)})

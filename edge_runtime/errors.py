@@ -63,6 +63,11 @@ class BackendError(EdgeRuntimeError):
     """An inference backend is unavailable or failed to load a model."""
 
 
+class InferenceError(BackendError):
+    """The model failed while running on an input (the backend raised during inference): counted, never fatal
+    to the pipeline by itself; the update agent's health window turns a run of them into a rollback."""
+
+
 class InputError(EdgeRuntimeError):
     """An input frame or array does not fit the model's input spec."""
 

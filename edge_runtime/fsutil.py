@@ -57,6 +57,26 @@ def atomic_write_bytes(path: str | Path, data: bytes, mode: int | None = None) -
     fsync_dir(path.parent)
 
 
+@contextmanager
+def atomic_open(path: str | Path, mode: int | None = None) -> Iterator[Any]:
+    """A binary file object whose content replaces ``path`` only when the block ends without an error."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        if mode is not None:
+            os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+
+
 def atomic_write_text(path: str | Path, text: str, mode: int | None = None) -> None:
     atomic_write_bytes(path, text.encode("utf-8"), mode)
 

@@ -150,13 +150,14 @@ def smoke_test_package(
     trust: TrustStore | None = None,
     profile: str | DeviceProfile | None = None,
     budget_ms: float | None = None,
+    allow_unsigned: bool = False,
 ) -> SmokeReport:
     """Load (verifying hashes and signature), smoke-test and close a package; a load failure is a failed report.
 
     Without ``budget_ms`` the profile's ``budgets.latency_ms_p95`` is used when a profile is known.
     """
     try:
-        model = load(package, trust=trust, profile=profile)
+        model = load(package, trust=trust, profile=profile, allow_unsigned=allow_unsigned)
     except EdgeRuntimeError as exc:
         return SmokeReport(False, (f"cannot load package: {exc}",), budget_ms=budget_ms)
     with model:

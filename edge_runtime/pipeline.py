@@ -12,20 +12,23 @@ import queue
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
 
-from edge_runtime.errors import ConfigError, EdgeRuntimeError
+from edge_runtime.errors import ConfigError, EdgeRuntimeError, InferenceError, SourceError
 from edge_runtime.latency import STAGES, LatencyRecorder  # noqa: F401 - STAGES re-exported: hooks get these keys
 from edge_runtime.package.manifest import InputSpec, Manifest
+from edge_runtime.pipeline_types import FrameResult, Guarded, PipelineConfig, PipelineStats, Sink, StageHook
 from edge_runtime.results import Prediction
 from edge_runtime.sources.base import END, Sample, ThreadedSource
 from edge_runtime.sources.motion import MotionGate
+
+__all__ = ["FrameResult", "Pipeline", "PipelineConfig", "PipelineStats", "Predictor", "Sink", "StageHook",
+           "stop_on_signals"]
 
 log = logging.getLogger(__name__)
 
@@ -42,81 +45,6 @@ class Predictor(Protocol):
 
     # Optional: ``prepare(x, frame_order=...)`` and ``predict_prepared(prepared)`` let the pipeline preprocess the
     # next sample while the current one is inferred (edge_runtime.api.Model has both).
-
-
-@dataclass(frozen=True)
-class FrameResult:
-    """One processed sample: what sinks receive."""
-
-    index: int  # the source's sample number (gaps are dropped or skipped samples)
-    timestamp: float  # wall-clock capture time (seconds since the epoch)
-    prediction: Prediction
-    frame: np.ndarray | None  # the input frame (BGR) or sensor window
-    capture_wait_ms: float  # capture -> start of processing (time spent queued)
-    end_to_end_ms: float  # capture -> prediction ready
-
-
-Sink = Callable[[FrameResult], None]
-StageHook = Callable[[Mapping[str, float]], None]
-
-
-@dataclass(frozen=True)
-class PipelineStats:
-    """A snapshot of the pipeline's counters, for logs, health endpoints and monitoring."""
-
-    captured: int
-    processed: int
-    dropped: int
-    skipped_still: int
-    bad_lines: int
-    errors: int
-    sink_errors: int
-    reconnects: int
-    reconnect_attempts: int
-    uptime_s: float
-    fps: float
-    running: bool
-    model: str
-    version: str
-    last_error: str | None
-
-    def to_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
-
-
-class PipelineConfig(BaseModel):
-    """Bounds and behaviour of one pipeline run."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    max_frames: int | None = Field(default=None, ge=1, description="Stop after this many samples from the source.")
-    duration_s: float | None = Field(default=None, gt=0, description="Stop after this many seconds.")
-    frame_order: Literal["BGR", "RGB", "GRAY"] = Field(
-        default="BGR", description="Channel order of frames from the source (OpenCV: BGR)."
-    )
-    max_consecutive_errors: int = Field(
-        default=25, ge=1, description="Give up after this many samples in a row the model rejects."
-    )
-    keep_frames: bool = Field(default=True, description="Pass the input frame or window to sinks.")
-    latency_window: int = Field(default=10000, ge=10, description="Recent samples kept per stage for percentiles.")
-
-
-class _Guarded:
-    """Calls callables one by one, each in its own guard; failures are counted and logged (rate-limited)."""
-
-    def __init__(self, what: str) -> None:
-        self.what = what
-        self.items: list[Callable[[Any], None]] = []
-        self.failures = 0
-
-    def __call__(self, value: Any) -> None:
-        for fn in list(self.items):
-            try:
-                fn(value)
-            except Exception:  # noqa: BLE001 - isolation is the point: one bad sink must not stop the rest
-                self.failures += 1
-                if self.failures <= 5 or self.failures % 1000 == 0:
-                    log.exception("%s %r failed (%d failures so far)", self.what, fn, self.failures)
 
 
 @dataclass(frozen=True)
@@ -161,13 +89,14 @@ class Pipeline:
         self.latency = LatencyRecorder(self.config.latency_window)
         self._model = model
         self._model_lock = threading.Lock()
-        self._sinks = _Guarded("sink")
-        self._hooks = _Guarded("stage hook")
+        self._sinks = Guarded("sink")
+        self._hooks = Guarded("stage hook")
+        self._error_hooks = Guarded("error hook")
         for sink in sinks:
             self._sinks.items.append(sink)
         self._stop = threading.Event()
         self._handoff: queue.Queue[object] = queue.Queue(maxsize=1)
-        self._taken = self._processed = self._errors = self._consecutive_errors = 0
+        self._taken = self._processed = self._errors = self._consecutive_errors = self._inference_errors = 0
         self._count_lock = threading.Lock()  # both the preparer and the inference loop count rejected samples
         self._opened = False
         self._started: float | None = None
@@ -187,6 +116,10 @@ class Pipeline:
     def add_stage_hook(self, hook: StageHook) -> None:
         """``hook({stage: ms})`` after every processed sample (stages: see edge_runtime.latency.STAGES), guarded."""
         self._hooks.items.append(hook)
+
+    def add_error_hook(self, hook: Callable[[EdgeRuntimeError], None]) -> None:
+        """``hook(exc)`` for every sample the model rejected or failed on (InputError, InferenceError), guarded."""
+        self._error_hooks.items.append(hook)
 
     def swap_model(self, new_model: Predictor) -> Predictor:
         """Replace the model between two frames; returns the old one (the caller closes it)."""
@@ -214,9 +147,19 @@ class Pipeline:
 
     # ------------------------------------------------------------------ state
 
+    def source_fault(self) -> tuple[str | None, float]:
+        """(why the source yields nothing, or None; seconds since its last sample): for /health and status."""
+        c = self.source.counters
+        stalled = c.stalled_s() if self._running else 0.0
+        limit = self.config.stall_timeout_s
+        if c.fault is None and limit is not None and stalled >= limit:
+            return f"{self.source.name} yielded no sample for {stalled:.0f} s", stalled
+        return c.fault, stalled
+
     def stats(self) -> PipelineStats:
         c = self.source.counters
         now = self._ended or time.monotonic()
+        fault, stalled = self.source_fault()
         uptime = now - self._started if self._started else 0.0
         m = self._model.manifest
         return PipelineStats(
@@ -225,7 +168,8 @@ class Pipeline:
             errors=self._errors, sink_errors=self._sinks.failures, reconnects=c.reconnects,
             reconnect_attempts=c.reconnect_attempts, uptime_s=uptime,
             fps=self._processed / uptime if uptime > 0 else 0.0, running=self._running,
-            model=m.name, version=m.version, last_error=self._last_error,
+            model=m.name, version=m.version, last_error=self._last_error, inference_errors=self._inference_errors,
+            source_stalled_s=round(stalled, 3), source_fault=fault,
         )  # fmt: skip
 
     # ------------------------------------------------------------------ the loop
@@ -298,6 +242,7 @@ class Pipeline:
             while self._taking_more():
                 item = self.source.get(timeout=0.1)
                 if item is None:
+                    self._check_stall()
                     continue
                 if item is END:
                     break
@@ -310,6 +255,13 @@ class Pipeline:
             self._hand_over(exc)
             return
         self._hand_over(END)
+
+    def _check_stall(self) -> None:
+        limit = self.config.stall_timeout_s
+        if limit is not None and self.config.fail_on_stall and self.source.counters.stalled_s() >= limit:
+            fault = self.source.counters.fault
+            raise SourceError(f"{self.source.name} yielded no sample for {limit:g} s" + (f" ({fault})" if fault
+                                                                                          else ""))
 
     def _prepare(self, sample: Sample) -> _Job | None:
         if self.motion_gate is not None and not self.motion_gate.should_infer(sample.data):
@@ -328,12 +280,15 @@ class Pipeline:
         """Count a sample the model refused; too many in a row end the run with that error."""
         with self._count_lock:
             self._errors += 1
+            self._inference_errors += isinstance(exc, InferenceError)
             self._consecutive_errors += 1
             in_a_row = self._consecutive_errors
             self._last_error = str(exc)
-        if in_a_row <= 3:
-            log.warning("sample %d skipped: %s", sample.index, exc)
-        if in_a_row >= self.config.max_consecutive_errors:
+        if in_a_row <= 3 or in_a_row % 1000 == 0:
+            log.warning("sample %d skipped (%d in a row): %s", sample.index, in_a_row, exc)
+        self._error_hooks(exc)
+        limit = self.config.max_consecutive_errors
+        if limit is not None and in_a_row >= limit:
             raise exc
 
     # ------------------------------------------------------------------ inference loop

@@ -1,18 +1,26 @@
 """The runtime as a small HTTP microservice (the "REST API" deployment mode). FastAPI is an optional extra.
 
-    POST /predict   an image (raw JPEG/PNG body, or multipart/form-data with one file) or a JSON array
-                    -> the prediction as JSON. Bad requests get a 4xx with a reason.
-    GET  /healthz   liveness: the process answers.
+    POST /predict   an image (raw JPEG/PNG/BMP body, or multipart/form-data with one file) or a JSON array
+                    -> the prediction as JSON. Bad requests get a 4xx with a one-line reason.
+    GET  /healthz   liveness: the process answers (always open, even with a token).
     GET  /readyz    readiness: the model is loaded and passed a smoke test (503 until then, with the reason).
-    GET  /metrics   Prometheus metrics of the predictions served (with device services, see create_app).
+    GET  /metrics   Prometheus metrics: requests, rejections and errors of the service (and, with device
+                    services, the monitor's metrics of the predictions served, see create_app).
     GET  /health    model, source (requests), outbox and broker status as JSON (with device services).
+
+Hostile requests are refused before they cost memory or block the service (see serve_guard): the body is bounded
+while it streams, an image's size is read from its header and checked against a pixel limit before it is decoded,
+decoding and inference run on a bounded pool of worker threads off the event loop (excess requests get 503), and
+with a token every path but /healthz needs ``Authorization: Bearer <token>``.
 """
 
 
+import asyncio
 import email.parser
 import email.policy
 import json
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -21,30 +29,47 @@ from typing import TYPE_CHECKING, Any
 import cv2
 import numpy as np
 
-from edge_runtime.errors import EdgeRuntimeError, InputError, MissingDependencyError
+from edge_runtime.errors import EdgeRuntimeError, InputError, MissingDependencyError, first_line
+from edge_runtime.imageheader import ImageHeaderError, image_size
+from edge_runtime.serve_guard import (
+    MAX_BODY_BYTES,
+    MAX_PIXELS,
+    RequestError,
+    ServeConfig,
+    ServeCounters,
+    TokenAuth,
+    WorkGate,
+)
 
 if TYPE_CHECKING:
     from edge_runtime.monitoring.service import DeviceServices
     from edge_runtime.pipeline import FrameResult
 
 log = logging.getLogger(__name__)
-MAX_BODY_BYTES = 16 * 1024 * 1024
+JSON_IMAGE_VALUES = 320 * 320 * 3  # a frame as JSON nested lists: at most 320x320 (about 10 MiB once parsed)
+__all__ = ["MAX_BODY_BYTES", "ModelService", "RequestError", "ServeConfig", "create_app", "decode_image"]
 
 
-class RequestError(Exception):
-    """A bad request: HTTP status and a one-line reason."""
-
-    def __init__(self, status: int, reason: str) -> None:
-        super().__init__(reason)
-        self.status, self.reason = status, reason
-
-
-def decode_image(data: bytes) -> np.ndarray:
+def decode_image(data: bytes, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """A BGR frame from JPEG, PNG or BMP bytes; the size its header declares is checked before decoding."""
     if not data:
-        raise RequestError(400, "empty request body")
-    frame = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+        raise RequestError(400, "empty request body", kind="empty")
+    try:
+        size = image_size(data)
+    except ImageHeaderError as exc:
+        status, kind = (415, "image_format") if exc.unsupported else (400, "image_header")
+        raise RequestError(status, f"the body is not a decodable image: {exc}", kind=kind) from None
+    if size.pixels > max_pixels:
+        raise RequestError(413, f"the {size.format} image is {size.width}x{size.height} "
+                           f"({size.pixels / 1e6:.1f} megapixels), over the limit of {max_pixels / 1e6:.1f} "
+                           "(--max-pixels)", kind="image_pixels")  # fmt: skip
+    try:
+        frame = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    except cv2.error as exc:
+        raise RequestError(400, f"the body is not a decodable image: {first_line(exc)}", kind="image_decode") from None
     if frame is None:
-        raise RequestError(400, "the body is not a decodable image (JPEG, PNG, BMP, ...)")
+        raise RequestError(400, f"the body is not a decodable image: the {size.format} data is corrupt or truncated",
+                           kind="image_decode")  # fmt: skip
     return frame
 
 
@@ -53,36 +78,51 @@ def _multipart_file(content_type: str, body: bytes) -> bytes:
     raw = b"Content-Type: " + content_type.encode("latin-1") + b"\r\nMIME-Version: 1.0\r\n\r\n" + body
     msg = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(raw)
     if not msg.is_multipart():
-        raise RequestError(400, "malformed multipart body")
+        raise RequestError(400, "malformed multipart body", kind="multipart")
     for part in msg.iter_parts():
         if part.get_filename() or part.get_param("name", header="content-disposition") in ("file", "image"):
             payload = part.get_payload(decode=True)
             if isinstance(payload, bytes):
                 return payload
-    raise RequestError(400, "multipart body has no file part (send the image as field 'file')")
+    raise RequestError(400, "multipart body has no file part (send the image as field 'file')", kind="multipart")
 
 
-def _json_array(body: bytes, image_input: bool) -> np.ndarray:
+def json_value_limit(spec: Any) -> int:
+    """How many values a JSON body may hold for a model input: Python's parsed lists cost ~32 bytes per value, so a
+    16 MiB body of numbers would cost 200+ MiB. A tensor input needs prod(shape) values; a frame sent as JSON is
+    meant for small frames (larger ones go as JPEG/PNG)."""
+    if spec.kind == "image":
+        return JSON_IMAGE_VALUES
+    return 4 * math.prod(max(d, 1) for d in spec.shape) + 64
+
+
+def _json_array(body: bytes, image_input: bool, max_values: int = JSON_IMAGE_VALUES) -> np.ndarray:
+    values = body.count(b",") + body.count(b":") + 1  # an upper bound of what json.loads would build, read in C
+    if values > max_values:
+        hint = " (send frames as JPEG or PNG)" if image_input else ""
+        raise RequestError(413, f"JSON body holds up to {values} values, this model takes at most {max_values}{hint}",
+                           kind="json_size")  # fmt: skip
     try:
         doc = json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
-        raise RequestError(400, f"invalid JSON: {exc}") from exc
+        raise RequestError(400, f"invalid JSON: {exc}", kind="json") from exc
     except RecursionError:
-        raise RequestError(400, "invalid JSON: nested too deeply") from None
+        raise RequestError(400, "invalid JSON: nested too deeply", kind="json") from None
     if isinstance(doc, dict):
         doc = doc.get("array", doc.get("inputs"))
     try:
         with np.errstate(over="ignore", invalid="ignore"):  # out-of-range numbers become inf, refused below
             arr = np.asarray(doc, dtype=np.float32)
     except (ValueError, TypeError, OverflowError, RecursionError) as exc:
-        raise RequestError(400, "JSON must be a numeric array (or {\"array\": [...]}) of a regular shape") from exc
+        raise RequestError(400, "JSON must be a numeric array (or {\"array\": [...]}) of a regular shape",
+                           kind="json") from exc
     if arr.ndim == 0 or arr.size == 0:
-        raise RequestError(400, "JSON must be a non-empty numeric array")
+        raise RequestError(400, "JSON must be a non-empty numeric array", kind="json")
     if not np.isfinite(arr).all():  # NaN, Infinity, null, or beyond float32's range
-        raise RequestError(422, "JSON array values must be finite numbers (no NaN, Infinity or null)")
+        raise RequestError(422, "JSON array values must be finite numbers (no NaN, Infinity or null)", kind="json")
     if image_input:  # a frame as nested lists: whole numbers 0..255
         if np.any((arr < 0) | (arr > 255)) or np.any(arr != np.round(arr)):
-            raise RequestError(422, "an image array must hold whole numbers 0..255")
+            raise RequestError(422, "an image array must hold whole numbers 0..255", kind="json")
         return arr.astype(np.uint8)
     return arr
 
@@ -91,38 +131,46 @@ async def read_body(request: Any, limit: int = MAX_BODY_BYTES) -> bytes:
     """The request body, refused with 413 as soon as it is known to exceed ``limit``: a huge upload is never held
     in memory whole (checked against Content-Length first, then while streaming, for chunked uploads)."""
     size_text = f"{limit / 1048576:g} MiB" if limit >= 1048576 else f"{limit} bytes"
-    too_big = RequestError(413, f"body larger than {size_text}")
+    too_big = RequestError(413, f"body larger than {size_text}", kind="body_size")
     declared = request.headers.get("content-length")
     if declared is not None:
         if not declared.strip().isdigit():
-            raise RequestError(400, f"bad Content-Length {declared!r}")
+            raise RequestError(400, f"bad Content-Length {declared[:40]!r}", kind="bad_request")
         if int(declared) > limit:
             raise too_big
-    chunks, size = [], 0
+    body = bytearray()  # grown in place: a list of chunks joined at the end would hold the body twice
     async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
+        if len(body) + len(chunk) > limit:
             raise too_big
-        chunks.append(chunk)
-    return b"".join(chunks)
+        body += chunk
+    return body  # type: ignore[return-value] # bytes-like: every consumer takes a bytearray
 
 
-def request_input(content_type: str, body: bytes, image_input: bool) -> np.ndarray:
+async def _read_body_in_time(request: Any, config: ServeConfig) -> bytes:
+    try:
+        async with asyncio.timeout(config.body_timeout_s):
+            return await read_body(request, config.max_body_bytes)
+    except TimeoutError:
+        raise RequestError(408, f"request body not received within {config.body_timeout_s:g} s",
+                           kind="body_timeout") from None
+
+
+def request_input(content_type: str, body: bytes, image_input: bool, max_pixels: int = MAX_PIXELS,
+                  max_values: int = JSON_IMAGE_VALUES) -> np.ndarray:
     """Turn a request body into the model's input (a BGR frame or an array), or raise RequestError."""
-    if len(body) > MAX_BODY_BYTES:
-        raise RequestError(413, f"body larger than {MAX_BODY_BYTES // (1024 * 1024)} MiB")
     ctype = content_type.split(";")[0].strip().lower()
     if ctype == "application/json":
-        return _json_array(body, image_input)
+        return _json_array(body, image_input, max_values)
     if ctype == "multipart/form-data":
         data = _multipart_file(content_type, body)
     elif ctype.startswith("image/") or ctype in ("application/octet-stream", ""):
         data = body
     else:
-        raise RequestError(415, f"unsupported content type {ctype!r}: send an image or application/json")
+        raise RequestError(415, f"unsupported content type {ctype[:60]!r}: send an image or application/json",
+                           kind="content_type")
     if not image_input:
-        raise RequestError(415, "this model takes arrays: send application/json")
-    return decode_image(data)
+        raise RequestError(415, "this model takes arrays: send application/json", kind="content_type")
+    return decode_image(data, max_pixels)
 
 
 class ModelService:
@@ -171,7 +219,7 @@ class ModelService:
     def predict(self, x: np.ndarray, received: float | None = None) -> dict[str, Any]:
         """Predict (one at a time); ``received``: time.monotonic() when the request arrived, for latency."""
         if self.model is None:
-            raise RequestError(503, f"not ready: {self.not_ready_reason}")
+            raise RequestError(503, f"not ready: {self.not_ready_reason}", kind="not_ready")
         received = time.monotonic() if received is None else received
         with self._lock:
             started = time.monotonic()
@@ -179,7 +227,7 @@ class ModelService:
                 pred = self.model.predict(x)
             except InputError as exc:
                 self.rejected += 1
-                raise RequestError(422, str(exc)) from exc
+                raise RequestError(422, str(exc), kind="model_input") from exc
             self.requests += 1
             if self.observe is not None:
                 self._observe(x, pred, received, started)
@@ -209,17 +257,19 @@ class ModelService:
 
 def create_app(service: ModelService, load_in_background: bool = True,
                services: "DeviceServices | None" = None,
-               max_body_bytes: int = MAX_BODY_BYTES):  # type: ignore[no-untyped-def]
-    """The FastAPI application around a ModelService. With ``services`` (monitor, outbox, MQTT) it feeds every
-    prediction to the monitor, adds /metrics and /health, and closes them at shutdown. Larger bodies get 413."""
+               config: ServeConfig | None = None):  # type: ignore[no-untyped-def]
+    """The FastAPI application around a ModelService, with the limits, worker pool and token of ``config``.
+    With ``services`` (monitor, outbox, MQTT) it feeds every prediction to the monitor, adds the monitor's metrics
+    and /health, and closes them at shutdown. ``app.state.counters`` holds the service's ServeCounters."""
     try:
         from contextlib import asynccontextmanager
 
         from fastapi import FastAPI, Request
-        from fastapi.responses import JSONResponse
-        from starlette.concurrency import run_in_threadpool
+        from fastapi.responses import JSONResponse, Response
     except ImportError as exc:
         raise MissingDependencyError("FastAPI (for `serve`)", "serve") from exc
+    config = config or ServeConfig()
+    counters, gate = ServeCounters(), WorkGate(config.workers, config.queue)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI):  # type: ignore[no-untyped-def]
@@ -228,11 +278,15 @@ def create_app(service: ModelService, load_in_background: bool = True,
         else:
             service.load()
         yield
+        gate.close()
         if services is not None:
             services.close()
         service.close()
 
     app = FastAPI(title="edge-runtime", lifespan=lifespan)
+    app.state.counters = counters
+    if config.token is not None:
+        app.add_middleware(TokenAuth, token=config.token, counters=counters)
 
     @app.get("/healthz")
     def healthz() -> dict[str, str]:
@@ -245,37 +299,52 @@ def create_app(service: ModelService, load_in_background: bool = True,
         m = service.model.manifest
         return JSONResponse({"ready": True, "model": m.name, "version": m.version})
 
-    @app.post("/predict")
-    async def predict(request: Request) -> JSONResponse:
+    def work(content_type: str, body: bytes, received: float) -> bytes:
+        """On a worker thread: decode, predict, render (JSON has no NaN: a model can overflow on finite input)."""
+        spec = service.model.input_spec
+        x = request_input(content_type, body, spec.kind == "image", config.max_pixels, json_value_limit(spec))
+        result = service.predict(x, received)
         try:
-            if not service.ready:
-                raise RequestError(503, f"not ready: {service.not_ready_reason}")
-            received = time.monotonic()
-            body = await read_body(request, max_body_bytes)
-            x = request_input(request.headers.get("content-type", ""), body, service.model.input_spec.kind == "image")
-            result = await run_in_threadpool(service.predict, x, received)
-        except RequestError as exc:
-            return JSONResponse({"error": exc.reason}, status_code=exc.status)
-        try:
-            return JSONResponse(result)
-        except ValueError:  # JSON has no NaN/Infinity: finite inputs at the edge of float32 can overflow a model
-            reason = "the model's output for this input is not finite (NaN or infinity)"
-            return JSONResponse({"error": reason}, status_code=422)
+            return json.dumps(result, allow_nan=False, separators=(",", ":")).encode()
+        except ValueError:
+            raise RequestError(422, "the model's output for this input is not finite (NaN or infinity)",
+                               kind="model_output") from None
 
+    @app.post("/predict")
+    async def predict(request: Request) -> Response:
+        try:
+            with gate.admitted():  # before the body is read: waiting bodies in memory are bounded too
+                if not service.ready:
+                    raise RequestError(503, f"not ready: {service.not_ready_reason}", kind="not_ready")
+                received = time.monotonic()
+                body = await _read_body_in_time(request, config)
+                content = await gate.run(work, request.headers.get("content-type", ""), body, received)
+            response: Response = Response(content, media_type="application/json")
+        except RequestError as exc:
+            counters.reject(exc.kind)
+            response = JSONResponse({"error": exc.reason}, status_code=exc.status)
+        except Exception:  # noqa: BLE001 - a bug: logged with its traceback here, one line for the client
+            log.exception("POST /predict failed")
+            counters.error("internal")
+            response = JSONResponse({"error": "internal error (logged by the server)"}, status_code=500)
+        counters.request(response.status_code)
+        return response
+
+    _add_metrics_route(app, counters, services)
     if services is not None:
-        _add_monitoring_routes(app, service, services)
+        _add_health_route(app, service, services)
     return app
 
 
-def _add_monitoring_routes(app: Any, service: ModelService, services: "DeviceServices") -> None:
-    """/metrics (Prometheus text) and /health (JSON) backed by the device services' monitor."""
-    from fastapi.responses import JSONResponse, Response
+def _add_metrics_route(app: Any, counters: ServeCounters, services: "DeviceServices | None") -> None:
+    """/metrics (Prometheus text): the service's own counters, plus the device monitor's metrics with services."""
+    from fastapi.responses import Response
 
     from edge_runtime.monitoring.http import make_registry
 
-    service.observe = services.observe
-    services.monitor.pipeline_stats = service.stats
-    registry = make_registry(services.monitor)
+    registry = make_registry(services.monitor) if services is not None else _empty_registry()
+    if registry is not None:
+        registry.register(counters.collector())
 
     @app.get("/metrics")
     def metrics() -> Response:
@@ -285,6 +354,22 @@ def _add_monitoring_routes(app: Any, service: ModelService, services: "DeviceSer
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+
+def _empty_registry() -> Any:
+    try:
+        from prometheus_client import CollectorRegistry
+    except ImportError:
+        return None
+    return CollectorRegistry()
+
+
+def _add_health_route(app: Any, service: ModelService, services: "DeviceServices") -> None:
+    """/health (JSON) backed by the device services' monitor, which also gets every prediction."""
+    from fastapi.responses import JSONResponse
+
+    service.observe = services.observe
+    services.monitor.pipeline_stats = service.stats
 
     @app.get("/health")
     def health() -> JSONResponse:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import secrets
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -18,20 +20,32 @@ if TYPE_CHECKING:
 def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--broker", default="mqtt://127.0.0.1:1883", help="mqtt://host:port or mqtts://host:port")
     p.add_argument("--prefix", default="edge", help="topic prefix")
+    add_broker_options(p)
     p.add_argument("--registry", default=str(Path.home() / ".config/edge-runtime/fleet.json"),
                    help="local record of published packages (for rollback)")
+    p.add_argument("--passphrase-file", type=Path, metavar="FILE",
+                   help="passphrase of an encrypted --key (first line; or $EDGE_RUNTIME_KEY_PASSPHRASE)")
     sub = p.add_subparsers(dest="fleet_cmd", required=True)
     pub = sub.add_parser("publish", help="upload a package and set it as desired for a device or group:NAME")
     pub.add_argument("package")
     pub.add_argument("--target", help="device id, or group:NAME (without it: upload and register only)")
     pub.add_argument("--key", help="Ed25519 private key that signs the desired document (with --target)")
     pub.add_argument("--url", help="optional HTTP(S) URL of the same archive")
+    cm = sub.add_parser("command", help="send a signed command to one device (e.g. upload_samples)")
+    cm.add_argument("device", help="device id")
+    cm.add_argument("command", choices=["upload_samples"])
+    cm.add_argument("--key", "--sign-key", dest="key", required=True,
+                    help="Ed25519 private key of an operator (the device checks it holds the operator role)")
+    cm.add_argument("--max", type=int, default=10, help="upload_samples: the newest N stored samples (1..100)")
+    cm.add_argument("--ids", help="upload_samples: comma-separated sample ids instead of --max")
+    cm.add_argument("--ttl", type=float, default=300.0, help="seconds until the device refuses the command")
     st = sub.add_parser("status", help="show every device's model, update state and health")
     st.add_argument("--wait", type=float, default=1.0, help="seconds to collect retained messages")
     st.add_argument("--json", action="store_true")
     rb = sub.add_parser("rollback", help="signed rollback of a device or group to a published version")
     rb.add_argument("--target", required=True)
     rb.add_argument("--to", required=True, help="version to go back to (published from this registry)")
+    rb.add_argument("--name", help="model name (default: the model the target serves now, from its status)")
     rb.add_argument("--key", required=True)
     ro = sub.add_parser("rollout", help="canary rollout: canaries first, watch, then promote or roll back")
     ro.add_argument("package")
@@ -64,10 +78,47 @@ def rollout_plan(args: argparse.Namespace) -> RolloutPlan:
         raise ConfigError(f"invalid rollout options: {validation_message(exc, root='rollout')}") from None
 
 
-def _link(args: argparse.Namespace):  # type: ignore[no-untyped-def]
-    from edge_runtime.sync.mqtt import MqttLink, settings_from_url
+def add_broker_options(p: argparse.ArgumentParser) -> None:
+    """TLS and credentials for the broker (before the subcommand: the subcommands' --key is the signing key)."""
+    g = p.add_argument_group("broker TLS and credentials")
+    g.add_argument("--ca", type=Path, help="CA certificate (PEM) that signed the broker's certificate (implies TLS)")
+    g.add_argument("--cert", type=Path, help="client certificate (PEM) for mutual TLS (with --key)")
+    g.add_argument("--key", dest="tls_key", type=Path, help="private key (PEM) of --cert")
+    g.add_argument("--username", help="broker user name")
+    g.add_argument("--password-file", type=Path, help="file whose first line is the broker password (default: "
+                   "$EDGE_RUNTIME_MQTT_PASSWORD; never put it in the URL, where ps shows it)")
 
-    link = MqttLink(settings_from_url(args.broker, "fleet-cli", prefix=args.prefix, max_payload=1 << 20), will=False)
+
+def client_id() -> str:
+    """A client id of its own per CLI process: two CLIs (a rollout and a `fleet status`) never kick each other off
+    the broker, which allows one connection per client id."""
+    return f"fleet-cli-{os.getpid()}-{secrets.token_hex(3)}"
+
+
+def broker_settings(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    """MqttSettings from --broker and the TLS/credential options (a password in the URL still works)."""
+    from edge_runtime.sync.mqtt_settings import TlsSettings, resolve_password, settings_from_url
+
+    extra: dict[str, Any] = {"prefix": args.prefix, "max_payload": 1 << 20}
+    if args.ca or args.cert or args.tls_key:
+        try:
+            extra["tls"] = TlsSettings(ca_cert=args.ca, client_cert=args.cert, client_key=args.tls_key)
+        except ValidationError as exc:
+            raise ConfigError(f"broker TLS options: {validation_message(exc)}") from None
+    settings = settings_from_url(args.broker, "fleet-cli", **extra)
+    updates: dict[str, Any] = {}
+    if args.username:
+        updates["username"] = args.username
+    if settings.password is None and (args.password_file or args.username or settings.username):
+        updates["password"] = resolve_password(args.password_file)
+    return settings.model_copy(update=updates) if updates else settings
+
+
+def _link(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from edge_runtime.sync.mqtt import MqttLink
+
+    # no will and no retained state: a CLI is not a device and must not show up in `fleet status`
+    link = MqttLink(broker_settings(args), client_id=client_id(), will=False, announce=False)
     link.start()
     if not link.wait_connected(10):
         raise ConfigError(f"cannot reach broker {args.broker}: {link.last_error or 'timeout'}")
@@ -75,17 +126,36 @@ def _link(args: argparse.Namespace):  # type: ignore[no-untyped-def]
 
 
 def run(args: argparse.Namespace) -> int:
-    from edge_runtime.package import load_private_key
+    from edge_runtime.package import load_private_key, read_passphrase
 
     plan = rollout_plan(args) if args.fleet_cmd == "rollout" else None
+    command = command_doc(args) if args.fleet_cmd == "command" else None
     if args.fleet_cmd == "publish" and args.target and not args.key:
         raise ConfigError("fleet publish --target needs --key to sign the desired document")
-    key = load_private_key(args.key) if getattr(args, "key", None) else None
+    key = load_private_key(args.key, read_passphrase(args.passphrase_file)) if getattr(args, "key", None) else None
     link = _link(args)
     try:
+        if command is not None:
+            from fleet.publish import send_command
+
+            send_command(link, link.topics, command, key)
+            print(f"sent {command.command} to {command.device} (request {command.request_id}, sequence "
+                  f"{command.sequence}, expires in {args.ttl:g} s)")
+            return 0
         return _dispatch(args, link, key, plan)
     finally:
         link.stop()
+
+
+def command_doc(args: argparse.Namespace) -> Any:
+    """The (unsigned) command from the command line, checked before connecting."""
+    from edge_runtime.sync.commands import new_command
+
+    ids = tuple(i.strip() for i in args.ids.split(",") if i.strip()) if args.ids else ()
+    try:
+        return new_command(args.device, args.command, ttl_s=args.ttl, max=args.max, ids=ids)
+    except ValidationError as exc:
+        raise ConfigError(f"invalid command: {validation_message(exc, root='command')}") from None
 
 
 def _dispatch(args: argparse.Namespace, link: Any, key: Any, plan: RolloutPlan | None) -> int:
@@ -100,7 +170,7 @@ def _dispatch(args: argparse.Namespace, link: Any, key: Any, plan: RolloutPlan |
         print(json.dumps(devices, indent=1) if args.json else table(devices))
         return 0
     if args.fleet_cmd == "rollback":
-        pub = registry.find(args.to)
+        pub = registry.find(args.to, args.name or _serving_name(link, topics, registry, args.target))
         publish.set_desired(link, topics, pub, args.target, key, rollback=True)
         print(f"rollback of {args.target} to {pub.name} {pub.version} requested")
         return 0
@@ -125,3 +195,22 @@ def _dispatch(args: argparse.Namespace, link: Any, key: Any, plan: RolloutPlan |
         print(f"canaries: {', '.join(res.canaries)}; rolled back: {', '.join(res.rolled_back) or '-'}")
         print(table(watch.snapshot()))
     return 0 if res.promoted else 1
+
+
+def _serving_name(link: Any, topics: Any, registry: Any, target: str) -> str | None:
+    """The model name the target (a device, or every device of group:NAME) serves now, from the retained status;
+    None when nothing is known. Devices of one group serving different models are ambiguous: name one."""
+    from fleet.publish import parse_target
+    from fleet.status import collect
+
+    scope, name = parse_target(target)
+    names = set()
+    for dev, doc in collect(link, topics).items():
+        up = doc.get("update") or {}
+        if (scope == "device" and dev == name) or (scope == "group" and name in (up.get("groups") or [])):
+            pub = registry.find_key(str(up.get("serving")))
+            if pub is not None:
+                names.add(pub.name)
+    if len(names) > 1:
+        raise ConfigError(f"{target} serves several models ({', '.join(sorted(names))}): give --name")
+    return names.pop() if names else None

@@ -16,7 +16,7 @@ from typing import Any
 from edge_runtime.errors import ConfigError
 from edge_runtime.fsutil import atomic_write_text
 from edge_runtime.package.signing import Ed25519PrivateKey
-from edge_runtime.package.store import pack_archive, read_manifest
+from edge_runtime.package.store import pack_archive
 from edge_runtime.sync.topics import Topics
 from edge_runtime.update.desired import DesiredModel, new_sequence, sign_desired
 from edge_runtime.update.transfer import DEFAULT_CHUNK, ChunkMeta, build_meta, iter_chunks
@@ -41,9 +41,9 @@ def as_archive(pkg: Path) -> Path:
 
 
 def _manifest_of_archive(archive: Path) -> Any:
-    from edge_runtime.package.store import extract_archive_cached
+    from edge_runtime.package.store import read_archive_manifest
 
-    return read_manifest(extract_archive_cached(archive))[0]
+    return read_archive_manifest(archive)  # the manifest member only: nothing is unpacked
 
 
 def upload(link: Any, topics: Topics, pkg: Path, chunk_size: int = DEFAULT_CHUNK, in_flight: int = 16,
@@ -111,6 +111,13 @@ def set_desired_many(link: Any, topics: Topics, pub: Published, targets: list[st
     return docs
 
 
+def send_command(link: Any, topics: Topics, cmd: Any, key: Ed25519PrivateKey, timeout: float = 10.0) -> None:
+    """Sign ``cmd`` (edge_runtime.sync.commands.Command) and publish it (QoS 1, not retained) to its device."""
+    from edge_runtime.sync.commands import sign_command
+
+    _wait_all([link.publish(topics.commands(cmd.device), sign_command(cmd, key), qos=1)], timeout)
+
+
 class Registry:
     """name-version -> what was published (JSON file, written atomically)."""
 
@@ -130,11 +137,23 @@ class Registry:
         atomic_write_text(self.path, json.dumps(data, indent=1))
 
     def find(self, version: str, name: str | None = None) -> Published:
-        for entry in self._read().values():
-            if entry["version"] == version and (name is None or entry["name"] == name):
-                return Published(entry["name"], entry["version"], entry["profile"],
-                                 ChunkMeta.model_validate(entry["meta"]))
-        raise ConfigError(f"version {version} was never published from this registry ({self.path})")
+        """The entry for ``version`` of model ``name``; without a name, the only model published at that version
+        (two models sharing a version are ambiguous: ConfigError, never a guess)."""
+        found = self.versions(version)
+        names = sorted({p.name for p in found})
+        if name is not None:
+            found = [p for p in found if p.name == name]
+        elif len(names) > 1:
+            raise ConfigError(f"version {version} was published for models {', '.join(names)}: name one (--name)")
+        if not found:
+            what = f"{name} {version}" if name else f"version {version}"
+            raise ConfigError(f"{what} was never published from this registry ({self.path})")
+        return found[0]
+
+    def versions(self, version: str) -> list[Published]:
+        """Every entry published at ``version`` (any model name)."""
+        return [Published(e["name"], e["version"], e["profile"], ChunkMeta.model_validate(e["meta"]))
+                for e in self._read().values() if e["version"] == version]
 
     def find_key(self, key: str) -> Published | None:
         """The entry for slot key ``name-version`` (as devices report what they serve), or None."""

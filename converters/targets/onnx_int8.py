@@ -16,7 +16,7 @@ import io
 import logging
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -209,6 +209,29 @@ def _run_quantize_static(prepared: Path, out: Path, data, extra: dict, kwargs: d
             raise ConversionError(f"onnxruntime static quantization failed: {msg}") from exc2
 
 
+_SAME_SCALE_OPS = {"Reshape", "Concat", "Squeeze", "Unsqueeze", "Transpose", "Flatten"}
+
+
+def _range_overrides(path: Path, ranges: Mapping[str, tuple[float, float]]) -> dict:
+    """onnxruntime TensorQuantOverrides giving each named tensor, and back through reshapes and concatenations
+    the tensors it is made of, the range given."""
+    import onnx
+
+    model = onnx.load(str(path))
+    producer = {o: n for n in model.graph.node for o in n.output}
+    consts = {i.name for i in model.graph.initializer}
+    out: dict = {}
+    for name, (lo, hi) in ranges.items():
+        todo = [name]
+        while todo:
+            t = todo.pop()
+            out[t] = [{"rmin": np.array(lo, np.float32), "rmax": np.array(hi, np.float32)}]
+            node = producer.get(t)
+            if node is not None and node.op_type in _SAME_SCALE_OPS:
+                todo.extend(i for i in node.input[: 1 if node.op_type != "Concat" else None] if i and i not in consts)
+    return out
+
+
 def quantize_onnx(
     prepared_path: Path,
     calibration: Calibration,
@@ -216,8 +239,11 @@ def quantize_onnx(
     out_path: Path,
     method: str = "minmax",
     nodes_to_exclude: Sequence[str] = (),
+    ranges: Mapping[str, tuple[float, float]] | None = None,
 ) -> QuantizedModel:
-    """Static QDQ int8 of a (pre-processed) float ONNX model, calibrated on ``calibration()`` samples."""
+    """Static QDQ int8 of a (pre-processed) float ONNX model, calibrated on ``calibration()`` samples.
+
+    ``ranges``: tensor name -> (min, max) to quantize with instead of the calibrated range (score heads)."""
     import onnxruntime
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType
 
@@ -232,6 +258,8 @@ def quantize_onnx(
     extra = {"ActivationSymmetric": q.symmetric_activations, "WeightSymmetric": True}
     if method == "percentile":
         extra["CalibPercentile"] = 99.99
+    if ranges:
+        extra["TensorQuantOverrides"] = _range_overrides(prepared_path, ranges)
     kwargs = dict(
         quant_format=QuantFormat.QDQ,
         per_channel=q.per_channel,

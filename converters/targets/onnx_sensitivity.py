@@ -17,7 +17,9 @@ def _sqnr(ref: list[np.ndarray], got: list[np.ndarray]) -> float:
     noise = sum(float(np.sum(np.square(r.astype(np.float64) - g))) for r, g in zip(ref, got, strict=True))
     if noise == 0.0:
         return 100.0
-    return min(100.0, 10 * math.log10(max(signal, 1e-30) / noise))
+    if not (math.isfinite(noise) and math.isfinite(signal)):  # inf/NaN in a tensor: as bad as it gets
+        return -100.0
+    return max(-100.0, min(100.0, 10 * math.log10(max(signal, 1e-30) / noise)))
 
 
 def onnx_sensitivity(prepared: Path, qdq: Path, reader_factory: Callable[[], object], workdir: Path) -> list[list[str]]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -151,8 +151,37 @@ def float_flatbuffer(fm: FloatModel) -> bytes:
     return buf
 
 
-def _keeping_float(fm: FloatModel, data: _CheckedCalibration, profile: DeviceProfile, keep: Sequence[str]) -> bytes:
-    """int8 with the ops producing the tensors named in ``keep`` left in float (TF's MLIR quantizer denylist)."""
+_SAME_SCALE_OPS = {"RESHAPE", "CONCATENATION", "SQUEEZE", "EXPAND_DIMS", "TRANSPOSE"}
+
+
+def _constant(model: Any, tensor: Any) -> bool:
+    return bool(tensor.buffer) and bool(tflite_graph.buffer_bytes(model, tensor.buffer))
+
+
+def _set_ranges(calibrated: bytes, ranges: Mapping[str, tuple[float, float]]) -> bytes:
+    """Give the named tensors (and, back through reshapes and concatenations, the tensors they are made of) the
+    calibration range ``ranges[name]``: the quantizer then spends the 8-bit steps where the values matter."""
+    model = tflite_graph.parse(calibrated, "calibrated model")
+    sg = model.subgraphs[0]
+    producer = {o: op for op in sg.operators or [] for o in op.outputs}
+    by_name = {tflite_graph.tensor_name(t): i for i, t in enumerate(sg.tensors)}
+    for name, (lo, hi) in ranges.items():
+        todo = [by_name[name]] if name in by_name else []
+        while todo:
+            idx = todo.pop()
+            q = sg.tensors[idx].quantization
+            if q is not None:
+                q.min, q.max = [float(lo)], [float(hi)]
+            op = producer.get(idx)
+            if op is not None and tflite_graph.op_name(model, op.opcodeIndex) in _SAME_SCALE_OPS:
+                todo.extend(i for i in op.inputs if i >= 0 and not _constant(model, sg.tensors[i]))
+    return tflite_graph.pack(model)
+
+
+def _keeping_float(fm: FloatModel, data: _CheckedCalibration, profile: DeviceProfile, keep: Sequence[str],
+                   ranges: Mapping[str, tuple[float, float]] | None = None) -> bytes:  # fmt: skip
+    """int8 with the ops producing the tensors named in ``keep`` left in float (TF's MLIR quantizer denylist),
+    and the tensors in ``ranges`` calibrated to the range given (score heads)."""
     tf = import_tensorflow()
     from tensorflow.lite.python.convert import mlir_quantize
     from tensorflow.lite.python.optimize.calibrator import Calibrator
@@ -160,6 +189,8 @@ def _keeping_float(fm: FloatModel, data: _CheckedCalibration, profile: DevicePro
     q = profile.quantization
     try:
         calibrated = Calibrator(float_flatbuffer(fm)).calibrate(data)
+        if ranges:
+            calibrated = _set_ranges(bytes(calibrated), ranges)
         out = mlir_quantize(
             calibrated,
             disable_per_channel=not q.per_channel,
@@ -277,8 +308,11 @@ def quantize_tflite(
     out_path: Path,
     method: str = "minmax",
     keep: Sequence[str] = (),
+    ranges: Mapping[str, tuple[float, float]] | None = None,
 ) -> QuantizedModel:
     """Full-integer int8 TFLite for ``profile``; ``calibration()`` yields batch-1 float32 input lists.
+
+    ``ranges``: tensor name -> (min, max) calibration range, for score heads (see converters.scores).
 
     ``keep``: tensor names (as :func:`converters.targets.tflite_sensitivity.rank_tensors` returns them) whose
     producing ops stay in float, the accuracy guard's last remedy; they are reported in ``float_nodes``.
@@ -291,8 +325,8 @@ def quantize_tflite(
         raise ConversionError(f"{fm.source_format} model has no TensorFlow or TFLite form to quantize")
     data = _CheckedCalibration(calibration, fm.inputs)
     from_graph = fm.keras_model is not None or fm.saved_model_dir is not None
-    if keep:
-        buf = _keeping_float(fm, data, profile, keep)
+    if keep or ranges:
+        buf = _keeping_float(fm, data, profile, keep, ranges)
     else:
         buf = _from_tf(fm, data, profile) if from_graph else _from_flatbuffer(fm, data, profile)
     data.raise_if_failed()
@@ -314,6 +348,8 @@ def quantize_tflite(
         precision="int8",
         method="tflite-mlir-int8-mixed"
         if keep
+        else "tflite-mlir-int8-score-ranges"
+        if ranges
         else "tflite-ptq-full-int8"
         if from_graph
         else "tflite-calibrator-full-int8",

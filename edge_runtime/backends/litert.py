@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from edge_runtime.backends.base import BackendOptions, TensorInfo
-from edge_runtime.errors import BackendError, InputError
+from edge_runtime.errors import BackendError, InferenceError, InputError
 
 log = logging.getLogger(__name__)
 
@@ -130,8 +130,13 @@ class LiteRTBackend:
                 it.set_tensor(idx, a)
         except ValueError as exc:
             raise InputError(f"input does not fit the model: {str(exc).splitlines()[0]}") from exc
-        it.invoke()
-        return [it.get_tensor(i) for i in self._out_idx]
+        try:
+            it.invoke()
+            return [it.get_tensor(i) for i in self._out_idx]
+        except (RuntimeError, ValueError) as exc:  # what the interpreter raises when a kernel fails
+            lines = str(exc).splitlines()
+            raise InferenceError(f"TFLite failed during inference: {lines[0] if lines else type(exc).__name__}") \
+                from exc
 
     def close(self) -> None:
         self._it = None

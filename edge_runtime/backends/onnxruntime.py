@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from edge_runtime.backends.base import BackendOptions, TensorInfo
-from edge_runtime.errors import BackendError, InputError
+from edge_runtime.errors import BackendError, InferenceError, InputError
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +28,9 @@ _ORT_DTYPES = {
     "tensor(bool)": np.bool_,
 }
 _CPU = "CPUExecutionProvider"
+# how onnxruntime words an error raised by a node while the graph runs (any status code), as opposed to feeds it
+# refuses before running ("Got invalid dimensions for input", "Unexpected input data type")
+_NODE_FAILED = "Non-zero status code returned while running"
 
 
 def probe() -> str | None:
@@ -85,9 +88,12 @@ class OnnxRuntimeBackend:
 
     def __init__(self, path: str, options: BackendOptions) -> None:
         import onnxruntime as ort
-        from onnxruntime.capi.onnxruntime_pybind11_state import Fail, InvalidArgument
+        from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
 
-        self._input_errors = (InvalidArgument, Fail)
+        self._input_errors: tuple[type[Exception], ...] = (ort_state.InvalidArgument, ValueError, TypeError)
+        # every error type onnxruntime defines (Fail, RuntimeException, EPFail, ...), plus the RuntimeError its
+        # Python layer raises: a failure while running is the model's, counted as InferenceError
+        self._run_errors = (*_ort_error_types(ort_state), RuntimeError)
         providers = choose_providers(options.execution_providers, ort.get_available_providers())
         try:
             self._sess = ort.InferenceSession(path, _session_options(ort, options), providers=providers)
@@ -108,10 +114,23 @@ class OnnxRuntimeBackend:
         try:
             return self._sess.run(self._out_names, dict(zip(self._in_names, arrays, strict=True)))
         except self._input_errors as exc:
-            raise InputError(f"input does not fit the model: {str(exc).splitlines()[0]}") from exc
+            if _NODE_FAILED not in str(exc):  # the feeds were refused before the graph ran
+                raise InputError(f"input does not fit the model: {_first(exc)}") from exc
+            raise InferenceError(f"onnxruntime failed during inference: {_first(exc)}") from exc
+        except self._run_errors as exc:
+            raise InferenceError(f"onnxruntime failed during inference: {_first(exc)}") from exc
 
     def close(self) -> None:
         self._sess = None
+
+
+def _ort_error_types(module: Any) -> tuple[type[Exception], ...]:
+    return tuple(v for v in vars(module).values() if isinstance(v, type) and issubclass(v, Exception))
+
+
+def _first(exc: BaseException) -> str:
+    lines = str(exc).splitlines()
+    return lines[0] if lines else type(exc).__name__
 
 
 def open_model(path: str, options: BackendOptions) -> OnnxRuntimeBackend:

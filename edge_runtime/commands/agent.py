@@ -1,7 +1,9 @@
 """`edge-runtime agent --config FILE`: serve a model on a source, report over MQTT, apply OTA updates.
 
-Thin wiring: the config names the device, broker, trusted keys, source and update settings; the update agent
-recovers any interrupted update and loads the model, the pipeline serves it, and the agent swaps models in it.
+:func:`build_agent` is the one wiring of a device agent (config in, parts connected, nothing started): the command
+and the tests both use it. The update agent recovers any interrupted update and loads the model, the pipeline
+serves it on the configured source, the agent swaps models in it and watches every inference (successful or not),
+and the monitoring services share the agent's MQTT link.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import argparse
 import json
 import logging
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from edge_runtime.errors import ConfigError, validation_message
 from edge_runtime.fsutil import read_yaml
 from edge_runtime.package.signing import TrustConfig, check_trust_fields
+from edge_runtime.sources import SourceOptions
 from edge_runtime.sources.base import DropPolicy, ThreadedSource
 
 log = logging.getLogger(__name__)
@@ -39,8 +43,16 @@ class AgentConfig(BaseModel):
     groups: list[str] = Field(default_factory=list, description="Fleet groups this device belongs to.")
     initial_package: Path | None = Field(default=None, description="Package installed when no slot is active.")
     source: str = Field(default="synthetic", description="'synthetic' (random frames) or an open_source spec.")
+    source_options: SourceOptions = Field(
+        default_factory=SourceOptions, description="Drop policy, queue, reconnect backoff, fps_limit, loop (files)."
+    )
+    stall_timeout_s: float = Field(
+        default=30.0, gt=0, description="A source that yields nothing this long is reported faulty (status, "
+        "/health); the agent keeps retrying it and keeps taking updates.",
+    )
     fps: float = Field(default=30.0, gt=0, description="Frame rate of the synthetic source.")
-    mqtt: dict[str, Any] = Field(description="edge_runtime.sync.mqtt.MqttSettings fields except device_id.")
+    mqtt: dict[str, Any] = Field(description="edge_runtime.sync.mqtt.MqttSettings fields except device_id, plus "
+                                             "password_file (else $EDGE_RUNTIME_MQTT_PASSWORD).")
     update: dict[str, Any] = Field(default_factory=dict, description="UpdateSettings fields (retries, health...).")
     monitoring: dict[str, Any] = Field(
         default_factory=dict, description="Device-config sections outbox, monitor, forwarder, http "
@@ -76,6 +88,9 @@ class SyntheticSource(ThreadedSource):
 
 def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", required=True, help="agent configuration (YAML or JSON)")
+    p.add_argument("--reset-replay", action="store_true",
+                   help="operator action after the replay state was lost: accept only documents and commands "
+                        "signed from now on, then exit (re-publish the desired document afterwards)")
 
 
 def load_config(path: Path) -> AgentConfig:
@@ -86,69 +101,140 @@ def load_config(path: Path) -> AgentConfig:
         raise ConfigError(f"invalid agent config {path}: {validation_message(exc)}") from exc
 
 
-def _source(cfg: AgentConfig, model: Any) -> ThreadedSource:
+def open_agent_source(cfg: AgentConfig, model: Any) -> ThreadedSource:
+    """The configured source for ``model``: sensor sources get their window from the model's input shape; live
+    sources never give up (the agent reports the fault and keeps retrying)."""
+    from edge_runtime.sources import open_source, source_kind, window_spec_for
+
     spec = model.input_spec
     if cfg.source != "synthetic":
-        from edge_runtime.sources import open_source
-
-        return open_source(cfg.source)  # type: ignore[no-any-return]
+        opts = cfg.source_options
+        options = opts.model_copy(update={"reconnect": opts.reconnect.model_copy(update={"give_up": False})})
+        window = None
+        if source_kind(cfg.source) == "window":
+            if spec.kind != "tensor":
+                raise ConfigError(f"agent source {cfg.source!r} gives sensor samples; the model takes images")
+            window = window_spec_for(spec, None, bool(model.manifest.state))
+        return open_source(cfg.source, options, window)  # type: ignore[no-any-return]
     if spec.kind == "tensor":
         return SyntheticSource(tuple(d if d > 0 else 1 for d in spec.shape[1:]), cfg.fps, "window")
     h, w, _ = spec.height_width_channels
     return SyntheticSource((h, w, 3), cfg.fps)
 
 
-def run(args: argparse.Namespace) -> int:
+@dataclass
+class AgentParts:
+    """A built device agent: ``start()``, then ``serve()`` (blocks until the pipeline ends), then ``close()``."""
+
+    config: AgentConfig
+    link: Any  # edge_runtime.sync.mqtt.MqttLink
+    agent: Any  # edge_runtime.update.agent.UpdateAgent
+    pipeline: Any  # edge_runtime.pipeline.Pipeline
+    services: Any  # edge_runtime.monitoring.service.DeviceServices
+
+    def start(self) -> None:
+        self.link.start()
+        self.agent.start()
+
+    def serve(self) -> None:
+        """Run the pipeline here until it ends or ``stop()``; a source that fails for good raises SourceError."""
+        self.pipeline.run()
+
+    def stop(self) -> None:
+        self.pipeline.stop()
+
+    def close(self) -> None:
+        """Stop the update agent, the services (last record, bounded drain), then the link."""
+        self.agent.stop()
+        self.services.close()
+        self.link.stop()
+
+
+def mqtt_settings(cfg: AgentConfig) -> Any:
+    from edge_runtime.sync.mqtt_settings import MqttSettings, resolve_password
+
+    section = dict(cfg.mqtt)
+    password_file = section.pop("password_file", None)
+    if section.get("password") is None and (password_file or section.get("username")):
+        section["password"] = resolve_password(Path(password_file) if password_file else None)
+    return MqttSettings(device_id=cfg.device_id, **section)
+
+
+def build_agent(cfg: AgentConfig, what: str = "agent config") -> AgentParts:
+    """The one wiring of a device agent (the command's and the tests'): link, update agent (recovered, model
+    loaded), pipeline on the configured source, monitoring services. Nothing is started."""
     from edge_runtime.device_config import embedded_device_config
     from edge_runtime.monitoring.service import source_info, start_services
-    from edge_runtime.package import TrustStore
-    from edge_runtime.pipeline import Pipeline, stop_on_signals
+    from edge_runtime.pipeline import Pipeline, PipelineConfig
     from edge_runtime.profiles import load_profile
-    from edge_runtime.sync.mqtt import MqttLink, MqttSettings
-    from edge_runtime.update.agent import UpdateAgent
+    from edge_runtime.sync.mqtt import MqttLink
+    from edge_runtime.update.agent import COMMAND_REPLAY, UpdateAgent
     from edge_runtime.update.runtime import PackageRuntime
     from edge_runtime.update.settings import UpdateSettings
 
-    cfg = load_config(Path(args.config))
     try:
-        mqtt = MqttSettings(device_id=cfg.device_id, **cfg.mqtt)
+        mqtt = mqtt_settings(cfg)
         upd = UpdateSettings(device_id=cfg.device_id, profile=cfg.profile, state_dir=cfg.state_dir,
                              trusted_keys=tuple(cfg.trusted_keys), trust=cfg.trust, groups=tuple(cfg.groups),
                              **cfg.update)
-    except (ValidationError, TypeError) as exc:
-        raise ConfigError(f"invalid agent config {args.config}: {exc}") from exc
-    device = embedded_device_config(cfg.device_id, mqtt, cfg.monitoring, cfg.state_dir,
-                                    f"agent config {args.config}: monitoring")
+    except ValidationError as exc:
+        raise ConfigError(f"invalid {what}: {validation_message(exc)}") from exc
+    except TypeError as exc:
+        raise ConfigError(f"invalid {what}: {exc}") from exc
+    device = embedded_device_config(cfg.device_id, mqtt, cfg.monitoring, cfg.state_dir, f"{what}: monitoring")
     profile = load_profile(cfg.profile)
     link = MqttLink(mqtt)
-    runtime = PackageRuntime(profile.name, TrustStore.load(cfg.trust, cfg.trusted_keys))
-    agent = UpdateAgent(upd, link, runtime, mqtt.topics, profile.budgets.latency_ms_p95)
+    agent = UpdateAgent(upd, link, PackageRuntime(profile.name, agent_trust(cfg)), mqtt.topics,
+                        profile.budgets.latency_ms_p95)
     if cfg.initial_package is not None and agent.slots.pointers().active is None:
         seed_initial(agent, cfg.initial_package)
     model = agent.boot()
-    pipeline = Pipeline(model, _source(cfg, model), sinks=[agent.observe])
-    agent.attach(pipeline, lambda: pipeline.stats().errors)
-    services = start_services(device, model.manifest, link=link, source=source_info(cfg.source))  # one MQTT link
+    # the pipeline never gives up on model errors: the health window rolls a failing update back, and a committed
+    # model that fails is reported (live statistics) while the agent keeps taking updates
+    config = PipelineConfig(max_consecutive_errors=None, stall_timeout_s=cfg.stall_timeout_s, fail_on_stall=False)
+    pipeline = Pipeline(model, open_agent_source(cfg, model), sinks=[agent.observe], config=config)
+    pipeline.add_error_hook(agent.observe_error)
+    agent.attach(pipeline, lambda: _source_status(pipeline))
+    services = start_services(device, model.manifest, link=link, source=source_info(cfg.source),  # one MQTT link
+                              command_trust=agent.trust, command_state=cfg.state_dir / COMMAND_REPLAY)
     services.attach(pipeline)
-    link.start()
-    agent.start()
+    return AgentParts(cfg, link, agent, pipeline, services)
+
+
+def agent_trust(cfg: AgentConfig) -> Any:
+    from edge_runtime.package import TrustStore
+
+    return TrustStore.load(cfg.trust, cfg.trusted_keys)
+
+
+def _source_status(pipeline: Any) -> dict[str, Any]:
+    fault, stalled = pipeline.source_fault()
+    return {"fault": fault, "stalled_s": round(stalled, 1)}
+
+
+def run(args: argparse.Namespace) -> int:
+    from edge_runtime.pipeline import stop_on_signals
+
+    cfg = load_config(Path(args.config))
+    if args.reset_replay:
+        return reset_replay(cfg)
+    parts = build_agent(cfg, f"agent config {args.config}")
+    parts.start()
     failure: list[BaseException] = []
 
     def serve() -> None:
         try:
-            pipeline.run()
+            parts.serve()
         except BaseException as exc:  # re-raised below, after a clean shutdown
             failure.append(exc)
 
-    with stop_on_signals(pipeline):
+    with stop_on_signals(parts.pipeline):
         worker = threading.Thread(target=serve, name="pipeline", daemon=True)
         worker.start()
         while worker.is_alive():
             worker.join(0.5)
-    agent.stop()
-    services.close()  # last metric record into the outbox, a bounded drain, before the link goes offline
-    link.stop()
-    print(json.dumps(pipeline.stats().to_dict()))
+    parts.close()
+    print(json.dumps(parts.pipeline.stats().to_dict()))
     if failure:  # a source that failed for good is a user-facing error (one line, exit 2); anything else a bug
         raise failure[0]
     return 0
@@ -161,6 +247,18 @@ def seed_initial(agent: Any, package: Path) -> None:
     pkg = load_package(package, agent.trust, require_signature=True)
     if pkg.manifest.profile != agent.s.profile:
         raise ConfigError(f"initial package is for profile {pkg.manifest.profile}, device is {agent.s.profile}")
-    key = f"{pkg.manifest.name}-{pkg.manifest.version}"
-    agent.slots.install_dir(pkg.root, key)
-    agent.slots.activate(key)
+    agent.slots.activate(agent.slots.install_dir(pkg.root))
+
+
+def reset_replay(cfg: AgentConfig) -> int:
+    """Set the replay floor of desired documents and commands to now (both copies), after a lost state."""
+    from edge_runtime.sync.replay import SequenceStore
+    from edge_runtime.update.agent import COMMAND_REPLAY, DESIRED_REPLAY
+
+    cfg.state_dir.mkdir(parents=True, exist_ok=True)
+    floor = 0
+    for name in (DESIRED_REPLAY, COMMAND_REPLAY):
+        floor = SequenceStore(cfg.state_dir / name).reset(floor or None)
+    print(f"replay state reset: documents and commands signed before sequence {floor} are refused; "
+          "re-publish the desired document for this device")
+    return 0

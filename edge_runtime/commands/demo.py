@@ -1,6 +1,7 @@
 """`edge-runtime demo`: face detection on a clip made from real photos, offline, no camera needed.
 
-Builds (once, cached) an int8 BlazeFace package with the converter, makes a ~60-frame 640x480 clip by panning and
+Builds (once, cached) an int8 BlazeFace package with the converter, signed with a demo key it creates (and then
+trusts, as a device would trust a release key), makes a ~60-frame 640x480 clip by panning and
 zooming over scikit-image's sample photos, runs the same pipeline as `edge-runtime run` on it, and prints the
 detections per frame and a latency summary.
 """
@@ -79,8 +80,27 @@ def make_clip(path: Path, frames: int = 60, fps: float = CLIP_FPS) -> Path:
     return path
 
 
-def ensure_package(profile: str, rebuild: bool) -> Path:
-    """The cached demo package, built with the converter when missing or when ``rebuild``."""
+def demo_key() -> tuple[Path, Path]:
+    """The demo's own signing key pair in the cache (created once): the demo package is signed like any other."""
+    from edge_runtime.package.signing import generate_keypair
+
+    prefix = cache_dir() / "keys" / "demo-release"
+    priv, pub = prefix.with_name(prefix.name + ".key"), prefix.with_name(prefix.name + ".pub")
+    if not (priv.is_file() and pub.is_file()):
+        priv.unlink(missing_ok=True)
+        pub.unlink(missing_ok=True)
+        generate_keypair(prefix)
+        print(f"created the demo signing key {priv} (trusted as {pub})", file=sys.stderr)
+    return priv, pub
+
+
+def ensure_package(profile: str, rebuild: bool) -> tuple[Path, Path]:
+    """The cached demo package (built with the converter when missing or when ``rebuild``), signed with the demo
+    key, and the public key to trust it with."""
+    from edge_runtime.package.signing import load_private_key
+    from edge_runtime.package.store import sign_package
+
+    priv, pub = demo_key()
     pkg = cache_dir() / f"blazeface-{profile}"
     if rebuild or not (pkg / "manifest.json").is_file():
         try:
@@ -89,9 +109,11 @@ def ensure_package(profile: str, rebuild: bool) -> Path:
             raise MissingDependencyError(f"the converter ({exc.name})", "convert") from exc
         print(f"building the demo package for {profile} (once; cached in {pkg}) ...", file=sys.stderr)
         t0 = time.monotonic()
-        build_demo_package(pkg, profile=profile, force=True)
+        build_demo_package(pkg, profile=profile, sign_key=load_private_key(priv), force=True)
         print(f"built in {time.monotonic() - t0:.1f} s", file=sys.stderr)
-    return pkg
+    else:  # (re)sign a cached package: it may predate the demo key, or predate signing
+        sign_package(pkg, load_private_key(priv))
+    return pkg, pub
 
 
 def _print_frame(result: FrameResult) -> None:
@@ -111,11 +133,14 @@ def run(args: argparse.Namespace) -> int:
         from edge_runtime.errors import ConfigError
 
         raise ConfigError("--frames must be at least 1")
-    pkg = ensure_package(args.profile, args.rebuild)
+    from edge_runtime.package.signing import RELEASE, TrustStore
+
+    pkg, pub = ensure_package(args.profile, args.rebuild)
+    trust = TrustStore.from_paths([pub], [RELEASE])
     clip = cache_dir() / f"clip-{args.frames}-{CLIP_FPS:g}fps.avi"
     if args.rebuild or not clip.is_file():
         make_clip(clip, args.frames)
-    with load(pkg, profile=args.profile, backend=args.backend, threads=args.threads) as model:
+    with load(pkg, trust=trust, profile=args.profile, backend=args.backend, threads=args.threads) as model:
         print(f"{model.name} {model.version} ({model.manifest.format}, {model.manifest.quantization.precision}, "
               f"backend {model.backend}) on {clip.name}: {args.frames} frames 640x480")  # fmt: skip
         sinks = [_print_frame]

@@ -6,16 +6,41 @@ import argparse
 import sys
 from pathlib import Path
 
+from edge_runtime.errors import ConfigError
 from edge_runtime.package import (
     TrustStore,
     generate_keypair,
     load_package,
     load_private_key,
     pack_archive,
+    read_passphrase,
     sign_package,
 )
 from edge_runtime.package.manifest import Manifest
+from edge_runtime.package.signing import RELEASE
 from edge_runtime.package.store import manifest_bytes
+
+
+def add_trust_flags(p: argparse.ArgumentParser) -> None:
+    """--trust (release keys) and --allow-unsigned, shared by verify, run and serve."""
+    p.add_argument("--trust", "--key", dest="trust", action="append", default=[], metavar="KEY.pub",
+                   help="public key (.pub) or folder of them trusted to sign packages (release role); repeatable")
+    p.add_argument("--allow-unsigned", action="store_true",
+                   help="accept a package without a signature (hashes are still checked)")
+
+
+def add_passphrase_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--passphrase-file", type=Path, metavar="FILE",
+                   help="file whose first line is the private key's passphrase (or set $EDGE_RUNTIME_KEY_PASSPHRASE)")
+
+
+def trust_from_args(args: argparse.Namespace) -> TrustStore | None:
+    """The release-role trust store of --trust, or None when none was given."""
+    return TrustStore.from_paths(args.trust, [RELEASE]) if args.trust else None
+
+
+def private_key_from_args(path: str | Path, args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    return load_private_key(path, read_passphrase(getattr(args, "passphrase_file", None)))
 
 
 def configure(p: argparse.ArgumentParser) -> None:
@@ -25,16 +50,20 @@ def configure(p: argparse.ArgumentParser) -> None:
         p.add_argument("--json", action="store_true", help="print the manifest as JSON")
     elif command == "verify":
         p.add_argument("package", help="package directory or .erpkg archive")
-        p.add_argument("--key", action="append", default=[], help="trusted public key (.pub) or folder; repeatable")
+        add_trust_flags(p)
         p.add_argument("--emulate", metavar="PROFILE", help="also run the golden set on the profile's emulated CPU")
     elif command == "sign":
         p.add_argument("package", help="package directory")
         p.add_argument("--key", required=True, help="Ed25519 private key (.key)")
+        add_passphrase_flag(p)
     elif command == "keygen":
         p.add_argument("--out", required=True, help="path prefix: writes PREFIX.key and PREFIX.pub")
+        add_passphrase_flag(p)
     elif command == "pack":
         p.add_argument("package", help="package directory")
         p.add_argument("--out", help="archive path (default: DIR.erpkg)")
+        p.add_argument("--sign-key", help="sign the package with this private key before packing")
+        add_passphrase_flag(p)
     p.set_defaults(_action=command)
 
 
@@ -46,7 +75,7 @@ def summary(m: Manifest, root: Path, signer: str | None) -> str:
     lines = [
         f"package   {m.name} {m.version} ({m.format}, {m.quantization.precision}) for profile {m.profile}",
         f"location  {root}",
-        f"signed    {'by key ' + signer if signer else 'not checked (no trusted key given)'}",
+        f"signed    {'by key ' + signer if signer else 'not checked'}",
         f"model     {m.model_file} {_fmt_size(m.file_entry(m.model_file).size)}, "
         f"{len(m.files)} file(s), {_fmt_size(sum(f.size for f in m.files))} in all",
     ]
@@ -86,29 +115,36 @@ def summary(m: Manifest, root: Path, signer: str | None) -> str:
 def run(args: argparse.Namespace) -> int:
     action = args._action
     if action == "keygen":
-        priv, pub = generate_keypair(args.out)
-        print(f"wrote {priv} (private, keep it secret) and {pub} (copy to devices)")
+        passphrase = read_passphrase(args.passphrase_file)
+        priv, pub = generate_keypair(args.out, passphrase)
+        how = "encrypted with the passphrase" if passphrase else "unencrypted: use --passphrase-file to encrypt it"
+        print(f"wrote {priv} (private, {how}; keep it secret) and {pub} (copy to devices)")
         return 0
     if action == "sign":
-        kid = sign_package(args.package, load_private_key(args.key))
+        kid = sign_package(args.package, private_key_from_args(args.key, args))
         print(f"signed {args.package} with key {kid}")
         return 0
     if action == "pack":
+        if args.sign_key:
+            kid = sign_package(args.package, private_key_from_args(args.sign_key, args))
+            print(f"signed {args.package} with key {kid}")
         out = Path(args.out or str(Path(args.package).resolve()) + ".erpkg")
         pack_archive(args.package, out)
         print(f"wrote {out}")
         return 0
     if action == "verify":
-        trust = TrustStore.from_paths(args.key)
-        pkg = load_package(args.package, trust=trust, require_signature=bool(args.key))
-        who = f"signature by trusted key {pkg.signer}" if pkg.signer else "no signature checked (no --key)"
+        trust = trust_from_args(args)
+        if args.trust and not trust:
+            raise ConfigError(f"--trust {' '.join(args.trust)}: no public key (.pub) found there")
+        pkg = load_package(args.package, trust=trust, allow_unsigned=args.allow_unsigned)
+        who = f"signature by trusted key {pkg.signer}" if pkg.signer else "signature not checked (--allow-unsigned)"
         print(f"OK: {pkg.manifest.name} {pkg.manifest.version}: {len(pkg.manifest.files)} file(s) match, {who}")
         if args.emulate:
             from converters.emulate import verify_emulated
 
             return verify_emulated(pkg, args.emulate)
         return 0
-    pkg = load_package(args.package)
+    pkg = load_package(args.package, allow_unsigned=True)  # inspect: shows the manifest, trusts nothing
     if args.json:
         sys.stdout.write(manifest_bytes(pkg.manifest).decode())
     else:

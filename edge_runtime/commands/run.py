@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
-from edge_runtime.errors import ConfigError, SourceError
+from edge_runtime.errors import ConfigError, InputError
 from edge_runtime.pipeline import Pipeline, PipelineConfig, PipelineStats, Sink, stop_on_signals
 from edge_runtime.sources import DropPolicy, SourceOptions, open_source, source_kind, window_spec_for
 
@@ -24,11 +24,15 @@ if TYPE_CHECKING:
     from edge_runtime.monitoring.service import DeviceServices
 
 
+DEFAULT_STALL_S = 30.0
+
+
 def add_model_arguments(p: argparse.ArgumentParser) -> None:
     """Options that pick and verify the package and its backend (shared with `serve`)."""
     p.add_argument("--package", required=True, help="package directory or .erpkg archive")
-    p.add_argument("--key", action="append", default=[], metavar="PUB",
-                   help="trusted public key (.pub file or directory); when given, the signature is required")
+    from edge_runtime.commands.package_cmds import add_trust_flags
+
+    add_trust_flags(p)  # --trust KEY.pub (release role; alias --key), --allow-unsigned
     p.add_argument("--profile", help="device profile name or YAML file (default: the package's profile)")
     p.add_argument("--backend", help="backend to use: tflite or onnxruntime (default: from the package format)")
     p.add_argument("--threads", type=int, help="inference threads (default: from the profile)")  # fmt: skip
@@ -49,6 +53,9 @@ def configure(p: argparse.ArgumentParser) -> None:
                    help="skip frames while the scene is still: share of changed pixels, e.g. 0.01")
     p.add_argument("--window-hop", type=int, help="sensor sources: samples between windows (default: window size)")
     p.add_argument("--fps-limit", type=float, help="pace a video source at this frame rate (simulate a camera)")
+    p.add_argument("--stall-timeout", type=float, metavar="S",
+                   help=f"end with an error when a live source (camera, stream, serial, UDP) yields no sample for S "
+                        f"seconds (default {DEFAULT_STALL_S:g}; files and stdin: no bound unless given)")
     p.add_argument("--out", help="write JSON lines to this file instead of stdout")
     p.add_argument("--save-detections", metavar="DIR", help="save annotated frames with detections into DIR")
     p.add_argument("--max-saved", type=int, default=100, help="at most this many saved files (default 100)")
@@ -64,6 +71,12 @@ def add_device_arguments(p: argparse.ArgumentParser, http: bool) -> None:
     g.add_argument("--device-id", help="this device's id (overrides the config file's)")
     g.add_argument("--mqtt", metavar="URL",
                    help="broker, e.g. mqtt://host:1883 or mqtts://user:pass@host:8883 (needs --device-id or a config)")
+    g.add_argument("--mqtt-ca", type=Path, metavar="PEM", help="CA certificate of the broker (implies TLS)")
+    g.add_argument("--mqtt-cert", type=Path, metavar="PEM", help="client certificate for mutual TLS")
+    g.add_argument("--mqtt-key", type=Path, metavar="PEM", help="private key of --mqtt-cert")
+    g.add_argument("--mqtt-username", metavar="USER", help="broker user name")
+    g.add_argument("--mqtt-password-file", type=Path, metavar="FILE",
+                   help="broker password, first line of FILE (default: $EDGE_RUNTIME_MQTT_PASSWORD)")
     g.add_argument("--outbox", metavar="PATH", help="SQLite outbox file (default with --mqtt: $STATE_DIRECTORY or "
                                                    "~/.local/state/edge-runtime/<device>/outbox.db)")
     if http:
@@ -91,6 +104,24 @@ def _broker_section(url: str, current: dict[str, Any] | None) -> dict[str, Any]:
     return out
 
 
+def _credentials(args: argparse.Namespace, section: dict[str, Any]) -> dict[str, Any]:
+    """The --mqtt-* TLS and credential options over the broker section (they win)."""
+    from edge_runtime.sync.mqtt_settings import resolve_password
+
+    def opt(name: str) -> Any:
+        return getattr(args, f"mqtt_{name}", None)
+
+    out = dict(section)
+    tls = {"ca_cert": opt("ca"), "client_cert": opt("cert"), "client_key": opt("key")}
+    if any(v is not None for v in tls.values()):
+        out["tls"] = {**(out.get("tls") or {}), **{k: v for k, v in tls.items() if v is not None}}
+    if opt("username"):
+        out["username"] = opt("username")
+    if out.get("password") is None and (opt("password_file") or out.get("username")):
+        out["password"] = resolve_password(opt("password_file"))
+    return out
+
+
 def device_config(args: argparse.Namespace) -> DeviceConfig | None:
     """The device config from --config plus the shortcut options (they win); None when nothing asks for one."""
     from edge_runtime.device_config import default_state_dir, load_device_config, parse_device_config
@@ -110,6 +141,8 @@ def device_config(args: argparse.Namespace) -> DeviceConfig | None:
         data["device_id"] = "local"
     if args.mqtt:
         data["mqtt"] = _broker_section(args.mqtt, data.get("mqtt"))
+    if data.get("mqtt"):
+        data["mqtt"] = _credentials(args, data["mqtt"])
     if args.outbox:
         data["outbox"] = {**(data.get("outbox") or {}), "path": args.outbox}
     elif data.get("mqtt") and not data.get("outbox"):
@@ -126,6 +159,9 @@ def check_arguments(args: argparse.Namespace) -> None:
     kind = source_kind(args.source)
     if args.motion_gate is not None and kind != "frame":
         raise ConfigError("--motion-gate works with camera and video sources only")
+    if args.motion_gate is not None and not 0.0 < args.motion_gate < 1.0:
+        raise ConfigError(f"--motion-gate {args.motion_gate:g}: give the share of changed pixels, between 0 and 1 "
+                          "(e.g. 0.01)")
     if args.window_hop is not None and kind != "window":
         raise ConfigError("--window-hop applies to sensor sources only")
     check_model_arguments(args)
@@ -133,7 +169,7 @@ def check_arguments(args: argparse.Namespace) -> None:
         value = getattr(args, name, None)
         if value is not None and value < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be at least 1")
-    for name in ("duration", "fps_limit"):
+    for name in ("duration", "fps_limit", "stall_timeout"):
         value = getattr(args, name, None)
         if value is not None and not value > 0:
             raise ConfigError(f"--{name.replace('_', '-')} must be positive")
@@ -152,12 +188,13 @@ def check_model_arguments(args: argparse.Namespace) -> None:
 def load_model(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     """Load and verify the package named by the shared model arguments."""
     from edge_runtime.api import load
-    from edge_runtime.package.signing import TrustStore
+    from edge_runtime.commands.package_cmds import trust_from_args
 
-    trust = TrustStore.from_paths(args.key) if args.key else None
-    if args.key and not trust:  # an empty store would silently skip the signature check --key asks for
-        raise ConfigError(f"--key {' '.join(args.key)}: no public key (.pub) found there")
-    return load(args.package, trust=trust, profile=args.profile, backend=args.backend, threads=args.threads)
+    trust = trust_from_args(args)
+    if args.trust and not trust:  # an empty store: say so rather than "untrusted key"
+        raise ConfigError(f"--trust {' '.join(args.trust)}: no public key (.pub) found there")
+    return load(args.package, trust=trust, profile=args.profile, backend=args.backend, threads=args.threads,
+                allow_unsigned=args.allow_unsigned)
 
 
 def build_pipeline(args: argparse.Namespace, model, sinks: Sequence[Sink]) -> Pipeline:  # type: ignore[no-untyped-def]
@@ -174,8 +211,18 @@ def build_pipeline(args: argparse.Namespace, model, sinks: Sequence[Sink]) -> Pi
     )
     source = open_source(args.source, options, window)
     gate = MotionGate(args.motion_gate) if args.motion_gate is not None else None
-    config = PipelineConfig(max_frames=args.max_frames, duration_s=args.duration)
+    config = PipelineConfig(max_frames=args.max_frames, duration_s=args.duration,
+                            stall_timeout_s=stall_timeout(args.source, getattr(args, "stall_timeout", None)))
     return Pipeline(model, source, sinks, config, gate)
+
+
+def stall_timeout(spec: str, given: float | None) -> float | None:
+    """The stall bound for ``spec``: as given, else the default for live sources, none for files and stdin."""
+    if given is not None:
+        return given
+    s = spec.strip()
+    live = s.isdigit() or s.startswith(("/dev/", "serial:", "udp://")) or "://" in s
+    return DEFAULT_STALL_S if live else None
 
 
 def format_stats(stats: PipelineStats) -> str:
@@ -193,17 +240,21 @@ def run_pipeline(pipeline: Pipeline, summary: bool) -> int:
     """
     try:
         with stop_on_signals(pipeline):
-            pipeline.run()
+            stats = pipeline.run()
     finally:
         if summary:
             print(format_stats(pipeline.stats()), file=sys.stderr)
             print(pipeline.latency.format(), file=sys.stderr)
-    stats = pipeline.stats()
-    if stats.processed == 0 and stats.bad_lines > 0:
-        window = getattr(pipeline.source, "window", None)
-        want = f": each line must hold {window.describe()} numbers" if window is not None else ""
-        raise SourceError(f"every line of the sensor input was rejected ({stats.bad_lines} bad lines){want}")
+    check_processed(stats)
     return 0
+
+
+def check_processed(stats: PipelineStats) -> None:
+    """A run that processed nothing because every sample was refused failed (InputError: one line, exit 2)."""
+    if stats.processed == 0 and (stats.bad_lines or stats.errors):
+        raise InputError(f"nothing processed: {stats.bad_lines} bad line(s) and {stats.errors} rejected sample(s) "
+                         f"of {stats.captured} captured" + (f"; last error: {stats.last_error}" if stats.last_error
+                                                              else ""))
 
 
 def start_monitoring(device: DeviceConfig, model: Any, source: str) -> DeviceServices:

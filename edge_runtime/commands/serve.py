@@ -2,6 +2,7 @@
 
 Every prediction also feeds the monitor: /metrics and /health are served on the same port, and with
 ``--config device.yaml`` (or ``--mqtt``/``--device-id``/``--outbox``) metric records go to the outbox and on to MQTT.
+It listens on 127.0.0.1 unless ``--host`` says otherwise; off loopback, give it a ``--token-file``.
 """
 
 from __future__ import annotations
@@ -26,7 +27,35 @@ def configure(p: argparse.ArgumentParser) -> None:
     add_model_arguments(p)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0: all)")
     p.add_argument("--port", type=int, default=8080, help="port (default 8080)")
+    _add_guard_arguments(p)
     add_device_arguments(p, http=False)
+
+
+def _add_guard_arguments(p: argparse.ArgumentParser) -> None:
+    from edge_runtime.serve_guard import MAX_PIXELS
+
+    g = p.add_argument_group("limits and access")
+    g.add_argument("--token-file", metavar="PATH", help="require 'Authorization: Bearer <token>' (the file's one "
+                   "line) on every path but /healthz")  # fmt: skip
+    g.add_argument("--max-pixels", type=int, default=MAX_PIXELS, metavar="N",
+                   help=f"refuse images whose header declares more pixels, before decoding (default {MAX_PIXELS}, "
+                   "a 4096x2160 frame)")  # fmt: skip
+    g.add_argument("--workers", type=int, default=2, metavar="N",
+                   help="requests decoded and predicted at once, off the event loop (default 2)")
+    g.add_argument("--max-queue", type=int, default=8, metavar="N",
+                   help="requests waiting for a worker; more get 503 at once (default 8)")
+
+
+def serve_config(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    """The ServeConfig of the flags (reads the token file); ConfigError with the flag's name when one is wrong."""
+    from edge_runtime.serve_guard import ServeConfig, load_token
+
+    for flag, value, low in (("--max-pixels", args.max_pixels, 1), ("--workers", args.workers, 1),
+                             ("--max-queue", args.max_queue, 0)):  # fmt: skip
+        if value < low:
+            raise ConfigError(f"{flag} {value}: must be at least {low}")
+    token = load_token(args.token_file) if args.token_file else None
+    return ServeConfig(max_pixels=args.max_pixels, workers=args.workers, queue=args.max_queue, token=token)
 
 
 @contextmanager
@@ -45,6 +74,10 @@ def run(args: argparse.Namespace) -> int:
     if not 0 < args.port < 65536:
         raise ConfigError(f"--port {args.port} is not a TCP port")
     check_model_arguments(args)
+    config = serve_config(args)
+    if config.token is None and args.host not in ("127.0.0.1", "localhost", "::1"):
+        logging.getLogger(__name__).warning("serving on %s without --token-file: anyone who reaches the port can "
+                                            "use the model and read its metrics", args.host)  # fmt: skip
     try:
         import uvicorn
     except ImportError as exc:
@@ -59,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
     source = {"kind": "http", "spec": f"http://{args.host}:{args.port}/predict"}
     services = start_services(device, service.model.manifest, http=False, source=source)
     try:
-        app = create_app(service, load_in_background=False, services=services)
+        app = create_app(service, load_in_background=False, services=services, config=config)
         level = "info" if logging.getLogger().level <= logging.INFO else "warning"
         with _signals_end_cleanly():
             uvicorn.run(app, host=args.host, port=args.port, log_level=level)

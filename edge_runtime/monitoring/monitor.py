@@ -215,18 +215,16 @@ class Monitor:
 
     # ----------------------------------------------------------------- commands and health
     def attach_link(self, link: MqttLink) -> None:
-        """Report broker status in health and answer ``upload_samples`` on the device's command topic."""
+        """Report broker status in health; samples go out on this link when a signed command asks for them
+        (commands are verified in edge_runtime.sync.commands, which calls :meth:`upload_samples`)."""
         self.link = link
-        link.subscribe(link.topics.commands(link.device_id), self._on_command)
 
-    def _on_command(self, topic: str, payload: bytes) -> None:
-        doc = json.loads(payload)  # malformed JSON raises: the link logs and counts it
-        if not isinstance(doc, dict) or doc.get("command") != "upload_samples":
-            return  # other commands belong to other handlers (updates)
+    def upload_samples(self, request_id: str, ids: list[str], max_n: int) -> None:
+        """Publish the stored samples ``ids`` (or the newest ``max_n``) and report what was sent."""
         if self.samples is None or self.link is None:
-            self.event("samples_uploaded", {"request_id": doc.get("request_id"), "uploaded": [], "error": "disabled"})
+            self.event("samples_uploaded", {"request_id": request_id, "uploaded": [], "error": "disabled"})
             return
-        wanted = doc.get("ids") or [m["id"] for m in self.samples.list()][-int(doc.get("max", 10)):]
+        wanted = ids or [m["id"] for m in self.samples.list()][-max_n:]
         uploaded, failed = [], []
         topic = self.link.topics.samples(self.device_id)
         for sid in wanted:
@@ -235,7 +233,7 @@ class Monitor:
                 uploaded.append(sid)
             except (KeyError, OSError, EdgeRuntimeError) as exc:  # unknown id, unreadable, PayloadTooLarge
                 failed.append({"id": sid, "error": str(exc)})
-        self.event("samples_uploaded", {"request_id": doc.get("request_id"), "uploaded": uploaded, "failed": failed})
+        self.event("samples_uploaded", {"request_id": request_id, "uploaded": uploaded, "failed": failed})
 
     def health(self) -> dict[str, Any]:
         """JSON-ready status for /health: source, model, outbox and broker."""

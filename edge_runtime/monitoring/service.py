@@ -15,11 +15,12 @@ import sqlite3
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
 from edge_runtime.device_config import DeviceConfig
-from edge_runtime.errors import ConfigError
+from edge_runtime.errors import ConfigError, EdgeRuntimeError
 from edge_runtime.monitoring.monitor import Monitor
 
 if TYPE_CHECKING:
@@ -58,6 +59,7 @@ class DeviceServices:
     owns_link: bool = True
     source: dict[str, Any] | None = None
     left_in_outbox: int | None = None  # records still waiting when closed (for the next run)
+    commands: Any = None  # edge_runtime.sync.commands.CommandHandler on the device's command topic
     _pipeline: Pipeline | None = field(default=None, repr=False)
     _closed: bool = field(default=False, repr=False)
 
@@ -199,10 +201,33 @@ def _start_http(services: DeviceServices, config: DeviceConfig) -> MonitorHttpSe
     return server.start()
 
 
+def _command_handler(config: DeviceConfig, monitor: Monitor, link: MqttLink, trust: Any, state: Path | None) -> Any:
+    """Signed commands on the device's command topic (without operator keys every command is refused, reported)."""
+    from edge_runtime.sync.commands import CommandHandler
+    from edge_runtime.sync.replay import SequenceStore
+
+    if trust is None and config.trust is not None:  # `run`/`serve`: the device config's operator keys
+        from edge_runtime.package.signing import TrustStore
+
+        try:
+            trust = TrustStore.from_config(config.trust).for_role("operator")
+        except EdgeRuntimeError as exc:
+            raise ConfigError(f"trust: {exc}") from exc
+    if state is None and config.outbox is not None:
+        state = config.outbox.path.parent / "command_replay.json"
+    store = SequenceStore(state) if state is not None else None
+    handler = CommandHandler(config.device_id, trust, store, monitor.event)
+    handler.register("upload_samples", lambda cmd: monitor.upload_samples(cmd.request_id, list(cmd.ids), cmd.max))
+    handler.attach(link, link.topics)
+    return handler
+
+
 def start_services(config: DeviceConfig, manifest: Manifest | None = None, *, link: MqttLink | None = None,
-                   http: bool = True, source: dict[str, Any] | None = None) -> DeviceServices:
+                   http: bool = True, source: dict[str, Any] | None = None, command_trust: Any = None,
+                   command_state: Path | None = None) -> DeviceServices:
     """Build and start the services ``config`` asks for. ``link``: an already made link to share (the caller
-    starts and stops it); ``http``: serve /metrics and /health when the config names a port (serve has its own).
+    starts and stops it); ``http``: serve /metrics and /health when the config names a port (serve has its own);
+    ``command_trust``/``command_state``: operator keys and the replay-state file for signed commands.
     A configuration problem (unwritable outbox, missing TLS file, busy port) raises ConfigError, after closing
     whatever was already started."""
     owns_link = link is None
@@ -221,6 +246,7 @@ def start_services(config: DeviceConfig, manifest: Manifest | None = None, *, li
         services = DeviceServices(config, monitor, outbox, link, forwarder, owns_link=owns_link, source=source)
         if link is not None:
             monitor.attach_link(link)
+            services.commands = _command_handler(config, monitor, link, command_trust, command_state)
             if owns_link:
                 if manifest is not None:
                     link.update_state(model=manifest.name, version=manifest.version)

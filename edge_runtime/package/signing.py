@@ -87,12 +87,14 @@ def generate_keypair(out_prefix: str | Path, passphrase: bytes | None = None) ->
 
 
 def load_private_key(path: str | Path, passphrase: bytes | None = None) -> Ed25519PrivateKey:
-    """Load a PEM private key; an encrypted one needs ``passphrase`` (see :func:`read_passphrase`)."""
+    """Load a PEM private key; an encrypted one needs ``passphrase``, else $EDGE_RUNTIME_KEY_PASSPHRASE."""
     try:
         data = Path(path).read_bytes()
     except OSError as exc:
         raise SignatureError(f"cannot read signing key {path}: {exc.strerror}", "key_invalid") from exc
     encrypted = b"ENCRYPTED PRIVATE KEY" in data
+    if encrypted and passphrase is None:
+        passphrase = read_passphrase(None)
     if encrypted and passphrase is None:
         raise SignatureError(
             f"{path} is encrypted: give its passphrase with --passphrase-file FILE or ${PASSPHRASE_ENV}", "key_invalid"

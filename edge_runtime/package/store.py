@@ -3,21 +3,18 @@
 A package is a directory::
 
     manifest.json      the Manifest (covers every other file by sha256 and size)
-    signature.json     Ed25519 signature over the exact bytes of manifest.json (optional until required)
+    signature.json     Ed25519 signature over the exact bytes of manifest.json (required unless allowed unsigned)
     model.tflite|onnx  the model
     golden.npz, ...    other files listed in the manifest
 
-and its single-file transfer form is a tar archive of that directory's contents (``.erpkg``).
+and its single-file transfer form is a plain ustar archive of that directory's contents (``.erpkg``), manifest and
+signature first (:mod:`edge_runtime.package.archive`).
 """
 
 from __future__ import annotations
 
-import io
 import json
-import os
 import shutil
-import tarfile
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,9 +23,26 @@ from typing import Any
 from pydantic import ValidationError
 
 from edge_runtime.errors import PackageError, SignatureError, validation_message
-from edge_runtime.fsutil import atomic_directory, atomic_write_bytes, sha256_file
+from edge_runtime.fsutil import atomic_directory, atomic_open, atomic_write_bytes, sha256_file
+from edge_runtime.package.archive import (
+    DEFAULT_LIMITS,
+    ArchiveLimits,
+    check_signature,
+    extract_verified,
+    parse_manifest,
+    read_archive_head,
+    write_archive,
+)
+from edge_runtime.package.cache import extract_cached
 from edge_runtime.package.manifest import MANIFEST_NAME, SIGNATURE_NAME, FileEntry, Manifest
-from edge_runtime.package.signing import RELEASE, Ed25519PrivateKey, TrustStore, sign_bytes, verify_bytes
+from edge_runtime.package.signing import (
+    MAX_SIGNATURE_DOC,
+    RELEASE,
+    Ed25519PrivateKey,
+    TrustStore,
+    sign_bytes,
+    verify_bytes,
+)
 
 ARCHIVE_SUFFIX = ".erpkg"
 
@@ -115,25 +129,45 @@ def write_package(
 
 def sign_package(root: str | Path, key: Ed25519PrivateKey) -> str:
     """(Re)sign an existing package directory; hashes are checked first so a tampered package is not blessed."""
-    pkg = load_package(root)
+    if not Path(root).is_dir():
+        raise PackageError(f"{root} is not a package directory (sign the directory, then pack it)")
+    pkg = load_package(root, allow_unsigned=True)
     raw = (pkg.root / MANIFEST_NAME).read_bytes()
     atomic_write_bytes(pkg.root / SIGNATURE_NAME, sign_bytes(key, raw))
     trust = TrustStore.from_keys([key.public_key()], [RELEASE])
     return verify_bytes(raw, (pkg.root / SIGNATURE_NAME).read_bytes(), trust, role=RELEASE)
 
 
-def read_manifest(root: str | Path) -> tuple[Manifest, bytes]:
-    root = Path(root)
+def _read_manifest_raw(root: Path, limit: int = DEFAULT_LIMITS.max_manifest_bytes) -> bytes:
+    p = root / MANIFEST_NAME
     try:
-        raw = (root / MANIFEST_NAME).read_bytes()
+        with open(p, "rb") as f:
+            raw = f.read(limit + 1)
     except FileNotFoundError as exc:
         raise PackageError(f"{root} is not a model package: no {MANIFEST_NAME}") from exc
     except OSError as exc:
-        raise PackageError(f"cannot read {root / MANIFEST_NAME}: {exc.strerror}") from exc
+        raise PackageError(f"cannot read {p}: {exc.strerror}") from exc
+    if len(raw) > limit:
+        raise PackageError(f"{p} is larger than {limit} bytes")
+    return raw
+
+
+def _read_signature(p: Path) -> bytes | None:
+    """signature.json, read bounded (an oversized one fails as malformed), or None when there is none."""
+    if not p.is_file():
+        return None
     try:
-        return Manifest.model_validate_json(raw), raw
-    except ValidationError as exc:
-        raise PackageError(f"invalid manifest in {root}: {validation_message(exc, root='(root)')}") from exc
+        with open(p, "rb") as f:
+            return f.read(MAX_SIGNATURE_DOC + 1)
+    except OSError as exc:
+        raise PackageError(f"cannot read {p}: {exc.strerror}") from exc
+
+
+def read_manifest(root: str | Path) -> tuple[Manifest, bytes]:
+    """Parse a package directory's manifest (no signature check: for tools that only read it)."""
+    root = Path(root)
+    raw = _read_manifest_raw(root)
+    return parse_manifest(raw, root), raw
 
 
 def verify_files(root: Path, manifest: Manifest) -> None:
@@ -152,72 +186,75 @@ def verify_files(root: Path, manifest: Manifest) -> None:
             raise PackageError(f"package file {entry.path} does not match its sha256 (corrupt or tampered)")
 
 
+UNSIGNED_HINT = (
+    "sign it with `edge-runtime keygen --out KEY` and `edge-runtime sign PACKAGE --key KEY.key`, trust the key "
+    "with --trust KEY.pub (trust= in the API), or accept unsigned packages with --allow-unsigned "
+    "(allow_unsigned=True)"
+)
+
+
 def load_package(
-    path: str | Path, trust: TrustStore | None = None, require_signature: bool | None = None
+    path: str | Path,
+    trust: TrustStore | None = None,
+    require_signature: bool | None = None,
+    *,
+    allow_unsigned: bool = False,
+    limits: ArchiveLimits = DEFAULT_LIMITS,
 ) -> Package:
     """Open a package directory or archive and verify it before anything uses it.
 
-    With a non-empty ``trust`` store the signature is required (unless ``require_signature`` is False) and
-    must come from a trusted key. Hashes are always checked.
+    The signature is required (by a key in ``trust`` holding the release role) unless ``allow_unsigned``;
+    ``require_signature`` overrides that either way (the agent passes True). A present signature is checked
+    whenever ``trust`` holds keys. Hashes are always checked; an archive is verified before it is unpacked
+    (see :mod:`edge_runtime.package.archive`) into the per-user cache (:mod:`edge_runtime.package.cache`).
     """
     path = Path(path)
-    if path.is_file():
-        path = extract_archive_cached(path)
-    if not path.is_dir():
-        raise PackageError(f"package {path} does not exist")
-    manifest, raw = read_manifest(path)
-    must_sign = bool(trust) if require_signature is None else require_signature
-    signer = None
-    sig_path = path / SIGNATURE_NAME
-    if must_sign:
-        if not sig_path.is_file():
-            raise SignatureError(f"package {path} is not signed ({SIGNATURE_NAME} missing)", "signature_missing")
-        signer = verify_bytes(raw, sig_path.read_bytes(), trust or TrustStore({}), role=RELEASE)
+    must_sign = (not allow_unsigned) if require_signature is None else require_signature
+    try:
+        if path.is_file():
+            root, manifest, signer = extract_cached(path, trust, must_sign, limits)
+            return Package(root, manifest, signer)
+        if not path.is_dir():
+            raise PackageError(f"package {path} does not exist")
+        raw = _read_manifest_raw(path, limits.max_manifest_bytes)
+        sig = _read_signature(path / SIGNATURE_NAME)
+        signer = check_signature(raw, sig, trust, must_sign, path)
+    except SignatureError as exc:
+        if require_signature is None and exc.code in ("signature_missing", "untrusted_key"):
+            raise SignatureError(f"{exc}: {UNSIGNED_HINT}", exc.code) from exc
+        raise
+    manifest = parse_manifest(raw, path)
     verify_files(path, manifest)
     return Package(path, manifest, signer)
 
 
 def pack_archive(root: str | Path, out_file: str | Path) -> Path:
-    """Write the package as one tar file (deterministic order and metadata), atomically."""
+    """Write the package as one plain ustar file (manifest first, deterministic metadata), atomically."""
     root, out_file = Path(root), Path(out_file)
     read_manifest(root)
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        names = [MANIFEST_NAME] + ([SIGNATURE_NAME] if (root / SIGNATURE_NAME).exists() else [])
-        for rel in names + _list_files(root):
-            data = (root / rel).read_bytes()
-            info = tarfile.TarInfo(rel)
-            info.size, info.mode, info.mtime = len(data), 0o644, 0
-            tar.addfile(info, io.BytesIO(data))
-    atomic_write_bytes(out_file, buf.getvalue())
+    names = [MANIFEST_NAME] + ([SIGNATURE_NAME] if (root / SIGNATURE_NAME).exists() else [])
+    members: list[tuple[str, bytes | Path]] = [(rel, root / rel) for rel in names + _list_files(root)]
+    with atomic_open(out_file) as f:
+        write_archive(members, f)
     return out_file
 
 
-def unpack_archive(archive: str | Path, dest: str | Path) -> Path:
-    """Extract an archive into a new directory ``dest`` (atomically); reject links and unsafe paths."""
-    archive, dest = Path(archive), Path(dest)
-    try:
-        with tarfile.open(archive, mode="r:*") as tar, atomic_directory(dest, overwrite=True) as tmp:
-            for member in tar.getmembers():
-                name = member.name
-                if not member.isfile() or name.startswith("/") or ".." in name.split("/"):
-                    raise PackageError(f"archive {archive} has an unsafe member {name!r}")
-                target = tmp / name
-                target.parent.mkdir(parents=True, exist_ok=True)
-                src = tar.extractfile(member)
-                assert src is not None
-                with open(target, "wb") as f:
-                    shutil.copyfileobj(src, f)
-    except (tarfile.TarError, EOFError) as exc:
-        raise PackageError(f"{archive} is not a valid package archive ({exc})") from exc
-    return dest
+def read_archive_manifest(archive: str | Path) -> Manifest:
+    """An archive's manifest, read from its first member alone (no signature or file check: for publishers)."""
+    archive = Path(archive)
+    return parse_manifest(read_archive_head(archive).manifest_raw, archive)
 
 
-def extract_archive_cached(archive: Path) -> Path:
-    """Extract an archive once into a per-user cache keyed by its sha256."""
-    digest = sha256_file(archive)
-    cache = Path(os.environ.get("EDGE_RUNTIME_CACHE", Path(tempfile.gettempdir()) / f"edge-runtime-{os.getuid()}"))
-    dest = cache / "packages" / digest[:32]
-    if not (dest / MANIFEST_NAME).is_file():
-        unpack_archive(archive, dest)
-    return dest
+def unpack_archive(archive: str | Path, dest: str | Path, limits: ArchiveLimits = DEFAULT_LIMITS) -> Path:
+    """Extract an archive into a new directory ``dest`` (atomically), checking every file against the manifest.
+
+    No signature check: for callers that authenticated the archive's bytes already (an OTA slot, whose sha256 is
+    in a signed document) and verify the package directory afterwards.
+    """
+    extract_verified(archive, dest, None, must_sign=False, limits=limits)
+    return Path(dest)
+
+
+def extract_archive_cached(archive: Path, trust: TrustStore | None = None, must_sign: bool = False) -> Path:
+    """The archive's verified extraction in the per-user cache (kept for callers that want only the folder)."""
+    return extract_cached(archive, trust, must_sign)[0]

@@ -45,6 +45,7 @@ class SourceOptions(BaseModel):
     queue_size: int = Field(default=4, ge=1, description="Samples held for drop-oldest and block.")
     reconnect: ReconnectPolicy = Field(default_factory=ReconnectPolicy, description="Backoff for live inputs.")
     fps_limit: float | None = Field(default=None, gt=0, description="Pace a video source at this frame rate.")
+    loop: bool = Field(default=False, description="Start a video file over at its end (demos, agents on a clip).")
 
 
 def source_kind(spec: str) -> str:
@@ -94,7 +95,8 @@ def _open_video(spec: str, options: SourceOptions) -> ThreadedSource:
     from edge_runtime.sources.camera import VideoSource
 
     live = _policy(options, DropPolicy.NEWEST_ONLY)
-    common = {"queue_size": options.queue_size, "reconnect": options.reconnect, "fps_limit": options.fps_limit}
+    common = {"queue_size": options.queue_size, "reconnect": options.reconnect, "fps_limit": options.fps_limit,
+              "loop": options.loop}
     if re.fullmatch(r"\d+", spec):
         return VideoSource(int(spec), "device", live, **common)
     if spec.startswith("/dev/"):

@@ -58,16 +58,21 @@ class ReconnectPolicy(BaseModel):
     max_delay_s: float = Field(default=10.0, gt=0, description="Upper bound on the wait between attempts.")
     factor: float = Field(default=2.0, ge=1.0, description="Wait multiplier after each failed attempt.")
     max_attempts: int = Field(
-        default=20, ge=0, description="Consecutive failed attempts before the source gives up (0: never retry)."
+        default=20, ge=0, description="Reconnect attempts without a sample in between before the source gives up "
+        "(0: never retry). A reopen that yields no sample does not reset the count.",
     )
+    give_up: bool = Field(
+        default=True, description="Raise SourceError at the bound; False: keep retrying at max_delay_s and report "
+        "the fault (the agent, which must keep serving updates and status).",
+    )
+
+    def delay(self, attempt: int) -> float:
+        """The wait before attempt number ``attempt`` (0-based)."""
+        return min(self.initial_delay_s * self.factor ** min(attempt, 64), self.max_delay_s)
 
     def delays(self) -> list[float]:
         """The waits before each attempt, bounded in number and size."""
-        out, d = [], self.initial_delay_s
-        for _ in range(self.max_attempts):
-            out.append(min(d, self.max_delay_s))
-            d *= self.factor
-        return out
+        return [self.delay(i) for i in range(self.max_attempts)]
 
 
 @dataclass
@@ -80,6 +85,14 @@ class SourceCounters:
     reconnect_attempts: int = 0
     bad_lines: int = 0
     extra: dict[str, int] = field(default_factory=dict)
+    opened_at: float | None = None  # time.monotonic() when the source was opened
+    last_sample_at: float | None = None  # time.monotonic() of the last sample yielded
+    fault: str | None = None  # why the source yields nothing right now (reconnecting...); None once samples flow
+
+    def stalled_s(self, now: float | None = None) -> float:
+        """Seconds since the source last yielded a sample (or since it opened); 0 before it opened."""
+        since = self.last_sample_at or self.opened_at
+        return max(0.0, (now or time.monotonic()) - since) if since is not None else 0.0
 
 
 _END = object()
@@ -174,6 +187,7 @@ class ThreadedSource:
     """Base for sources: subclasses implement ``_open()`` and ``_loop()``; this runs the thread and the queue."""
 
     kind: SampleKind = "frame"
+    close_timeout_s = 2.0  # how long close() waits for the reader (longer where a read can block, e.g. streams)
 
     def __init__(self, name: str, policy: DropPolicy, queue_size: int = 4) -> None:
         self.name = name
@@ -182,6 +196,7 @@ class ThreadedSource:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._next_index = 0
+        self._attempts_since_sample = 0
 
     def _open(self) -> None:
         raise NotImplementedError
@@ -195,7 +210,11 @@ class ThreadedSource:
     def _emit(self, data: np.ndarray) -> bool:
         sample = Sample(self._next_index, time.time(), time.monotonic(), data)
         self._next_index += 1
-        self.counters.captured += 1
+        c = self.counters
+        c.captured += 1
+        c.last_sample_at = sample.captured_at
+        c.fault = None
+        self._attempts_since_sample = 0
         return self.queue.put(sample, self._stop)
 
     def _run(self) -> None:
@@ -209,7 +228,14 @@ class ThreadedSource:
             self.queue.finish(error)
 
     def start(self) -> None:
-        self._open()
+        try:
+            self._open()
+        except SourceError as exc:
+            if not self._keeps_trying():
+                raise
+            self.counters.fault = f"{exc}; retrying"  # the reader thread reconnects, the fault is reported
+            log.warning("%s", self.counters.fault)
+        self.counters.opened_at = time.monotonic()
         self._thread = threading.Thread(target=self._run, name=f"source-{self.name}", daemon=True)
         self._thread.start()
 
@@ -222,7 +248,14 @@ class ThreadedSource:
         if self._thread is None:  # opened (or not) but never read: no reader thread will release the input
             self._release()
         elif self._thread is not threading.current_thread():
-            self._thread.join(timeout=2.0)
+            self._thread.join(timeout=self.close_timeout_s)
+            if self._thread.is_alive():
+                log.warning("%s: reader still busy after %.0f s; leaving it", self.name, self.close_timeout_s)
+
+    def _keeps_trying(self) -> bool:
+        """True for a live source whose reconnect policy never gives up (the agent's): it starts even when the
+        input is not there yet, and its reader thread keeps reopening it."""
+        return False
 
     def _wait(self, seconds: float) -> bool:
         """Sleep unless stopped; True if the source was asked to stop."""
@@ -231,19 +264,29 @@ class ThreadedSource:
     def _reconnect_with(self, policy: ReconnectPolicy, try_open: Callable[[], bool]) -> bool:
         """Release a live input that dropped and reopen it with backoff (``try_open()`` True: reopened).
 
-        False if the source was stopped meanwhile; SourceError once the policy's bound is reached.
+        A reopen counts as a recovery only once a sample follows: attempts since the last sample accumulate
+        across reopens that yield nothing (a stream that opens but never sends a frame), so the bound applies.
+        False if the source was stopped meanwhile; SourceError once the policy's bound is reached (``give_up``),
+        else the fault is reported in ``counters.fault`` and the attempts go on.
         """
         self._release()
-        log.warning("%s dropped; reconnecting", self.name)
-        for delay in policy.delays():
-            if self._wait(delay):
+        c = self.counters
+        while True:
+            n = self._attempts_since_sample
+            c.fault = (f"{self.name} yields nothing; reconnecting (attempt {n + 1}, {c.stalled_s():.0f} s without "
+                       "a sample)")
+            if n >= policy.max_attempts and policy.give_up:
+                raise SourceError(f"{self.name} yielded no sample for {c.stalled_s():.0f} s after {n} reconnect "
+                                  f"attempt(s) ({c.reconnects} reopened without a sample since)")
+            log.warning("%s", c.fault)
+            if self._wait(policy.delay(n)):
                 return False
-            self.counters.reconnect_attempts += 1
+            self._attempts_since_sample += 1
+            c.reconnect_attempts += 1
             if try_open():
-                self.counters.reconnects += 1
-                log.warning("%s reconnected", self.name)
+                c.reconnects += 1
+                log.warning("%s reopened", self.name)
                 return True
-        raise SourceError(f"{self.name} vanished and did not come back after {policy.max_attempts} attempts")
 
 
 class IterableSource(ThreadedSource):

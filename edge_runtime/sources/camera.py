@@ -36,6 +36,9 @@ class VideoSource(ThreadedSource):
     """Frames (BGR uint8) from ``cv2.VideoCapture``."""
 
     kind = "frame"
+    # a stream's open or read blocks up to its timeout: wait that long, so the process never exits while OpenCV's
+    # FFmpeg thread is inside a call (it aborts with "terminate called without an active exception")
+    close_timeout_s = _STREAM_TIMEOUT_MS / 1000 + 2.0
 
     def __init__(
         self,
@@ -45,8 +48,10 @@ class VideoSource(ThreadedSource):
         queue_size: int = 4,
         reconnect: ReconnectPolicy | None = None,
         fps_limit: float | None = None,
+        loop: bool = False,
     ) -> None:
         super().__init__(str(target), policy, queue_size)
+        self.loop = loop and video_kind == "file"
         self.target = target
         self.video_kind = video_kind
         self.reconnect = reconnect or ReconnectPolicy()
@@ -81,8 +86,12 @@ class VideoSource(ThreadedSource):
             self._cap.release()
             self._cap = None
 
+    def _keeps_trying(self) -> bool:
+        return self.video_kind != "file" and not self.reconnect.give_up
+
     def _read(self) -> np.ndarray | None:
-        assert self._cap is not None
+        if self._cap is None:  # not open (yet): a live input reconnects
+            return None
         ok, frame = self._cap.read()
         if not ok or frame is None or frame.size == 0:
             return None
@@ -94,6 +103,8 @@ class VideoSource(ThreadedSource):
         while not self._stop.is_set():
             frame = self._read()
             if frame is None:
+                if self.loop and self.counters.captured and not self._stop.is_set() and self._rewind():
+                    continue  # a looped file starts over (a demo or test input that never ends)
                 if self.video_kind == "file" or self._stop.is_set():
                     return  # end of file ends cleanly
                 if not self._reconnect():
@@ -105,6 +116,10 @@ class VideoSource(ThreadedSource):
                     return
             if not self._emit(frame):
                 return
+
+    def _rewind(self) -> bool:
+        self._release()
+        return self._try_open()
 
     def _reconnect(self) -> bool:
         """Reopen a live input that dropped; False if stopped, SourceError once the bound is reached."""

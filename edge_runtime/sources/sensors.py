@@ -3,6 +3,9 @@
 Each line is one sample (CSV/whitespace numbers, a JSON array, or a JSON object of numbers); samples are cut into
 windows for the model by a Windower. Lines that do not parse, or carry the wrong number of values, are counted in
 ``counters.bad_lines`` and skipped; a text header before the first sample is skipped without counting.
+Hostile input is refused the same way: a line longer than ``MAX_LINE_BYTES`` is never buffered whole (its first
+bytes are counted as one bad line, the rest discarded up to the next newline), and nothing a line holds (deep JSON,
+huge numbers, NaN, wrong types) raises out of the reader thread.
 """
 
 from __future__ import annotations
@@ -18,11 +21,12 @@ from pathlib import Path
 
 from edge_runtime.errors import MissingDependencyError, SourceError
 from edge_runtime.sources.base import DropPolicy, ReconnectPolicy, ThreadedSource
-from edge_runtime.sources.windowing import Windower, WindowSpec, parse_line
+from edge_runtime.sources.windowing import MAX_LINE_BYTES, Windower, WindowSpec, parse_line
 
 log = logging.getLogger(__name__)
 _POLL_S = 0.2
 _HEADER = re.compile(r"^[\sA-Za-z_][\w\s,;.\-\"']*$")
+_READ_BYTES = 65536
 
 
 class LineSource(ThreadedSource):
@@ -41,6 +45,9 @@ class LineSource(ThreadedSource):
 
     def _take(self, line: bytes) -> bool:
         """Parse one line, feed the windower, emit a due window. False when the consumer has gone."""
+        if len(line) > MAX_LINE_BYTES:
+            self._bad_line(f"longer than {MAX_LINE_BYTES} bytes", line[:60].decode("utf-8", errors="replace"))
+            return True
         text = line.decode("utf-8", errors="replace").strip()
         if not text or text.startswith("#"):
             return True
@@ -48,15 +55,18 @@ class LineSource(ThreadedSource):
         if values is None and not self._seen_sample and _HEADER.match(text):
             return True  # a CSV header
         if values is None or not self.window.accepts(values.size):
-            self.counters.bad_lines += 1
-            if self.counters.bad_lines <= 3 or self.counters.bad_lines % 1000 == 0:
-                want = self.window.describe()
-                why = "does not parse" if values is None else f"has {values.size} values, expected {want}"
-                log.warning("%s: skipped line (%s; %d so far): %.60r", self.name, why, self.counters.bad_lines, text)
+            want = self.window.describe()
+            self._bad_line("does not parse" if values is None else f"has {values.size} values, expected {want}", text)
             return True
         self._seen_sample = True
         window = self._windower.push(values)
         return window is None or self._emit(window)
+
+    def _bad_line(self, why: str, text: str) -> None:
+        """Count a refused line; log the first three, then one in a thousand (a flood cannot fill the journal)."""
+        self.counters.bad_lines += 1
+        if self.counters.bad_lines <= 3 or self.counters.bad_lines % 1000 == 0:
+            log.warning("%s: skipped line (%s; %d so far): %.60r", self.name, why, self.counters.bad_lines, text)
 
     def _loop(self) -> None:
         for line in self._lines():
@@ -64,16 +74,26 @@ class LineSource(ThreadedSource):
                 return
 
 
-def split_lines(chunks: Iterator[bytes]) -> Iterator[bytes]:
-    """Re-cut a byte stream into lines (a final unterminated line is yielded too)."""
-    rest = b""
+def split_lines(chunks: Iterator[bytes], max_len: int = MAX_LINE_BYTES) -> Iterator[bytes]:
+    """Re-cut a byte stream into lines (a final unterminated line is yielded too).
+
+    A line that grows past ``max_len`` is yielded once, cut to ``max_len + 1`` bytes (the reader refuses it as too
+    long), and the rest of it is skipped up to the next newline: a stream without newlines never fills memory.
+    """
+    rest, skipping = b"", False
     for chunk in chunks:
         if not chunk:
             continue
         parts = (rest + chunk).split(b"\n")
         rest = parts.pop()
+        if parts and skipping:  # the newline that ends the over-long line
+            parts, skipping = parts[1:], False
         yield from parts
-    if rest:
+        if len(rest) > max_len:
+            if not skipping:
+                yield rest[: max_len + 1]
+            rest, skipping = b"", True
+    if rest and not skipping:
         yield rest
 
 
@@ -90,7 +110,7 @@ class SensorFileSource(LineSource):
 
     def _lines(self) -> Iterator[bytes]:
         with open(self.path, "rb") as f:
-            yield from f
+            yield from split_lines(iter(lambda: f.read(_READ_BYTES), b""))
 
 
 class StdinSource(LineSource):
@@ -110,7 +130,7 @@ class StdinSource(LineSource):
             ready, _, _ = select.select([self._fd], [], [], _POLL_S)
             if not ready:
                 continue
-            chunk = os.read(self._fd, 65536)
+            chunk = os.read(self._fd, _READ_BYTES)
             if not chunk:
                 return
             yield chunk
@@ -204,13 +224,17 @@ class SerialSource(LineSource):
 
         while not self._stop.is_set():
             try:
-                assert self._serial is not None
+                if self._serial is None:  # not open (yet): reopen with backoff
+                    raise OSError("serial port not open")
                 chunk = self._serial.read(max(1, self._serial.in_waiting))
             except (serial.SerialException, OSError):
                 if not self._reopen():
                     return
                 continue
             yield chunk
+
+    def _keeps_trying(self) -> bool:
+        return not self.reconnect.give_up
 
     def _reopen(self) -> bool:
         return self._reconnect_with(self.reconnect, lambda: self._try_open() is None)

@@ -13,6 +13,11 @@ from edge_runtime.errors import ConfigError
 from edge_runtime.package.manifest import InputSpec
 
 _SPLIT = re.compile(r"[,;\s]+")
+# One sample per line: far more than any sensor sends. Longer lines are refused before they are parsed, so a line
+# can cost neither memory nor time (a line source also stops buffering a line at this length, see split_lines).
+MAX_LINE_BYTES = 65536
+# What a hostile line can raise while being parsed: bad numbers and types, 1e400-style integers, deep JSON nesting.
+_PARSE_ERRORS = (ValueError, TypeError, OverflowError, RecursionError)
 
 
 @dataclass(frozen=True)
@@ -68,22 +73,26 @@ def window_spec_for(spec: InputSpec, hop: int | None = None, streaming: bool = F
 def parse_line(line: str | bytes) -> np.ndarray | None:
     """One sample's values from a text line: CSV/whitespace numbers, a JSON array, or a JSON object of numbers.
 
-    Returns None for a line that does not parse (the caller counts it). Blank lines and ``#`` comments too.
+    Returns None for a line that does not parse (the caller counts it), or is longer than MAX_LINE_BYTES.
+    Blank lines and ``#`` comments too. Never raises, whatever the line holds.
     """
+    if len(line) > MAX_LINE_BYTES:
+        return None
     if isinstance(line, bytes):
         line = line.decode("utf-8", errors="replace")
     text = line.strip()
     if not text or text.startswith("#"):
         return None
     try:
-        if text[0] in "[{":
-            value = json.loads(text)
-            if isinstance(value, dict):
-                value = list(value.values())
-            arr = np.asarray(value, dtype=np.float32).ravel()
-        else:
-            arr = np.asarray([float(p) for p in _SPLIT.split(text) if p], dtype=np.float32)
-    except (ValueError, TypeError):
+        with np.errstate(over="ignore", invalid="ignore"):  # beyond float32's range: inf, refused below
+            if text[0] in "[{":
+                value = json.loads(text)
+                if isinstance(value, dict):
+                    value = list(value.values())
+                arr = np.asarray(value, dtype=np.float32).ravel()
+            else:
+                arr = np.asarray([float(p) for p in _SPLIT.split(text) if p], dtype=np.float32)
+    except _PARSE_ERRORS:
         return None
     if arr.size == 0 or not np.all(np.isfinite(arr)):
         return None

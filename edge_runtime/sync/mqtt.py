@@ -26,6 +26,8 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from edge_runtime.sync.mqtt_settings import MqttSettings, TlsSettings, settings_from_url
@@ -68,9 +70,11 @@ class MqttLink:
     """One device connection. Thread-safe; callbacks run on paho's network thread."""
 
     def __init__(
-        self, settings: MqttSettings, *, client_id: str | None = None, will: tuple[str, bytes] | None | bool = True
+        self, settings: MqttSettings, *, client_id: str | None = None, will: tuple[str, bytes] | None | bool = True,
+        announce: bool = True,
     ) -> None:
         self.settings = settings
+        self.announce = announce  # publish the retained device state (online/offline); False for tools
         self.topics = settings.topics
         self.device_id = settings.device_id
         self.client_id = client_id or f"edge-{settings.device_id}"
@@ -129,12 +133,18 @@ class MqttLink:
             if self._started:
                 return
             self._started = True
-        self.set_retained(self.topics.state(self.device_id), self.state_payload(online=True))
+        if self.announce:
+            self.set_retained(self.topics.state(self.device_id), self.state_payload(online=True))
         self._connect_async()
 
     def _connect_async(self) -> None:
+        props = None
+        if self.protocol_in_use == "5":  # the broker drops messages above this for us: never received, never parsed
+            props = Properties(PacketTypes.CONNECT)
+            props.MaximumPacketSize = self.settings.max_incoming
         try:
-            self._client.connect_async(self.settings.host, self.settings.port, keepalive=self.settings.keepalive)
+            self._client.connect_async(self.settings.host, self.settings.port, keepalive=self.settings.keepalive,
+                                       properties=props)
         except (OSError, ValueError) as exc:  # e.g. an unresolvable host name is reported, then retried by paho
             self.last_error = f"cannot connect: {exc}"
         self._client.loop_start()
@@ -145,7 +155,7 @@ class MqttLink:
             if not self._started:
                 return
             self._started = False
-        if self.connected:
+        if self.connected and self.announce:
             h = self.publish(self.topics.state(self.device_id), self.state_payload(online=False), qos=1, retain=True)
             h.wait(timeout)
         self._client.disconnect()

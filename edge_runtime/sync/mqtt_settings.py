@@ -56,6 +56,11 @@ class MqttSettings(BaseModel):
     max_queued: int = Field(
         default=10000, ge=1, description="Messages paho may hold while offline before publish() fails."
     )
+    max_incoming: int = Field(
+        default=(1 << 20) + 4096, ge=4096, description="Largest packet the broker may send this link (MQTT 5 "
+        "Maximum Packet Size in CONNECT: larger messages are never delivered, so never parsed). Keep above the "
+        "chunk size of package transfers.",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> MqttSettings:
@@ -88,3 +93,21 @@ def settings_from_url(url: str, device_id: str, **extra: Any) -> MqttSettings:
         )
     except ValueError as exc:
         raise ConfigError(f"invalid MQTT settings: {exc}") from exc
+
+
+PASSWORD_ENV = "EDGE_RUNTIME_MQTT_PASSWORD"  # noqa: S105 - the variable's name, not a password
+
+
+def resolve_password(password_file: Path | None) -> str | None:
+    """The broker password from ``password_file`` (first line), else ``$EDGE_RUNTIME_MQTT_PASSWORD``, else None.
+
+    Kept out of command lines and URLs, where ``ps`` and shell histories show it."""
+    import os
+
+    if password_file is not None:
+        try:
+            lines = Path(password_file).read_text().splitlines()
+        except OSError as exc:
+            raise ConfigError(f"cannot read the MQTT password file {password_file}: {exc.strerror}") from exc
+        return lines[0] if lines else ""
+    return os.environ.get(PASSWORD_ENV) or None

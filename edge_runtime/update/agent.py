@@ -12,85 +12,90 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
-from edge_runtime.fsutil import atomic_write_bytes
 from edge_runtime.package.signing import TrustStore
-from edge_runtime.package.store import read_manifest
+from edge_runtime.sync.replay import SequenceStore
 from edge_runtime.sync.topics import Topics
 from edge_runtime.update import steps
+from edge_runtime.update.attempt import Attempt, Link, ModelHost, UpdateContext
 from edge_runtime.update.desired import SignedDesired, open_desired, pin_allows, resolve
-from edge_runtime.update.errors import UpdateError, VerificationError
-from edge_runtime.update.health import HealthWindow, LiveReport
+from edge_runtime.update.errors import VerificationError
+from edge_runtime.update.health import LiveReport
 from edge_runtime.update.machine import UpdateMachine, UpdateRecord, status_payload
-from edge_runtime.update.runtime import ModelRuntime, agree, prediction_ok
+from edge_runtime.update.runtime import ModelRuntime, prediction_ok
 from edge_runtime.update.settings import UpdateSettings
 from edge_runtime.update.slots import SlotStore
 from edge_runtime.update.states import Event, State
+from edge_runtime.update.transfer import package_id_for
 
 log = logging.getLogger(__name__)
-
-
-class ModelHost(Protocol):
-    """Whatever serves inferences (edge_runtime.pipeline.Pipeline): swaps models between two inferences."""
-
-    def swap_model(self, new_model: Any) -> Any: ...
-
-
-class Link(Protocol):
-    def subscribe(self, topic: str, handler: Callable[[str, bytes], None], qos: int = 1) -> None: ...
-
-    def unsubscribe(self, topic: str) -> None: ...
-
-    def set_retained(self, topic: str, payload: bytes) -> None: ...
+__all__ = ["COMMAND_REPLAY", "DESIRED_REPLAY", "Link", "ModelHost", "UpdateAgent"]
+DESIRED_REPLAY = "desired_replay.json"
+COMMAND_REPLAY = "command_replay.json"
+SourceStatus = Callable[[], dict[str, Any]]
 
 
 class UpdateAgent:
-    """One per device. Thread-safe; ``observe`` is a pipeline sink feeding the health window and shadow runs."""
+    """One per device. Thread-safe; ``observe`` and ``observe_error`` are the pipeline's sink and error hook,
+    feeding the live report, the health window and shadow runs."""
 
     def __init__(
         self, settings: UpdateSettings, link: Link, runtime: ModelRuntime, topics: Topics | None = None,
         latency_budget_ms: float = 1000.0,
     ) -> None:
-        self.s = settings
-        self.link = link
-        self.runtime = runtime
-        self.topics = topics or Topics()
-        self.budget_ms = settings.smoke_budget_ms or latency_budget_ms
-        self.trust = TrustStore.load(settings.trust, settings.trusted_keys)
         root = Path(settings.state_dir)
-        self.slots = SlotStore(root / "slots", settings.keep_versions,
-                               int(settings.max_disk_mb * 1e6) if settings.max_disk_mb else None)
-        self.downloads = root / "downloads"
-        self._doc_file = root / "desired.json"
-        self.machine = UpdateMachine(root / "update_state.json", self._publish, settings.max_retries)
-        self.host: ModelHost | None = None
-        self.error_count: Callable[[], int] = lambda: 0
-        self.live: Any = None
-        self.stop_event = threading.Event()
+        slots = SlotStore(root / "slots", settings.keep_versions,
+                          int(settings.max_disk_mb * 1e6) if settings.max_disk_mb else None)
+        machine = UpdateMachine(root / "update_state.json", self._publish, settings.max_retries)
+        trust = TrustStore.load(settings.trust, settings.trusted_keys)
+        self.ctx = UpdateContext(settings, machine, slots, runtime, trust, link, topics or Topics(),
+                                 settings.smoke_budget_ms or latency_budget_ms)
+        # the accepted desired-document sequence, in two copies (update_state.json's copy is the fallback)
+        self.ctx.replay = SequenceStore(root / DESIRED_REPLAY, floor=machine.record.accepted_sequence,
+                                        has_history=slots.has_history())
+        self.source_status: SourceStatus = dict
+        self._source_seen: Any = None
         self._docs: dict[str, SignedDesired] = {}
         self._offers: queue.Queue[SignedDesired] = queue.Queue(maxsize=1)
         self._lock = threading.Lock()
-        self._health: HealthWindow | None = None
-        self._shadow: steps.Shadow | None = None
         self._worker: threading.Thread | None = None
+        self._pending: Attempt | None = None
         self.rejections: list[str] = []
-        self._resume: tuple[State, Any] | None = None
-        self.live_report = LiveReport(self.budget_ms)
+        self.live_report = LiveReport(self.ctx.budget_ms)
         self._reporter: threading.Thread | None = None
+
+    # the context's parts, read by the command, tests and benchmarks
+    s = property(lambda self: self.ctx.settings)
+    machine = property(lambda self: self.ctx.machine)
+    slots = property(lambda self: self.ctx.slots)
+    trust = property(lambda self: self.ctx.trust)
+    link = property(lambda self: self.ctx.link)
+    topics = property(lambda self: self.ctx.topics)
+    stop_event = property(lambda self: self.ctx.stop_event)
+    budget_ms = property(lambda self: self.ctx.budget_ms)
+    live = property(lambda self: self.ctx.serving.model)
+    replay = property(lambda self: self.ctx.replay)
 
     # ------------------------------------------------------------------------------- reporting
     @property
     def serving(self) -> str | None:
-        m = getattr(self.live, "manifest", None)
-        return f"{m.name}-{m.version}" if m is not None else self.slots.pointers().active
+        return self.ctx.serving.key or self.slots.pointers().active
 
     def _publish(self, record: UpdateRecord, **extra: Any) -> None:
+        try:
+            source = self.source_status()
+        except Exception:  # a broken accessor must not stop a report
+            log.exception("cannot read the source status")
+            source = {}
+        active = self.slots.pointers().active
+        sha = self.slots.archive_of(active)
         payload = status_payload(record, self.s.device_id, self.serving, profile=self.s.profile,
-                                 groups=list(self.s.groups), **extra)
+                                 groups=list(self.s.groups), source=source, serving_key=active,
+                                 serving_package_id=package_id_for(sha) if sha else None,
+                                 replay_state=self.replay.problem or "ok", **extra)
         try:
             self.link.set_retained(self.topics.update_status(self.s.device_id), payload)
             update_state = getattr(self.link, "update_state", None)
@@ -105,31 +110,44 @@ class UpdateAgent:
         self._publish(self.machine.record, rejected=code, rejected_reason=reason, rejected_sequence=sequence)
 
     def publish_live(self) -> dict[str, float]:
-        """Publish the serving model's error and latency statistics since the last report (fleet canary watch)."""
-        try:
-            errors = int(self.error_count())
-        except Exception:  # a host that cannot count errors reports what the sink saw
-            errors = 0
-        live = self.live_report.take(errors)
+        """Publish the serving model's attempts, errors and latency since the last report (fleet canary watch)."""
+        live = self.live_report.take()
         self._publish(self.machine.record, live=live)
         return live
 
     def _report_loop(self) -> None:
-        while not self.stop_event.wait(self.s.live_report_s):
-            self.publish_live()
+        """Live statistics every ``live_report_s``; a change of the source's fault at once (checked each second)."""
+        period = self.s.live_report_s
+        next_live = self.ctx.now() + period if period > 0 else None
+        while not self.stop_event.wait(min(1.0, period) if period > 0 else 1.0):
+            fault = self._source_fault()
+            if next_live is not None and self.ctx.now() >= next_live:
+                next_live = self.ctx.now() + period
+                self.publish_live()
+            elif fault != self._source_seen:
+                self._publish(self.machine.record)
+            self._source_seen = fault
+
+    def _source_fault(self) -> Any:
+        try:
+            return self.source_status().get("fault")
+        except Exception:  # reported by _publish
+            return None
 
     # ------------------------------------------------------------------------------- start / stop
     def boot(self) -> Any:
         """Recover from an interrupted update, then load and return the model that should serve."""
-        steps.recover(self)
-        self.live = steps.load_active(self)
+        self._pending = steps.recover(self.ctx)
+        self.ctx.serving.model = steps.load_active(self.ctx)
         self._publish(self.machine.record)
-        return self.live
+        return self.ctx.serving.model
 
-    def attach(self, host: ModelHost, error_count: Callable[[], int] | None = None) -> None:
-        self.host = host
-        if error_count is not None:
-            self.error_count = error_count
+    def attach(self, host: ModelHost, source_status: SourceStatus | None = None) -> None:
+        """``host`` swaps models between inferences; ``source_status()`` says whether the input is faulty
+        (a dict with ``fault``, reported on the status topic)."""
+        self.ctx.serving.host = host
+        if source_status is not None:
+            self.source_status = source_status
 
     def start(self) -> None:
         """Subscribe to the desired documents and continue an update a restart interrupted.
@@ -138,9 +156,8 @@ class UpdateAgent:
         arrives meanwhile (the retained documents do, at once) waits in the queue instead of being dropped."""
         self._worker = threading.Thread(target=self._work, name="update-agent", daemon=True)
         self._worker.start()
-        if self.s.live_report_s > 0:
-            self._reporter = threading.Thread(target=self._report_loop, name="update-live", daemon=True)
-            self._reporter.start()
+        self._reporter = threading.Thread(target=self._report_loop, name="update-live", daemon=True)
+        self._reporter.start()
         self.link.subscribe(self.topics.desired(self.s.device_id), self._on_desired)
         for g in self.s.groups:
             self.link.subscribe(self.topics.group_desired(g), self._on_desired)
@@ -190,12 +207,17 @@ class UpdateAgent:
         if not pin_allows(doc, self.s.pin_version):
             self._reject(f"device is pinned to {self.s.pin_version}; ignoring {doc.version}", "pinned", doc.sequence)
             return False
-        if self.serving == f"{doc.name}-{doc.version}" or rec.package_id == doc.package_id and not self.machine.resting:
+        active = self.slots.pointers().active
+        if active is not None and self.slots.key_for_archive(doc.sha256) == active:
+            return False  # these very bytes serve (the same version with other bytes goes on, and is refused)
+        if rec.package_id == doc.package_id and not self.machine.resting:
             return False
-        if doc.sequence < rec.accepted_sequence or (doc.sequence == rec.accepted_sequence and rec.package_id
-                                                     != doc.package_id):
-            self._reject(f"document sequence {doc.sequence} is older than {rec.accepted_sequence}", "replay",
-                         doc.sequence)
+        if self.replay.lost:  # never guess the floor: refuse every document until an operator resets it
+            self._reject(str(self.replay.problem), "replay_state_lost", doc.sequence)
+            return False
+        floor = self.replay.value
+        if doc.sequence < floor or (doc.sequence == floor and rec.package_id != doc.package_id):
+            self._reject(f"document sequence {doc.sequence} is older than {floor}", "replay", doc.sequence)
             return False
         # this very document already failed: only a newer signed document tries the package again
         return not (doc.package_id in rec.failed_packages and doc.sequence <= rec.sequence)
@@ -211,7 +233,8 @@ class UpdateAgent:
 
     def _work(self) -> None:
         try:
-            steps.resume_pending(self)
+            pending, self._pending = self._pending, None
+            steps.resume(pending)
         except Exception:  # a bug: log it, keep serving the live model
             log.exception("resuming the interrupted update failed unexpectedly")
         while not self.stop_event.is_set():
@@ -231,51 +254,33 @@ class UpdateAgent:
         doc = signed.document
         if not self.machine.resting:
             return self.machine.state
-        atomic_write_bytes(self._doc_file, doc.model_dump_json(by_alias=True).encode())
+        self.ctx.save_doc(doc)
+        ptr = self.slots.pointers()
         self.machine.fire(
             Event.UPDATE_OFFERED, f"desired {doc.name} {doc.version} (seq {doc.sequence})",
             package_id=doc.package_id, target_version=doc.version, target_key=f"{doc.name}-{doc.version}",
-            from_key=self.slots.pointers().active, rollback=doc.rollback, sequence=doc.sequence, progress=0.0,
-            recoveries=0, shadow={}, health={},
+            from_key=ptr.active, from_previous=ptr.previous, rollback=doc.rollback, sequence=doc.sequence,
+            progress=0.0, recoveries=0, shadow={}, health={},
         )
-        return self.run_from(State.DOWNLOADING, doc)
-
-    def run_from(self, state: State, doc: Any) -> State:
-        """Continue an update from ``state`` (used by apply and by crash recovery)."""
-        try:
-            return steps.run_steps(self, state, doc)
-        except UpdateError as exc:
-            return steps.fail(self, str(exc), exc.code, doc)
-        except Exception as exc:  # e.g. an unreadable archive or an I/O error: never leave the machine mid-step
-            log.exception("update step failed unexpectedly")
-            return steps.fail(self, f"unexpected error: {exc}", "internal_error", doc)
+        return steps.run(Attempt(self.ctx, doc, State.DOWNLOADING, signed))
 
     # ------------------------------------------------------------------------------- the live loop
     def observe(self, result: Any) -> None:
-        """Pipeline sink: feed the health window and the shadow run (cheap; never raises)."""
-        health, shadow = self._health, self._shadow
+        """Pipeline sink: one inference that returned, for the live report, health window and shadow run."""
+        serving = self.ctx.serving
+        health, shadow = serving.health, serving.shadow
         pred = getattr(result, "prediction", result)
-        ok, latency = prediction_ok(pred), float(getattr(result, "end_to_end_ms", pred.timings.total_ms))
+        ok, latency = prediction_ok(pred), float(pred.timings.inference_ms)
         self.live_report.record(ok, latency)
-        if health is not None:
+        if health is not None and getattr(pred, "version", None) in (None, health.version):
             health.record(ok, latency)
         if shadow is not None:
             shadow.offer(getattr(result, "frame", None), pred)
 
-    def dwell(self, state: State) -> None:
-        seconds = self.s.dwell_s.get(state, 0.0)
-        if seconds:
-            self.stop_event.wait(seconds)
-
-    def installed_version(self) -> str | None:
-        key = self.slots.pointers().active
-        if key is None or not self.slots.has(key):
-            return None
-        return read_manifest(self.slots.path(key))[0].version
-
-    @staticmethod
-    def agree(a: Any, b: Any) -> bool:
-        return agree(a, b)
-
-    def now(self) -> float:
-        return time.monotonic()
+    def observe_error(self, exc: BaseException) -> None:
+        """Pipeline error hook: one inference attempt that raised (counted by the error's class)."""
+        kind = type(exc).__name__
+        self.live_report.record_error(kind)
+        health = self.ctx.serving.health
+        if health is not None:
+            health.record_error(kind)

@@ -20,6 +20,7 @@ from edge_runtime.package.signing import OPERATOR, Ed25519PrivateKey, TrustStore
 from edge_runtime.update.errors import VerificationError
 
 ENVELOPE_SCHEMA = "desired-envelope/1"
+MAX_DESIRED_BYTES = 64 * 1024  # a real envelope is well under 2 KiB; anything larger is refused unparsed
 DOCUMENT_SCHEMA = "desired/1"
 
 
@@ -71,13 +72,19 @@ def new_sequence() -> int:
 
 
 def open_desired(payload: bytes, trust: TrustStore) -> SignedDesired:
-    """Check the envelope's signature against ``trust`` and parse the document; raise VerificationError."""
+    """Check the envelope's signature against ``trust`` and parse the document; raise VerificationError.
+
+    The size is checked before parsing, and any JSON (however deep) ends in a VerificationError, never another
+    exception: the caller reports every refusal on the update status topic."""
+    if len(payload) > MAX_DESIRED_BYTES:
+        raise VerificationError(f"desired document of {len(payload)} bytes is over {MAX_DESIRED_BYTES}", "too_large")
     try:
         env = json.loads(payload)
         if env.get("schema") != ENVELOPE_SCHEMA:
-            raise VerificationError(f"desired document has unknown schema {env.get('schema')!r}", "desired_malformed")
+            raise VerificationError(f"desired document has unknown schema {str(env.get('schema'))[:64]!r}",
+                                    "desired_malformed")
         text, sig = env["document"], env["signature"]
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
         raise VerificationError("desired document is not a valid envelope", "desired_malformed") from exc
     if not isinstance(text, str) or not isinstance(sig, dict):
         raise VerificationError("desired document envelope has wrong types", "desired_malformed")
@@ -88,8 +95,9 @@ def open_desired(payload: bytes, trust: TrustStore) -> SignedDesired:
         raise VerificationError(f"desired document rejected: {exc}", code) from exc
     try:
         return SignedDesired(DesiredModel.model_validate_json(text), signer)
-    except ValidationError as exc:
-        raise VerificationError(f"desired document is invalid: {exc.errors()[0]['msg']}", "desired_malformed") from exc
+    except (ValidationError, ValueError, RecursionError) as exc:
+        msg = exc.errors()[0]["msg"] if isinstance(exc, ValidationError) else "not a desired document"
+        raise VerificationError(f"desired document is invalid: {msg}", "desired_malformed") from exc
 
 
 def resolve(device_doc: SignedDesired | None, group_docs: list[SignedDesired]) -> SignedDesired | None:

@@ -45,6 +45,9 @@ class UpdateRecord(BaseModel):
     target_version: str | None = Field(default=None, description="Version being installed.")
     target_key: str | None = Field(default=None, description="Slot key of the package being installed.")
     from_key: str | None = Field(default=None, description="Slot key that served before this update.")
+    from_previous: str | None = Field(
+        default=None, description="Rollback target (slots' previous) before this update, restored if it fails."
+    )
     rollback: bool = Field(default=False, description="The offer is an explicit, signed rollback.")
     sequence: int = Field(default=0, description="Sequence number of the desired document being applied.")
     accepted_sequence: int = Field(default=0, description="Highest desired-document sequence ever accepted.")

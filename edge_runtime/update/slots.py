@@ -2,8 +2,14 @@
 
 Layout under the slot root::
 
-    versions/<name>-<version>/   one verified package per directory (never modified after install)
-    slots.json                   {"active": key, "previous": key, "candidate": key} -- written atomically
+    versions/<key>/   one verified package per directory (never modified after install)
+    slots.json        {"active": key, "previous": key, "candidate": key} -- written atomically
+    archives.json     {archive sha256: key} -- which installed slot each downloaded archive became
+
+Slots are content-addressed: a key is ``<name>-<version>-<first 16 hex of sha256(manifest.json)>``. The manifest
+covers every file by sha256 and is what the signature covers, so two packages with the same name and version but
+other bytes get two keys, never one slot (a re-published 1.2.0 is never mistaken for the installed 1.2.0), and the
+same content packed or signed twice gets one. Keys written by older versions (``<name>-<version>``) still load.
 
 The active slot serves; the candidate (inactive) slot receives a new package, is smoke-tested, and becomes active
 by rewriting ``slots.json`` (one atomic rename), so a power cut leaves either the old or the new pointer.
@@ -12,15 +18,18 @@ by rewriting ``slots.json`` (one atomic rename), so a power cut leaves either th
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
+import os
 import shutil
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from edge_runtime.errors import PackageError
 from edge_runtime.fsutil import atomic_directory, atomic_write_text
 from edge_runtime.package.store import unpack_archive
-from edge_runtime.update.errors import DiskFullError
+from edge_runtime.update.errors import DiskFullError, VerificationError
 
 
 class SlotPointers(BaseModel):
@@ -31,8 +40,18 @@ class SlotPointers(BaseModel):
     candidate: str | None = Field(default=None, description="Key installed in the inactive slot, not yet active.")
 
 
-def slot_key(name: str, version: str) -> str:
-    return f"{name}-{version}"
+MANIFEST = "manifest.json"
+
+
+def content_key(pkg_dir: Path) -> str:
+    """The slot key of the package in ``pkg_dir``: name, version and the digest of its manifest bytes."""
+    raw = (Path(pkg_dir) / MANIFEST).read_bytes()
+    doc = json.loads(raw)
+    return f"{doc['name']}-{doc['version']}-{hashlib.sha256(raw).hexdigest()[:16]}"
+
+
+def manifest_digest(pkg_dir: Path) -> str:
+    return hashlib.sha256((Path(pkg_dir) / MANIFEST).read_bytes()).hexdigest()
 
 
 def tree_size(path: Path) -> int:
@@ -49,6 +68,7 @@ class SlotStore:
         self.versions = self.root / "versions"
         self.versions.mkdir(parents=True, exist_ok=True)
         self._pointer_file = self.root / "slots.json"
+        self._archive_file = self.root / "archives.json"
 
     # pointers -------------------------------------------------------------------------------------------
     def pointers(self) -> SlotPointers:
@@ -71,29 +91,86 @@ class SlotStore:
         dirs = [d for d in self.versions.iterdir() if d.is_dir() and not d.name.startswith(".")]
         return [d.name for d in sorted(dirs, key=lambda d: d.stat().st_mtime_ns)]
 
-    # install --------------------------------------------------------------------------------------------
-    def install_archive(self, archive: Path, key: str) -> Path:
-        """Unpack ``archive`` into the inactive slot ``key`` (atomically) after making room for it."""
-        if self.has(key):
-            self.set_candidate(key)
-            return self.path(key)
-        self.make_room(int(archive.stat().st_size * 1.05) + 4096)
+    # archives -> slots ------------------------------------------------------------------------------------
+    def _archives(self) -> dict[str, str]:
         try:
-            unpack_archive(archive, self.path(key))
+            data = json.loads(self._archive_file.read_bytes())
+        except (OSError, ValueError):
+            return {}
+        return {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else {}
+
+    def _record_archive(self, sha256: str, key: str) -> None:
+        index = {a: k for a, k in self._archives().items() if self.has(k)}
+        index[sha256] = key
+        atomic_write_text(self._archive_file, json.dumps(index, indent=1))
+
+    def key_for_archive(self, sha256: str) -> str | None:
+        """The installed slot the archive with ``sha256`` became, if it is still installed."""
+        key = self._archives().get(sha256)
+        return key if key is not None and self.has(key) else None
+
+    def has_history(self) -> bool:
+        """Whether an archive was ever installed here (so signed documents were accepted before)."""
+        return bool(self._archives())
+
+    def archive_of(self, key: str | None) -> str | None:
+        """The sha256 of an archive that was installed as ``key`` (None for a seeded or unknown slot)."""
+        return next((a for a, k in self._archives().items() if k == key), None) if key else None
+
+    def name_version(self, key: str) -> tuple[str, str]:
+        doc = json.loads((self.path(key) / MANIFEST).read_bytes())
+        return str(doc["name"]), str(doc["version"])
+
+    # install --------------------------------------------------------------------------------------------
+    def install_archive(self, archive: Path, sha256: str) -> tuple[str, bool]:
+        """Unpack ``archive`` (whose sha256 the caller checked) into the inactive slot; return (key, fresh).
+
+        ``fresh`` is False when the same content is already installed (then nothing is unpacked to stay)."""
+        known = self.key_for_archive(sha256)
+        if known is not None:
+            self.set_candidate(known)
+            return known, False
+        self.make_room(int(archive.stat().st_size * 1.05) + 4096)
+        incoming = self.versions / f".incoming-{sha256[:16]}"
+        shutil.rmtree(incoming, ignore_errors=True)
+        try:
+            unpack_archive(archive, incoming)
+            key = content_key(incoming)
+            fresh = not self.has(key)
+            if fresh:
+                os.replace(incoming, self.path(key))
+        except FileNotFoundError as exc:
+            raise VerificationError(f"archive {archive.name} has no manifest.json", "package_invalid") from exc
         except OSError as exc:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise DiskFullError(f"no space left to install {key}: {exc.strerror}") from exc
+                raise DiskFullError(f"no space left to install {archive.name}: {exc.strerror}") from exc
             raise
+        except (PackageError, ValueError, KeyError, TypeError) as exc:  # a bad archive, or no readable manifest
+            raise VerificationError(f"archive {archive.name} is not an installable package: {exc}",
+                                    "package_invalid") from exc
+        finally:
+            shutil.rmtree(incoming, ignore_errors=True)
+        self._record_archive(sha256, key)
         self.set_candidate(key)
-        return self.path(key)
+        return key, fresh
 
-    def install_dir(self, src: Path, key: str) -> Path:
-        """Copy a package directory into slot ``key`` (used to seed the first model)."""
+    def install_dir(self, src: Path) -> str:
+        """Copy a package directory into its slot (used to seed the first model); return its key."""
+        key = content_key(src)
         if not self.has(key):
             self.make_room(tree_size(src))
             with atomic_directory(self.path(key), overwrite=True) as tmp:
                 shutil.copytree(src, tmp, dirs_exist_ok=True)
-        return self.path(key)
+        return key
+
+    def remove(self, key: str) -> None:
+        """Delete an installed slot that failed its checks (never the active or previous one)."""
+        p = self.pointers()
+        if key in (p.active, p.previous):
+            return
+        shutil.rmtree(self.path(key), ignore_errors=True)
+        if p.candidate == key:
+            self.set_candidate(None)
 
     def make_room(self, needed: int) -> None:
         """Prune unprotected old versions until ``needed`` bytes fit the budget and the file system."""
@@ -149,10 +226,11 @@ class SlotStore:
             return
         self._write(SlotPointers(active=key, previous=p.active, candidate=None))
 
-    def switch_back(self, key: str | None) -> None:
-        """Point back at ``key`` (the model that served before the update)."""
+    def switch_back(self, key: str | None, previous: str | None = None) -> None:
+        """Point back at ``key`` (the model that served before the update), with ``previous`` as its rollback
+        target (what ``previous`` was before the update; None keeps the current one when nothing moved)."""
         p = self.pointers()
         if key is None or p.active == key:
-            self._write(SlotPointers(active=p.active, previous=p.previous, candidate=None))
+            self._write(SlotPointers(active=p.active, previous=previous or p.previous, candidate=None))
             return
-        self._write(SlotPointers(active=key, previous=None, candidate=None))
+        self._write(SlotPointers(active=key, previous=previous if previous != key else None, candidate=None))

@@ -33,6 +33,7 @@ class Event(StrEnum):
     UPDATE_OFFERED = "update_offered"  # a new, signed desired document names a package we do not run
     DOWNLOADED = "downloaded"  # every chunk is on disk and the archive hash matches
     VERIFIED = "verified"  # signature, hashes, profile, version, smoke test all pass; the package is staged
+    ALREADY_SERVING = "already_serving"  # the archive unpacked to exactly the content that serves (same manifest)
     SHADOW_START = "shadow_start"  # staged, and shadow mode is configured
     SHADOW_DONE = "shadow_done"  # shadow window over with enough agreement
     ACTIVATE = "activate"  # start the swap
@@ -56,6 +57,7 @@ TRANSITIONS: dict[tuple[State, Event], State] = {
     (S.DOWNLOADING, E.RETRY): S.DOWNLOADING,
     (S.DOWNLOADING, E.ERROR): S.FAILED,
     (S.VERIFYING, E.VERIFIED): S.STAGED,
+    (S.VERIFYING, E.ALREADY_SERVING): S.COMMITTED,
     (S.VERIFYING, E.RETRY): S.VERIFYING,
     (S.VERIFYING, E.ERROR): S.FAILED,
     (S.STAGED, E.SHADOW_START): S.SHADOW,
@@ -66,9 +68,10 @@ TRANSITIONS: dict[tuple[State, Event], State] = {
     (S.SHADOW, E.ERROR): S.FAILED,
     (S.ACTIVATING, E.SWAPPED): S.HEALTH_CHECK,
     (S.ACTIVATING, E.ERROR): S.ROLLING_BACK,
+    (S.ACTIVATING, E.RETRY): S.STAGED,  # restarted mid-swap: the old model serves; swap again (bounded)
     (S.HEALTH_CHECK, E.HEALTHY): S.COMMITTED,
     (S.HEALTH_CHECK, E.UNHEALTHY): S.ROLLING_BACK,
-    (S.HEALTH_CHECK, E.RETRY): S.HEALTH_CHECK,
+    (S.HEALTH_CHECK, E.RETRY): S.STAGED,  # restarted in the window: the old model serves; swap again (bounded)
     (S.HEALTH_CHECK, E.ERROR): S.ROLLING_BACK,
     (S.ROLLING_BACK, E.ROLLED_BACK): S.FAILED,
     (S.ROLLING_BACK, E.RETRY): S.ROLLING_BACK,

@@ -1,78 +1,96 @@
-"""The steps of one update, each a plain function of the agent; ``run_steps`` chains them from any state.
+"""The steps of one update, each a plain function of an :class:`Attempt`; ``run`` chains them from any state.
 
-Kept apart from agent.py so each step reads on its own: what it does, which event it fires, what it persists.
+A step reads what it needs from the attempt (the verified document, the slot key) and its context (machine,
+slots, runtime, link), fires its event, and persists before anything irreversible. Boot-time helpers
+(``recover``, ``load_active``) work on the context alone.
 """
 
 from __future__ import annotations
 
 import logging
 import queue
-import shutil
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from edge_runtime.errors import EdgeRuntimeError
+from edge_runtime.update.attempt import Attempt, UpdateContext
 from edge_runtime.update.desired import DesiredModel
-from edge_runtime.update.errors import SmokeTestError, TransferError, UpdateError
-from edge_runtime.update.health import HealthWindow
+from edge_runtime.update.errors import SmokeTestError, TransferError, UpdateError, VerificationError
+from edge_runtime.update.health import HealthWindow, Verdict
+from edge_runtime.update.http_transfer import http_download
+from edge_runtime.update.runtime import agree
 from edge_runtime.update.states import LIVE_MODEL_AT_RISK, TRANSITIONS, Event, State
-from edge_runtime.update.transfer import ChunkDownloader, http_download
+from edge_runtime.update.transfer import ChunkDownloader
 from edge_runtime.update.verify import check_archive, verify_package
-
-if TYPE_CHECKING:
-    from edge_runtime.update.agent import UpdateAgent
 
 log = logging.getLogger(__name__)
 TRANSIENT = {"stalled", "package_missing", "interrupted", "io_error", "http_failed"}
 
 
+class Stopped(UpdateError):
+    """The agent is stopping in the middle of an attempt; a restart resumes it (nothing failed)."""
+
+    code = "interrupted"
+
+
 # ------------------------------------------------------------------------------------------ boot
-def recover(agent: UpdateAgent) -> None:
-    """Bring a record left mid-update back to a consistent state (old or new model, never a broken one)."""
-    m, rec = agent.machine, agent.machine.record
+def recover(ctx: UpdateContext) -> Attempt | None:
+    """Bring a record left mid-update back to a consistent state; return the attempt to resume, if any.
+
+    Before the swap the attempt resumes where it stopped. After the swap (activating, health check) the new model
+    is not trusted yet: the committed model serves again, and the attempt resumes from staged (a new swap and a
+    new health window), bounded by ``max_recoveries``. A restart while switching back finishes the switch.
+    """
+    ctx.clean_stale_downloads()
+    m, rec = ctx.machine, ctx.machine.record
     if m.resting:
-        return
-    doc = _stored_doc(agent)
-    if rec.state in LIVE_MODEL_AT_RISK:
-        # The process died while the new model was (maybe) serving: it is not trusted yet, so switch back.
-        if rec.state is not State.ROLLING_BACK:
-            m.fire(Event.ERROR, f"device restarted during {rec.state.value}; switching back", "restarted")
-        _finish_rollback(agent, "device restarted before the new model was committed", "restarted")
-        return
-    if doc is None or rec.recoveries >= agent.s.max_recoveries:
-        fail(agent, f"update interrupted {rec.recoveries + 1} times; giving up", "recoveries_exhausted", doc)
-        return
-    m.update(recoveries=rec.recoveries + 1)
-    agent._resume = (rec.state, doc)
-
-
-def resume_pending(agent: UpdateAgent) -> None:
-    """On the worker thread, before any offer: continue an update that a restart interrupted before the swap."""
-    pending = agent._resume
-    if pending is not None:
-        agent._resume = None
-        state, doc = pending
-        if (state, Event.RETRY) in TRANSITIONS:
-            agent.machine.fire(Event.RETRY, f"resuming {state.value} after a restart", "resumed")
-        agent.run_from(state, doc)
-
-
-def _stored_doc(agent: UpdateAgent) -> DesiredModel | None:
-    try:
-        return DesiredModel.model_validate_json(agent._doc_file.read_bytes())
-    except (OSError, ValueError):
+        _prune(ctx)
         return None
+    doc = ctx.stored_doc()
+    exhausted = doc is None or rec.recoveries >= ctx.settings.max_recoveries
+    if rec.state in LIVE_MODEL_AT_RISK and doc is not None and ctx.slots.key_for_archive(doc.sha256) is None:
+        exhausted = True  # the swapped-in slot is gone: nothing to try again, switch back
+    if rec.state is State.ROLLING_BACK or (rec.state in LIVE_MODEL_AT_RISK and exhausted):
+        if rec.state is not State.ROLLING_BACK:
+            m.fire(Event.ERROR, f"device restarted during {rec.state.value} {rec.recoveries + 1} times; "
+                   "switching back", "restarted")
+        _finish_rollback(ctx, "device restarted before the new model was committed", "restarted")
+        return None
+    if exhausted:
+        fail(ctx, f"update interrupted {rec.recoveries + 1} times; giving up", "recoveries_exhausted", doc)
+        return None
+    assert doc is not None
+    attempt = Attempt(ctx, doc, rec.state)
+    if rec.state in LIVE_MODEL_AT_RISK:
+        _restore_pointers(ctx)
+        ctx.slots.set_candidate(attempt.key)  # still installed, protected from pruning until it serves
+        m.fire(Event.RETRY, f"device restarted during {rec.state.value}; {rec.from_key} serves, trying "
+               f"{attempt.key} again", "restarted", recoveries=rec.recoveries + 1)
+        attempt.start = State.STAGED
+    else:
+        m.update(recoveries=rec.recoveries + 1)
+    return attempt
 
 
-def load_active(agent: UpdateAgent) -> Any:
+def resume(attempt: Attempt | None) -> State | None:
+    """On the worker thread, before any offer: continue an attempt that a restart interrupted."""
+    if attempt is None:
+        return None
+    m = attempt.ctx.machine
+    if attempt.start is m.state and (m.state, Event.RETRY) in TRANSITIONS:
+        m.fire(Event.RETRY, f"resuming {m.state.value} after a restart", "resumed")
+    return run(attempt)
+
+
+def load_active(ctx: UpdateContext) -> Any:
     """Load the active slot's model; if it cannot load, fall back to the previous one."""
-    ptr = agent.slots.pointers()
+    ptr = ctx.slots.pointers()
     errors = []
     for key in (ptr.active, ptr.previous):
-        if key and agent.slots.has(key):
+        if key and ctx.slots.has(key):
             try:
-                model = agent.runtime.load(agent.slots.path(key))
+                model = ctx.runtime.load(ctx.slots.path(key))
                 if key != ptr.active:
-                    agent.slots.switch_back(key)
+                    ctx.slots.switch_back(key)
                 return model
             except EdgeRuntimeError as exc:
                 errors.append(f"{key}: {exc}")
@@ -81,97 +99,132 @@ def load_active(agent: UpdateAgent) -> Any:
 
 
 # ------------------------------------------------------------------------------------------ the chain
-def run_steps(agent: UpdateAgent, state: State, doc: DesiredModel) -> State:
-    new_model = None
+def run(attempt: Attempt) -> State:
+    """Run ``attempt`` from its start state to committed or failed (the live model always serves)."""
+    ctx = attempt.ctx
     try:
-        if state is State.DOWNLOADING:
-            agent.dwell(State.DOWNLOADING)
-            download(agent, doc)
-            agent.machine.fire(Event.DOWNLOADED, f"{doc.size} bytes, sha256 ok", progress=1.0)
-            state = State.VERIFYING
-        if state is State.VERIFYING:
-            agent.dwell(State.VERIFYING)
-            new_model = stage(agent, doc, archive_for(agent, doc))
-            agent.machine.fire(Event.VERIFIED, "signature, hashes, profile, version and smoke test ok",
-                               accepted_sequence=max(doc.sequence, agent.machine.record.accepted_sequence))
-            state = State.STAGED
-        if new_model is None:  # resumed at staged or shadow: load and smoke-test again
-            new_model = load_and_smoke(agent, agent.slots.path(f"{doc.name}-{doc.version}"))
-        agent.dwell(State.STAGED)
-        if agent.s.shadow_s > 0 and agent.machine.state is State.STAGED:
-            agent.machine.fire(Event.SHADOW_START, f"shadow run for {agent.s.shadow_s:g} s")
-        if agent.machine.state is State.SHADOW:
-            agent.dwell(State.SHADOW)
-            rate = shadow_run(agent, new_model)
-            agent.machine.fire(Event.SHADOW_DONE, f"shadow agreement {rate:.1%}")
-        return activate(agent, doc, new_model)
-    except BaseException:
-        if new_model is not None and new_model is not agent.live:
-            agent.runtime.close(new_model)
-        raise
+        return _chain(attempt)
+    except Stopped:
+        log.info("agent stopped during %s; the update resumes at the next start", ctx.machine.state.value)
+        return ctx.machine.state
+    except UpdateError as exc:
+        return fail(ctx, str(exc), exc.code, attempt.doc)
+    except Exception as exc:  # e.g. an unreadable archive or an I/O error: never leave the machine mid-step
+        log.exception("update step failed unexpectedly")
+        return fail(ctx, f"unexpected error: {exc}", "internal_error", attempt.doc)
+    finally:
+        if attempt.new_model is not None and attempt.new_model is not ctx.serving.model:
+            ctx.runtime.close(attempt.new_model)
+        attempt.new_model = None
 
 
-def archive_for(agent: UpdateAgent, doc: DesiredModel) -> Any:
-    return agent.downloads / f"{doc.package_id}.erpkg"
+def _chain(a: Attempt) -> State:
+    ctx, m, doc, state = a.ctx, a.ctx.machine, a.doc, a.start
+    if state is State.DOWNLOADING:
+        ctx.dwell(State.DOWNLOADING)
+        download(a)
+        m.fire(Event.DOWNLOADED, f"{doc.size} bytes, sha256 ok", progress=1.0)
+        state = State.VERIFYING
+    if state is State.VERIFYING:
+        ctx.dwell(State.VERIFYING)
+        a.new_model = stage(a)
+        if ctx.replay is not None:
+            ctx.replay.advance(doc.sequence)  # both copies written before the state says verified
+        if a.new_model is None:  # the very content that serves (same manifest): nothing to swap
+            return m.fire(Event.ALREADY_SERVING, f"{doc.name} {doc.version} already serves this content",
+                          accepted_sequence=max(doc.sequence, m.record.accepted_sequence))
+        m.fire(Event.VERIFIED, "signature, hashes, profile, version and smoke test ok",
+               accepted_sequence=max(doc.sequence, m.record.accepted_sequence))
+    if a.new_model is None:  # resumed at staged or shadow: load and smoke-test again
+        a.new_model = load_and_smoke(ctx, ctx.slots.path(a.key))
+    ctx.dwell(State.STAGED)
+    if ctx.settings.shadow_s > 0 and m.state is State.STAGED:
+        m.fire(Event.SHADOW_START, f"shadow run for {ctx.settings.shadow_s:g} s")
+    if m.state is State.SHADOW:
+        ctx.dwell(State.SHADOW)
+        rate = shadow_run(a)
+        m.fire(Event.SHADOW_DONE, f"shadow agreement {rate:.1%}")
+    return activate(a)
 
 
-def download(agent: UpdateAgent, doc: DesiredModel) -> Any:
-    """Fetch the archive (MQTT chunks, or HTTP when the document has a URL); retries are bounded."""
-    key = f"{doc.name}-{doc.version}"
-    if agent.slots.has(key):  # still installed: instant local rollback, nothing to fetch
+def download(a: Attempt) -> Any:
+    """Fetch the archive (HTTP(S) first when the document has a URL, else or then MQTT chunks); bounded retries."""
+    ctx, doc = a.ctx, a.doc
+    if a.installed_key is not None:  # these very bytes are installed: instant local rollback, nothing to fetch
         return None
-    agent.slots.make_room(doc.size)
+    ctx.slots.make_room(doc.size)
     last = [0.0]
 
     def progress(good: int, total: int, stats: dict[str, int]) -> None:
         if good < 0:
-            agent.machine.update(reason=f"chunk failed its hash; re-fetching ({stats['corrupt_chunks']} so far)",
-                                 code="chunk_corrupt")
+            ctx.machine.update(reason=f"chunk failed its checks; re-fetching ({stats['corrupt_chunks']} so far)",
+                               code="chunk_corrupt")
         elif good / total - last[0] >= 0.1 or good == total:
             last[0] = good / total
-            agent.machine.update(progress=good / total)
+            ctx.machine.update(progress=good / total)
 
+    if doc.url and ctx.settings.allow_http:
+        try:
+            return http_download(doc.url, a.archive, doc.sha256, doc.size, ctx.stop_event)
+        except TransferError as exc:  # any HTTP failure: the same signed bytes come over MQTT instead
+            if exc.code == "interrupted":
+                raise UpdateError(str(exc), exc.code) from exc
+            log.warning("HTTP download failed (%s); falling back to MQTT chunks", exc)
+            ctx.machine.update(reason=f"{exc}; falling back to MQTT chunks", code="http_fallback")
     while True:
         try:
-            if doc.url and agent.s.allow_http:
-                agent.downloads.mkdir(parents=True, exist_ok=True)
-                return http_download(doc.url, archive_for(agent, doc), doc.sha256, doc.size, agent.stop_event)
-            return ChunkDownloader(agent.link, agent.topics, agent.downloads, doc.package_id, doc.sha256, doc.size,
-                                   agent.s.transfer, progress, agent.stop_event).run()  # type: ignore[arg-type]
+            return ChunkDownloader(ctx.link, ctx.topics, ctx.downloads, doc.package_id, doc.sha256, doc.size,
+                                   ctx.settings.transfer, progress, ctx.stop_event).run()  # type: ignore[arg-type]
         except TransferError as exc:
-            if exc.code == "interrupted" or not agent.machine.retry(str(exc), exc.code):
+            if exc.code == "interrupted" or not ctx.machine.retry(str(exc), exc.code):
                 raise UpdateError(str(exc), exc.code) from exc
 
 
-def stage(agent: UpdateAgent, doc: DesiredModel, archive: Any) -> Any:
-    """Verify the archive, install it into the inactive slot, verify the package there, load, smoke-test."""
-    key = f"{doc.name}-{doc.version}"
-    fresh = not agent.slots.has(key)
-    if fresh:
-        check_archive(archive, doc)
-        agent.slots.install_archive(archive, key)
+def stage(a: Attempt) -> Any:
+    """Verify the archive, install it into the inactive slot, verify the package there, load, smoke-test.
+
+    Returns the loaded candidate, or None when the archive is exactly the content that serves."""
+    ctx, doc = a.ctx, a.doc
+    key, fresh = a.installed_key, False
     try:
-        verify_package(agent.slots.path(key), agent.trust, agent.s.profile, doc, agent.installed_version())
-        model = load_and_smoke(agent, agent.slots.path(key))
+        if key is None:
+            check_archive(a.archive, doc)  # size and sha256 against the signed document, before unpacking
+            key, fresh = ctx.slots.install_archive(a.archive, doc.sha256)
+        if key == ctx.slots.pointers().active:
+            ctx.slots.set_candidate(None)
+            return None
+        check_same_version(ctx, doc, key)
+        verify_package(ctx.slots.path(key), ctx.trust, ctx.settings.profile, doc, ctx.installed_version())
+        model = load_and_smoke(ctx, ctx.slots.path(key))
     except UpdateError:
-        if fresh:
-            shutil.rmtree(agent.slots.path(key), ignore_errors=True)
-            agent.slots.set_candidate(None)
+        if fresh and key is not None:
+            ctx.slots.remove(key)
+        ctx.slots.set_candidate(None)
         raise
-    agent.slots.set_candidate(key)
-    if archive is not None:
-        archive.unlink(missing_ok=True)
+    finally:
+        a.archive.unlink(missing_ok=True)
+    ctx.slots.set_candidate(key)
     return model
 
 
-def load_and_smoke(agent: UpdateAgent, path: Any) -> Any:
+def check_same_version(ctx: UpdateContext, doc: DesiredModel, key: str) -> None:
+    """Refuse other bytes under the version that serves: a version names one content, so a fix needs a new one."""
+    active = ctx.slots.pointers().active
+    if active is None or not ctx.slots.has(active) or ctx.slots.name_version(active) != (doc.name, doc.version):
+        return
+    raise VerificationError(
+        f"{doc.version} is installed with different content (serving {active}, offered {key}); "
+        f"publish the changed package under a new version", "version_conflict")
+
+
+def load_and_smoke(ctx: UpdateContext, path: Any) -> Any:
     try:
-        model = agent.runtime.load(path)
+        model = ctx.runtime.load(path)
     except EdgeRuntimeError as exc:
         raise UpdateError(f"new model does not load: {exc}", "load_failed") from exc
-    ok, reasons = agent.runtime.smoke(model, agent.budget_ms)
+    ok, reasons = ctx.runtime.smoke(model, ctx.budget_ms)
     if not ok:
-        agent.runtime.close(model)
+        ctx.runtime.close(model)
         raise SmokeTestError("smoke test failed: " + "; ".join(reasons))
     return model
 
@@ -179,8 +232,8 @@ def load_and_smoke(agent: UpdateAgent, path: Any) -> Any:
 class Shadow:
     """Runs the candidate on live inputs in its own thread (newest-only queue), counting agreement."""
 
-    def __init__(self, agent: UpdateAgent, model: Any) -> None:
-        self.model, self.agent = model, agent
+    def __init__(self, ctx: UpdateContext, model: Any) -> None:
+        self.model, self.ctx = model, ctx
         self.q: queue.Queue[tuple[Any, Any]] = queue.Queue(maxsize=1)
         self.total = self.agreed = 0
 
@@ -193,8 +246,8 @@ class Shadow:
             pass
 
     def run(self, seconds: float) -> float:
-        deadline = self.agent.now() + seconds
-        while self.agent.now() < deadline and not self.agent.stop_event.is_set():
+        deadline = self.ctx.now() + seconds
+        while self.ctx.now() < deadline and not self.ctx.stop_event.is_set():
             try:
                 frame, live = self.q.get(timeout=0.1)
             except queue.Empty:
@@ -204,102 +257,122 @@ class Shadow:
             except EdgeRuntimeError:
                 pred = None
             self.total += 1
-            self.agreed += int(pred is not None and self.agent.agree(live, pred))
+            self.agreed += int(pred is not None and agree(live, pred))
         return self.agreed / self.total if self.total else 0.0
 
 
-def shadow_run(agent: UpdateAgent, model: Any) -> float:
-    shadow = Shadow(agent, model)
-    agent._shadow = shadow
+def shadow_run(a: Attempt) -> float:
+    ctx = a.ctx
+    shadow = Shadow(ctx, a.new_model)
+    ctx.serving.shadow = shadow
     try:
-        rate = shadow.run(agent.s.shadow_s)
+        rate = shadow.run(ctx.settings.shadow_s)
     finally:
-        agent._shadow = None
-    agent.machine.update(reason=f"shadow: {shadow.agreed}/{shadow.total} agree",
-                         shadow={"inputs": shadow.total, "agreed": shadow.agreed, "agreement": round(rate, 4)})
-    if shadow.total == 0 or rate < agent.s.min_agreement:
+        ctx.serving.shadow = None
+    if ctx.stop_event.is_set():
+        raise Stopped("agent stopped during the shadow run")
+    ctx.machine.update(reason=f"shadow: {shadow.agreed}/{shadow.total} agree",
+                       shadow={"inputs": shadow.total, "agreed": shadow.agreed, "agreement": round(rate, 4)})
+    if shadow.total == 0 or rate < ctx.settings.min_agreement:
         raise UpdateError(f"shadow agreement {rate:.1%} over {shadow.total} inputs is below "
-                          f"{agent.s.min_agreement:.0%}", "shadow_disagrees")
+                          f"{ctx.settings.min_agreement:.0%}", "shadow_disagrees")
     return rate
 
 
 # ------------------------------------------------------------------------------------------ swap and after
-def activate(agent: UpdateAgent, doc: DesiredModel, new_model: Any) -> State:
-    m = agent.machine
-    key = f"{doc.name}-{doc.version}"
-    m.fire(Event.ACTIVATE, f"swapping in {key}")  # persisted before the live model changes
-    agent.dwell(State.ACTIVATING)
-    old = agent.live
+def activate(a: Attempt) -> State:
+    ctx, m = a.ctx, a.ctx.machine
+    m.fire(Event.ACTIVATE, f"swapping in {a.key}")  # persisted before the live model changes
+    ctx.dwell(State.ACTIVATING)
+    old = ctx.serving.model
     try:
-        verdict = _swap_and_watch(agent, key, new_model)
+        verdict = _swap_and_watch(a)
+    except Stopped:
+        raise
     except Exception as exc:  # the swap or the health window broke: the old model serves again, never the new one
         code = exc.code if isinstance(exc, UpdateError) else "internal_error"
         reason = f"{exc}" if isinstance(exc, UpdateError) else f"unexpected error after the swap: {exc}"
         if m.state is not State.ROLLING_BACK:
             m.fire(Event.ERROR, reason, code)
-        return switch_back(agent, old, new_model, reason, code)
+        return switch_back(a, old, reason, code)
     if not verdict.healthy:
         m.fire(Event.UNHEALTHY, f"health window failed: {verdict.reason}", "unhealthy", health=verdict.stats)
-        return switch_back(agent, old, new_model, f"health window failed: {verdict.reason}", "unhealthy")
+        return switch_back(a, old, f"health window failed: {verdict.reason}", "unhealthy")
+    _prune(ctx)  # before the commit is reported: what the status says is what is on disk
     m.fire(Event.HEALTHY, verdict.reason, health=verdict.stats)
-    agent.slots.prune()
     if old is not None:
-        agent.runtime.close(old)
+        ctx.runtime.close(old)
     return m.state
 
 
-def _swap_and_watch(agent: UpdateAgent, key: str, new_model: Any) -> Any:
-    """Swap ``new_model`` in between two inferences, then run the health window; return its verdict."""
-    if agent.host is not None:
-        agent.host.swap_model(new_model)
-    agent.live = new_model
-    agent.slots.activate(key)
-    window = HealthWindow(agent.s.health, agent.budget_ms)
-    base_errors = agent.error_count()
-    agent._health = window
-    agent.machine.fire(Event.SWAPPED, f"{key} serves; health window {agent.s.health.window_s:g} s")
-    agent.dwell(State.HEALTH_CHECK)
+def _swap_and_watch(a: Attempt) -> Verdict:
+    """Swap the candidate in between two inferences, then run the health window; return its verdict."""
+    ctx = a.ctx
+    ctx.serving.swap(a.new_model)
+    ctx.slots.activate(a.key)
+    window = HealthWindow(ctx.settings.health, ctx.budget_ms, a.doc.version)
+    ctx.serving.health = window
     try:
+        ctx.machine.fire(Event.SWAPPED, f"{a.key} serves; health window {ctx.settings.health.window_s:g} s")
+        ctx.dwell(State.HEALTH_CHECK)
         while not (verdict := window.verdict()).done:
-            window.errors = max(window.errors, agent.error_count() - base_errors)
-            if agent.stop_event.wait(0.1):
-                raise UpdateError("agent stopped during the health window", "interrupted")
+            if ctx.stop_event.wait(0.1):
+                raise Stopped("agent stopped during the health window")
     finally:
-        agent._health = None
+        ctx.serving.health = None
     return verdict
 
 
-def switch_back(agent: UpdateAgent, old: Any, new_model: Any, reason: str, code: str) -> State:
-    if agent.host is not None and old is not None:
-        agent.host.swap_model(old)
-    agent.live = old
-    agent.runtime.close(new_model)
-    return _finish_rollback(agent, reason, code)
+def switch_back(a: Attempt, old: Any, reason: str, code: str) -> State:
+    """The old model serves again (in this process, between two inferences); the candidate is closed."""
+    ctx = a.ctx
+    if old is not None:
+        ctx.serving.swap(old)
+    return _finish_rollback(ctx, reason, code)
 
 
-def _finish_rollback(agent: UpdateAgent, reason: str, code: str) -> State:
-    rec = agent.machine.record
-    agent.slots.switch_back(rec.from_key)
+def _restore_pointers(ctx: UpdateContext) -> None:
+    """Slots back to what served before the attempt, with its rollback target (``previous``) kept."""
+    rec = ctx.machine.record
+    previous = rec.from_previous if rec.from_previous and ctx.slots.has(rec.from_previous) else None
+    ctx.slots.switch_back(rec.from_key, previous)
+
+
+def _finish_rollback(ctx: UpdateContext, reason: str, code: str) -> State:
+    rec = ctx.machine.record
+    _restore_pointers(ctx)
+    _prune(ctx)  # keep_versions holds after rollbacks too
     failed = (rec.failed_packages + [rec.package_id])[-20:] if rec.package_id else rec.failed_packages
-    return agent.machine.fire(Event.ROLLED_BACK, f"{reason}; serving {rec.from_key} again", code,
-                              failed_packages=failed)
+    return ctx.machine.fire(Event.ROLLED_BACK, f"{reason}; serving {rec.from_key} again", code,
+                            failed_packages=failed)
 
 
-def fail(agent: UpdateAgent, reason: str, code: str, doc: DesiredModel | None) -> State:
+def _prune(ctx: UpdateContext) -> None:
+    """Hold keep_versions (never the active, previous or candidate slot); a disk error is logged, not fatal."""
+    try:
+        removed = ctx.slots.prune()
+    except OSError as exc:
+        log.error("cannot prune old versions: %s", exc)
+        return
+    if removed:
+        log.info("removed old versions %s (keep_versions %d)", ", ".join(removed), ctx.settings.keep_versions)
+
+
+def fail(ctx: UpdateContext, reason: str, code: str, doc: DesiredModel | None) -> State:
     """End the attempt: from a pre-swap state to failed; after the swap through rolling back."""
-    m = agent.machine
+    m = ctx.machine
     if m.resting:
         return m.state
     if m.state in LIVE_MODEL_AT_RISK:
         if m.state is not State.ROLLING_BACK:
             m.fire(Event.ERROR, reason, code)
-        return _finish_rollback(agent, reason, code)
+        return _finish_rollback(ctx, reason, code)
     rec = m.record
     failed = rec.failed_packages
     if code not in TRANSIENT and rec.package_id:
         failed = (failed + [rec.package_id])[-20:]
-    if code in ("hash_mismatch", "chunk_corrupt") and doc is not None:
-        for p in agent.downloads.glob(f"{doc.package_id}.*"):
+    if code in ("hash_mismatch", "chunk_corrupt", "chunk_wrong_size", "oversize") and doc is not None:
+        for p in ctx.downloads.glob(f"{doc.package_id}.*"):
             p.unlink(missing_ok=True)
-    agent.slots.set_candidate(None)
+    ctx.slots.set_candidate(None)
     return m.fire(Event.ERROR, reason, code, failed_packages=failed)

@@ -4,8 +4,11 @@ The fleet publishes a package archive as retained messages: ``packages/{id}/meta
 a sha256 per chunk) and ``packages/{id}/chunks/{i}``. The device subscribes to a small window of chunk topics at a
 time, checks each chunk's hash, writes chunks to a ``.part`` file in order (fsync, then an atomic progress
 record), and unsubscribes. After a disconnect the window is re-subscribed; after a restart the download resumes
-from the last good chunk. The whole archive's sha256 comes from the *signed* desired document, so the unsigned
-meta can only speed things up, never make the device accept other bytes.
+from the last good chunk. The whole archive's sha256 and size come from the *signed* desired document, so the
+unsigned meta can only speed things up, never make the device accept other bytes -- nor make it hold more: the
+meta message is size-limited before it is parsed, its chunk size is bounded and must fit the signed size, every
+chunk must have exactly its declared length (checked on the network thread, before it is queued), and the
+``.part`` file never grows past the signed size. The HTTP(S) path is in ``http_transfer.py``.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from edge_runtime.update.errors import DiskFullError, TransferError
 log = logging.getLogger(__name__)
 META_SCHEMA = "package-meta/1"
 DEFAULT_CHUNK = 240 * 1024  # under the link's default 256 KiB payload limit
+MIN_CHUNK = 1024  # smallest chunk size a meta may declare (unless the whole archive is smaller)
 
 
 class Link(Protocol):
@@ -85,6 +89,8 @@ class TransferSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     window: int = Field(default=4, ge=1, le=64, description="Chunks requested at once (memory = window x chunk).")
+    max_chunk_bytes: int = Field(default=1 << 20, ge=MIN_CHUNK, description="Largest chunk size a meta may declare.")
+    max_meta_bytes: int = Field(default=1 << 20, ge=1024, description="Largest meta message (refused unparsed).")
     chunk_retries: int = Field(default=5, ge=0, description="Re-fetches of a chunk whose hash is wrong.")
     resubscribe_s: float = Field(default=3.0, gt=0, description="Re-request outstanding chunks after this silence.")
     stall_timeout_s: float = Field(default=60.0, gt=0, description="Give up after this long without a good chunk.")
@@ -107,8 +113,11 @@ class ChunkDownloader:
         self.part = self.dest / f"{package_id}.part"
         self.progress_file = self.dest / f"{package_id}.progress"
         self.archive = self.dest / f"{package_id}.erpkg"
-        self.stats = {"corrupt_chunks": 0, "resubscribes": 0, "resumed_from": 0}
-        self._q: queue.Queue[tuple[int, bytes]] = queue.Queue()
+        self.stats = {"corrupt_chunks": 0, "wrong_size_chunks": 0, "resubscribes": 0, "resumed_from": 0,
+                      "queue_drops": 0}
+        # chunk index -> expected length, set once the meta is checked; read by the network thread
+        self._expected: tuple[int, ...] = ()
+        self._q: queue.Queue[tuple[int, bytes | None]] = queue.Queue(maxsize=2 * self.s.window)
         self._subscribed: set[int] = set()
 
     # ----------------------------------------------------------------------------------------------------
@@ -117,6 +126,8 @@ class ChunkDownloader:
             return self.archive
         self.dest.mkdir(parents=True, exist_ok=True)
         meta = self._fetch_meta()
+        last = meta.size - (meta.chunks - 1) * meta.chunk_size
+        self._expected = (meta.chunk_size,) * (meta.chunks - 1) + (last,)
         good = self._resume_point(meta)
         self.stats["resumed_from"] = good
         try:
@@ -133,7 +144,12 @@ class ChunkDownloader:
     def _fetch_meta(self) -> ChunkMeta:
         topic = self.topics.package_meta(self.package_id)
         got: queue.Queue[bytes] = queue.Queue()
-        self.link.subscribe(topic, lambda _t, p: got.put(p))
+        limit = self.s.max_meta_bytes
+
+        def on_meta(_t: str, p: bytes) -> None:  # network thread: an oversized meta is refused unparsed
+            got.put(p if len(p) <= limit else b"\0")
+
+        self.link.subscribe(topic, on_meta)
         try:
             deadline = time.monotonic() + self.s.stall_timeout_s
             while True:
@@ -149,12 +165,21 @@ class ChunkDownloader:
                     break
         finally:
             self.link.unsubscribe(topic)
+        if raw == b"\0":
+            raise TransferError(f"package meta for {self.package_id} is over {limit} bytes", "meta_too_large")
+        return self._check_meta(raw)
+
+    def _check_meta(self, raw: bytes) -> ChunkMeta:
+        """Parse the (unsigned) meta and hold it to the signed size and sha256 and to the chunk-size bounds."""
         try:
             meta = ChunkMeta.model_validate_json(raw)
-        except ValidationError as exc:
+        except (ValidationError, ValueError, RecursionError) as exc:
             raise TransferError(f"package meta for {self.package_id} is malformed", "meta_malformed") from exc
         if meta.sha256 != self.sha256 or meta.size != self.size:
             raise TransferError("package meta does not match the signed desired document", "meta_mismatch")
+        if not min(MIN_CHUNK, meta.size) <= meta.chunk_size <= self.s.max_chunk_bytes:
+            raise TransferError(f"package meta declares chunks of {meta.chunk_size} bytes (allowed "
+                                f"{MIN_CHUNK}..{self.s.max_chunk_bytes})", "meta_malformed")
         if meta.chunks != -(-meta.size // meta.chunk_size):
             raise TransferError("package meta has the wrong number of chunks", "meta_malformed")
         return meta
@@ -170,6 +195,8 @@ class ChunkDownloader:
             good = 0
         have = self.part.stat().st_size if self.part.exists() else 0
         good = max(0, min(good, have // meta.chunk_size, meta.chunks))
+        if good == meta.chunks and have != meta.size:  # a .part longer than the signed size is never kept
+            good = meta.chunks - 1
         try:
             with open(self.part, "ab") as f:
                 f.truncate(good * meta.chunk_size)
@@ -181,11 +208,23 @@ class ChunkDownloader:
         self._subscribed.add(i)
         self.link.subscribe(self.topics.package_chunk(self.package_id, i), self._on_chunk)
 
-    def _on_chunk(self, topic: str, payload: bytes) -> None:  # network thread: hand over, do no I/O here
+    def _on_chunk(self, topic: str, payload: bytes) -> None:
+        """Network thread: check the chunk's length against the meta, hand it over, do no I/O here.
+
+        A chunk of the wrong length is not queued (its bytes are dropped at once); the worker is told to count it
+        and re-fetch. The queue is bounded: a flood of re-deliveries is dropped and re-requested after silence."""
         try:
-            self._q.put((int(topic.rsplit("/", 1)[1]), payload))
+            i = int(topic.rsplit("/", 1)[1])
         except ValueError:
             log.warning("ignoring chunk on odd topic %s", topic)
+            return
+        if not payload or not 0 <= i < len(self._expected) or i not in self._subscribed:
+            return
+        item: tuple[int, bytes | None] = (i, payload if len(payload) == self._expected[i] else None)
+        try:
+            self._q.put_nowait(item)
+        except queue.Full:
+            self.stats["queue_drops"] += 1
 
     def _fetch_chunks(self, meta: ChunkMeta, good: int) -> None:
         pending: dict[int, bytes] = {}
@@ -204,27 +243,34 @@ class ChunkDownloader:
                         raise TransferError(f"transfer stalled at chunk {good}/{meta.chunks}", "stalled") from None
                     self._resubscribe_all()
                     continue
-                if i not in self._subscribed or not payload:
+                if i not in self._subscribed or i in pending:
                     continue
                 topic = self.topics.package_chunk(self.package_id, i)
+                if payload is None:
+                    self.stats["wrong_size_chunks"] += 1
+                    self._corrupt(i, corrupt, meta, f"is not {self._expected[i]} bytes long", "chunk_wrong_size")
+                    continue
                 if hashlib.sha256(payload).hexdigest() != meta.chunk_sha256[i]:
-                    self._corrupt(i, corrupt, meta)
+                    self._corrupt(i, corrupt, meta, "failed its hash", "chunk_corrupt")
                     continue
                 self.link.unsubscribe(topic)
                 self._subscribed.discard(i)
                 pending[i] = payload
                 while good in pending:
-                    self._append(out, pending.pop(good), what=f"chunk {good}")
+                    data = pending.pop(good)
+                    if out.tell() + len(data) > meta.size:  # cannot happen with checked lengths; never write past
+                        raise TransferError(f"chunk {good} would grow the download past the signed size", "oversize")
+                    self._append(out, data, what=f"chunk {good}")
                     good += 1
                     last_good = time.monotonic()
                     self._record(meta, good)
 
-    def _corrupt(self, i: int, corrupt: dict[int, int], meta: ChunkMeta) -> None:
+    def _corrupt(self, i: int, corrupt: dict[int, int], meta: ChunkMeta, what: str, code: str) -> None:
         corrupt[i] = corrupt.get(i, 0) + 1
         self.stats["corrupt_chunks"] += 1
-        log.warning("chunk %d of %s failed its hash (try %d)", i, self.package_id, corrupt[i])
+        log.warning("chunk %d of %s %s (try %d)", i, self.package_id, what, corrupt[i])
         if corrupt[i] > self.s.chunk_retries:
-            raise TransferError(f"chunk {i} stayed corrupt after {self.s.chunk_retries} re-fetches", "chunk_corrupt")
+            raise TransferError(f"chunk {i} {what} after {self.s.chunk_retries} re-fetches", code)
         topic = self.topics.package_chunk(self.package_id, i)
         self.link.unsubscribe(topic)
         time.sleep(min(2.0, 0.1 * 2 ** corrupt[i]))  # bounded backoff before asking for it again
@@ -268,33 +314,3 @@ class ChunkDownloader:
     def discard(self) -> None:
         for p in (self.part, self.progress_file, self.archive):
             p.unlink(missing_ok=True)
-
-
-def http_download(url: str, dest: Path, sha256: str, size: int, stop: threading.Event | None = None) -> Path:
-    """Fetch ``url`` into ``dest`` with a Range request resuming a partial file; check size and sha256."""
-    import urllib.request
-
-    if not url.startswith(("http://", "https://")):
-        raise TransferError(f"package URL {url!r} is not http(s)", "bad_url")
-    part = dest.with_suffix(".part")
-    have = part.stat().st_size if part.exists() else 0
-    req = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})  # noqa: S310
-    try:
-        with urllib.request.urlopen(req, timeout=30) as resp, open(part, "ab") as out:  # noqa: S310
-            if have and resp.status != 206:
-                out.truncate(0)
-            while chunk := resp.read(1 << 16):
-                if stop is not None and stop.is_set():
-                    raise TransferError("transfer interrupted", "interrupted")
-                out.write(chunk)
-            out.flush()
-            os.fsync(out.fileno())
-    except OSError as exc:
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise DiskFullError("no space left on device while downloading") from exc
-        raise TransferError(f"HTTP download failed: {exc}", "http_failed") from exc
-    if part.stat().st_size != size or sha256_file(part) != sha256:
-        part.unlink(missing_ok=True)
-        raise TransferError("downloaded archive does not match the signed sha256", "hash_mismatch")
-    os.replace(part, dest)
-    return dest

@@ -51,7 +51,7 @@ def test_package_is_int8_qdq_with_int8_weights(cnn_package):
     act_zps = [inits[n.input[2]] for n in model.graph.node if n.op_type == "QuantizeLinear"]
     assert act_zps and all(z.dtype == np.uint8 for z in act_zps)
     assert any(int(z) != 0 for z in act_zps)  # signed tensors (the logits) sit off zero: asymmetric
-    m = load_package(cnn_package).manifest
+    m = load_package(cnn_package, allow_unsigned=True).manifest
     assert m.quantization.precision == "int8" and m.quantization.method == "ort-static-qdq-u8a-s8w"
     assert m.quantization.symmetric_activations is False
     assert m.quantization.per_channel is True and m.quantization.calibration_samples == 80
@@ -69,7 +69,7 @@ def test_package_is_int8_qdq_with_int8_weights(cnn_package):
 
 def test_int8_agrees_with_float_on_held_back_frames(cnn_package, onnx_cnn, digits):
     """Stated tolerance: top-1 agreement >= 0.95 and mean cosine >= 0.98 on 200 digits never seen in calibration."""
-    m = load_package(cnn_package).manifest
+    m = load_package(cnn_package, allow_unsigned=True).manifest
     pre = ImagePreprocessor(InputSpec.model_validate(m.inputs[0].model_dump()), frame_order="GRAY")  # uint8 LUT
     float_spec = m.inputs[0].model_copy(update={"dtype": "float32", "quantization": None})
     pre_f = ImagePreprocessor(float_spec, frame_order="GRAY")
@@ -91,7 +91,7 @@ def test_int8_agrees_with_float_on_held_back_frames(cnn_package, onnx_cnn, digit
 
 
 def test_golden_pairs_replay_and_reference_stats(cnn_package):
-    m = load_package(cnn_package).manifest
+    m = load_package(cnn_package, allow_unsigned=True).manifest
     assert m.golden is not None and 3 <= m.golden.count <= 5 and m.golden.top1_must_match
     sess = _session(cnn_package / "model.onnx")
     out_q = m.outputs.tensors[0].quantization
@@ -127,10 +127,10 @@ def test_tensorrt_profile_gets_symmetric_activations(onnx_cnn, data_dir, tmp_pat
     inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
     zps = [inits[n.input[2]] for n in model.graph.node if n.op_type == "QuantizeLinear"]
     assert zps and all(z.dtype == np.int8 and not z.any() for z in zps)
-    q = load_package(out).manifest.quantization
+    q = load_package(out, allow_unsigned=True).manifest.quantization
     assert q.symmetric_activations is True and q.calibration_method == "entropy"  # the profile's first method
     assert q.method == "ort-static-qdq-s8a-s8w"
-    m = load_package(out).manifest  # the Jetson profiles ask for float32 I/O: the QDQ edges stay
+    m = load_package(out, allow_unsigned=True).manifest  # the Jetson profiles ask for float32 I/O: the QDQ edges stay
     assert m.inputs[0].dtype == "float32" and m.inputs[0].quantization is None
     assert model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
     assert m.outputs.tensors[0].dtype == "float32"
@@ -144,6 +144,6 @@ def test_float16_target_keeps_float32_io_and_matches_float(onnx_cnn, data_dir, t
     assert {numpy_helper.to_array(i).dtype for i in model.graph.initializer if i.name.startswith(("conv", "fc"))} == {
         np.dtype(np.float16)
     }
-    m = load_package(out).manifest
+    m = load_package(out, allow_unsigned=True).manifest
     assert m.inputs[0].dtype == "float32" and m.outputs.tensors[0].dtype == "float32"
     assert m.accuracy.cosine_similarity > 0.999 and m.accuracy.top1_agreement == 1.0  # stated: float16 ~ float32

@@ -28,7 +28,7 @@ def test_mlp_to_int8_onnx_matches_estimator(source, sklearn_models, data_dir, di
         str(data_dir / "features_calib.npy"), "--validation", str(data_dir / "features_valid.npy"), "--out", str(out),
     ])  # fmt: skip
     assert rc == 0
-    pkg = load_package(out)
+    pkg = load_package(out, allow_unsigned=True)
     m = pkg.manifest
     assert m.source.format == "sklearn" and m.inputs[0].kind == "tensor" and tuple(m.inputs[0].shape) == (1, 64)
     assert m.outputs.decoding.type == "classification" and m.outputs.decoding.output == "probabilities"

@@ -29,8 +29,11 @@ def test_measure_counts_agreement_cosine_and_error():
     ]
     ag = guard.measure(iter(pairs), class_output=0)
     assert ag.samples == 2 and ag.top1 == 0.5
-    expected_cos = (1.0 + (0.16 + 0.16) / (0.68)) / 2
+    # two values per sample: too few for a cosine each, so it is taken over the whole set
+    expected_cos = (0.01 + 0.81 + 0.16 + 0.16) / (0.01 + 0.81 + 0.64 + 0.04)
     assert ag.cosine == pytest.approx(expected_cos) and ag.max_abs == pytest.approx(0.6)
+    big = [([np.arange(1, 17, dtype=np.float32)[None]], [np.arange(1, 17, dtype=np.float32)[None]])]
+    assert guard.measure(iter(big), None).cosine == pytest.approx(1.0)
     assert guard.passes(ag, {"min_top1_agreement": 0.5}) and not guard.passes(ag, {"min_cosine": 0.9})
 
 

@@ -74,7 +74,8 @@ def test_tflite_budget_miss_without_float_ops_fails_and_says_what_was_tried(outl
         convert(_opts(outlier_mlp, out, profile="x86-laptop", max_float_nodes=0), progress=lambda s: None)
     msg = str(err.value)
     assert "after trying minmax calibration (entropy, percentile: not supported by the TFLite target)" in msg
-    assert "in float" not in msg and not out.exists()
+    assert "keeping up to" not in msg and not out.exists()  # no float-node remedy was tried
+    assert "--max-float-nodes above 0" in msg and "--format onnx for entropy and percentile" in msg  # the fixes
 
 
 def test_tflite_refuses_an_explicit_method_it_cannot_do_before_any_work(outlier_mlp, tmp_path):

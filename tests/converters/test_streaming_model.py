@@ -143,4 +143,4 @@ def test_streaming_model_converts_and_runs_on_a_one_value_per_line_csv(streaming
     bad = tmp_path / "bad.csv"
     bad.write_text("1,2\n3,4\n5,6\n")
     proc = subprocess.run([*run, str(bad)], capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2 and "every line of the sensor input was rejected (3 bad lines)" in proc.stderr
+    assert proc.returncode == 2 and "nothing processed: 3 bad line(s)" in proc.stderr

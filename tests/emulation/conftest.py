@@ -32,8 +32,10 @@ def arm64_env() -> Arm64Environment:
 def demo_package(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
     """The demo package (BlazeFace short-range, int8 TFLite) for a Raspberry Pi 4, built by the converter."""
     from converters.zoo.blazeface import build_demo_package
+    from tests.model_factory import factory_key
 
-    return build_demo_package(tmp_path_factory.mktemp("arm64") / "demo", profile="raspberry-pi-4")
+    out = tmp_path_factory.mktemp("arm64") / "demo"
+    return build_demo_package(out, profile="raspberry-pi-4", sign_key=factory_key())
 
 
 @pytest.fixture(scope="session")

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from converters.emulate import run_emulated
+from tests.model_factory import trust_args
 
 pytestmark = pytest.mark.emulation
 
@@ -62,7 +63,7 @@ def _detections(stdout: str) -> list[list[dict]]:
 
 def test_edge_runtime_run_on_a_video_under_emulation_finds_the_same_faces(arm64_env, demo_package, tmp_path) -> None:
     clip = _write_clip(tmp_path / "clip.mkv")
-    args = ["-m", "edge_runtime.cli", "run", "--package", str(demo_package.root), "--source", str(clip),
+    args = ["-m", "edge_runtime.cli", "run", "--package", str(demo_package.root), *trust_args(), "--source", str(clip),
             "--max-frames", "4", "--threads", "1", "--no-summary"]  # fmt: skip
 
     arm = run_emulated(arm64_env, "cortex-a72", args)

@@ -77,7 +77,7 @@ def test_rollout_promotes_after_healthy_canaries(tmp_path: Path, broker, ota_key
     assert res["canary_metrics"]["inferences"] > 0 and res["canary_metrics"]["error_rate"] == 0
     canary_done = _first(watch, "cam-0", "committed")
     others_start = [_first(watch, d, "downloading") for d in ("cam-1", "cam-2")]
-    assert canary_done is not None and all(t is not None and t > canary_done + 1.0 for t in others_start)
+    assert canary_done is not None and all(t is not None and t > canary_done for t in others_start)
 
 
 @pytest.mark.mqtt

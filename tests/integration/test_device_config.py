@@ -15,6 +15,7 @@ from edge_runtime.errors import ConfigError
 from edge_runtime.monitoring.service import source_info
 from edge_runtime.sync.mqtt import MqttSettings
 from tests.integration.helpers import CLI, write_config
+from tests.model_factory import trust_args
 from tests.sources.media import write_numbered_video
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "deploy" / "device.example.yaml"
@@ -77,7 +78,8 @@ MISTAKES = [
 @pytest.mark.parametrize(("doc", "message"), MISTAKES, ids=[m for _, m in MISTAKES])
 def test_config_mistakes_are_one_line_errors(tiny_onnx_package, clip, tmp_path, capsys, doc, message):
     cfg = write_config(tmp_path / "device.yaml", **doc)
-    code = main(["run", "--package", str(tiny_onnx_package.root), "--source", str(clip), "--config", str(cfg),
+    code = main(["run", "--package", str(tiny_onnx_package.root), *trust_args(),
+                 "--source", str(clip), "--config", str(cfg),
                  "--no-summary", "--out", str(tmp_path / "out.jsonl")])  # fmt: skip
     err = capsys.readouterr().err
     assert code == 2, err
@@ -91,13 +93,14 @@ def test_config_mistakes_are_one_line_errors(tiny_onnx_package, clip, tmp_path, 
 def test_unreadable_config_files_are_one_line_errors(tiny_onnx_package, clip, tmp_path, capsys, text, message):
     cfg = tmp_path / "device.yaml"
     cfg.write_text(text)
-    code = main(["run", "--package", str(tiny_onnx_package.root), "--source", str(clip), "--config", str(cfg)])
+    code = main(["run", "--package", str(tiny_onnx_package.root), *trust_args(),
+                 "--source", str(clip), "--config", str(cfg)])
     err = capsys.readouterr().err
     assert code == 2 and message in err and err.count("\n") == 1, err
 
 
 def test_option_mistakes_are_one_line_errors(tiny_onnx_package, clip, tmp_path, capsys):
-    base = ["run", "--package", str(tiny_onnx_package.root), "--source", str(clip), "--no-summary",
+    base = ["run", "--package", str(tiny_onnx_package.root), *trust_args(), "--source", str(clip), "--no-summary",
             "--out", str(tmp_path / "o.jsonl")]  # fmt: skip
     cases = [
         (["--mqtt", "mqtt://127.0.0.1:1883"], "--mqtt needs --device-id"),
@@ -116,7 +119,7 @@ def test_option_mistakes_are_one_line_errors(tiny_onnx_package, clip, tmp_path, 
 
 def test_a_bad_config_file_ends_the_process_with_one_line_and_exit_2(tiny_onnx_package, clip, tmp_path):
     cfg = write_config(tmp_path / "device.yaml", device_id="cam", mqtt={"host": "h", "qos": 2})
-    proc = subprocess.run([*CLI, "run", "--package", str(tiny_onnx_package.root), "--source", str(clip),
+    proc = subprocess.run([*CLI, "run", "--package", str(tiny_onnx_package.root), *trust_args(), "--source", str(clip),
                            "--config", str(cfg)], capture_output=True, text=True, timeout=60)  # fmt: skip
     assert proc.returncode == 2
     assert proc.stderr.splitlines() == [

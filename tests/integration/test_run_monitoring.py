@@ -13,6 +13,7 @@ import pytest
 
 from edge_runtime.sync.outbox import Outbox, OutboxConfig
 from tests.integration.helpers import CLI, get, health, reap, sample_value, terminate, wait_until, write_config
+from tests.model_factory import trust_args
 from tests.mqtt_broker import Mosquitto, free_port
 from tests.sources.media import MjpegServer, write_numbered_video
 from tests.sync.subscriber import Subscriber
@@ -35,7 +36,8 @@ def test_run_without_a_broker_serves_metrics_and_health_and_keeps_every_record(t
     cfg = write_config(tmp_path / "device.yaml", device_id="cam-1", monitor={"period_s": 0.25}, http={"port": port})
     # when `run` plays the clip at camera pace
     proc = subprocess.Popen(
-        [*CLI, "run", "--package", str(tiny_onnx_package.root), "--source", str(clip), "--fps-limit", "20",
+        [*CLI, "run", "--package", str(tiny_onnx_package.root), *trust_args(),
+         "--source", str(clip), "--fps-limit", "20",
          "--config", str(cfg)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
@@ -97,7 +99,8 @@ def test_records_wait_in_the_outbox_while_the_broker_is_down_and_arrive_in_order
         mqtt={"host": "127.0.0.1", "port": broker.port, "reconnect_min_s": 0.2, "reconnect_max_s": 1.0},
         outbox={"path": "state/outbox.db"},
     )  # fmt: skip
-    proc = subprocess.Popen([*CLI, "run", "--package", str(tiny_onnx_package.root), "--source", camera.url,
+    proc = subprocess.Popen([*CLI, "run", "--package", str(tiny_onnx_package.root), *trust_args(),
+                             "--source", camera.url,
                              "--config", str(cfg)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         # when the device runs offline, records pile up in the outbox and inference goes on

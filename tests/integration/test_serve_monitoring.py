@@ -12,6 +12,7 @@ import numpy as np
 
 from edge_runtime.sync.outbox import Outbox, OutboxConfig
 from tests.integration.helpers import CLI, get, health, reap, sample_value, terminate, wait_until, write_config
+from tests.model_factory import trust_args
 from tests.mqtt_broker import free_port
 
 
@@ -27,7 +28,8 @@ def _post_image(port: int, seed: int) -> dict:
 def test_serve_feeds_predictions_to_the_monitor_and_exposes_metrics_and_health(tiny_onnx_package, tmp_path):
     port = free_port()
     cfg = write_config(tmp_path / "device.yaml", device_id="svc-1", monitor={"period_s": 3600})
-    proc = subprocess.Popen([*CLI, "serve", "--package", str(tiny_onnx_package.root), "--port", str(port),
+    proc = subprocess.Popen([*CLI, "serve", "--package", str(tiny_onnx_package.root), *trust_args(),
+                             "--port", str(port),
                              "--config", str(cfg)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         wait_until(lambda: get(f"http://127.0.0.1:{port}/readyz")[0] == 200, 60, proc)

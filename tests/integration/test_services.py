@@ -16,14 +16,14 @@ from edge_runtime.pipeline import Pipeline
 from edge_runtime.sources import open_source
 from edge_runtime.sync.mqtt import MqttSettings
 from edge_runtime.sync.outbox import Outbox, OutboxConfig
-from tests.model_factory import classifier_package
+from tests.model_factory import classifier_package, factory_trust
 from tests.mqtt_broker import Mosquitto
 from tests.sources.media import write_numbered_video
 
 
 def test_a_model_swap_mid_run_relabels_records_and_raises_an_event(tmp_path):
-    v1 = load(classifier_package(tmp_path / "v1", golden=False).root)
-    v2 = load(classifier_package(tmp_path / "v2", version="2.0.0", seed=3, golden=False).root)
+    v1 = load(classifier_package(tmp_path / "v1", golden=False).root, trust=factory_trust())
+    v2 = load(classifier_package(tmp_path / "v2", version="2.0.0", seed=3, golden=False).root, trust=factory_trust())
     clip = write_numbered_video(tmp_path / "clip.avi", count=24)
     cfg = DeviceConfig(device_id="d1", outbox=OutboxConfig(path=tmp_path / "outbox.db"),
                        monitor=MonitorConfig(period_s=3600, system=False))
@@ -47,7 +47,7 @@ def test_a_model_swap_mid_run_relabels_records_and_raises_an_event(tmp_path):
 def test_a_refused_login_is_a_health_problem_and_inference_goes_on(tmp_path):
     broker = Mosquitto(tmp_path / "broker", passwords={"d2": "right"}).start()
     clip = write_numbered_video(tmp_path / "clip.avi", count=12)
-    model = load(classifier_package(tmp_path / "pkg", golden=False).root)
+    model = load(classifier_package(tmp_path / "pkg", golden=False).root, trust=factory_trust())
     cfg = DeviceConfig(
         device_id="d2", outbox=OutboxConfig(path=tmp_path / "outbox.db"), monitor=MonitorConfig(period_s=0.05),
         mqtt=MqttSettings(host="127.0.0.1", port=broker.port, device_id="d2", username="d2", password="wrong",

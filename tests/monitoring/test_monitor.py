@@ -38,7 +38,7 @@ def _conforms(doc: dict, schema_name: str) -> None:
             assert set(prop["required"]) <= set(doc[key])
 
 
-def test_monitor_records_flow_through_outbox_to_broker_and_endpoints_report(tmp_path, broker):
+def test_monitor_records_flow_through_outbox_to_broker_and_endpoints_report(tmp_path, broker, signing_keys):
     outbox = Outbox(OutboxConfig(path=tmp_path / "outbox.db"))
     link = MqttLink(MqttSettings(host="127.0.0.1", port=broker.port, device_id="cam1"))
     fwd = Forwarder(outbox, link, ForwarderConfig(poll_s=0.05))
@@ -47,6 +47,15 @@ def test_monitor_records_flow_through_outbox_to_broker_and_endpoints_report(tmp_
     mon = Monitor(cfg, manifest_with_reference(), outbox, device_id="cam1", on_record=fwd.wake,
                   pipeline_stats=lambda: {"dropped": 2, "errors": 0, "skipped_still": 1})
     mon.attach_link(link)
+    from edge_runtime.package import load_private_key
+    from edge_runtime.package.signing import TrustStore
+    from edge_runtime.sync.commands import CommandHandler, new_command, sign_command
+    from edge_runtime.sync.replay import SequenceStore
+
+    commands = CommandHandler("cam1", TrustStore.from_paths([signing_keys[1]], ["operator"]),
+                              SequenceStore(tmp_path / "commands.json"), mon.event)
+    commands.register("upload_samples", lambda c: mon.upload_samples(c.request_id, list(c.ids), c.max))
+    commands.attach(link, link.topics)
     sub = Subscriber(broker.port, ["edge/devices/cam1/#"])
     http = MonitorHttpServer(mon).start()
     link.start()
@@ -81,15 +90,16 @@ def test_monitor_records_flow_through_outbox_to_broker_and_endpoints_report(tmp_
         mon.samples.flush()
         kept = mon.samples.list()
         assert [s["frame_index"] for s in kept] == [30, 40, 50] and len(list((tmp_path / "samples").glob("*.png"))) == 3
-        cmd = json.dumps({"command": "upload_samples", "request_id": "r1", "max": 2})
-        for body in ("{broken", cmd):
-            subprocess.run(["mosquitto_pub", "-p", str(broker.port), "-t", "edge/devices/cam1/commands", "-m", body,
+        (tmp_path / "cmd.json").write_bytes(sign_command(new_command("cam1", "upload_samples", max=2),
+                                                         load_private_key(signing_keys[0])))
+        for body in (["-m", "{broken"], ["-f", str(tmp_path / "cmd.json")]):
+            subprocess.run(["mosquitto_pub", "-p", str(broker.port), "-t", "edge/devices/cam1/commands", *body,
                             "-q", "1"], check=True, timeout=10)
         assert sub.wait_for(lambda m: sum(t.endswith("/samples") for t, _, _ in m) == 2)
         up = [json.loads(p) for t, p, _ in sub.snapshot() if t.endswith("/samples")]
         img = cv2.imdecode(np.frombuffer(base64.b64decode(up[-1]["data_b64"]), np.uint8), cv2.IMREAD_COLOR)
         assert np.array_equal(img, fs[50])  # lossless: the very frame the model saw
-        assert link.counters["handler_errors"] == 1 and link.connected
+        assert commands.counters == {"accepted": 1, "rejected": 1} and link.connected
         assert sub.wait_for(lambda m: any(b"samples_uploaded" in p for t, p, _ in m if t.endswith("/events")))
     finally:
         http.stop()

@@ -141,3 +141,43 @@ def test_encrypted_private_key_needs_the_right_passphrase(tmp_path, monkeypatch)
         read_passphrase(pf)
     with pytest.raises(SignatureError, match="cannot read passphrase"):
         read_passphrase(tmp_path / "missing")
+
+
+def test_every_signing_command_takes_the_passphrase(tmp_path, capsys, monkeypatch) -> None:
+    """keygen, sign, pack, convert and fleet: the right passphrase signs, a wrong one is one line and exit 2."""
+    from edge_runtime.cli import main
+    from tests.package.helpers import make_package
+
+    good, bad = tmp_path / "pass.txt", tmp_path / "wrong.txt"
+    good.write_text("s3cret phrase\n")
+    bad.write_text("guess\n")
+    key = tmp_path / "keys" / "rel"
+    assert main(["keygen", "--out", str(key), "--passphrase-file", str(good)]) == 0
+    assert "encrypted with the passphrase" in capsys.readouterr().out
+    pkg = make_package(tmp_path / "p").root
+    assert main(["sign", str(pkg), "--key", f"{key}.key"]) == 2
+    assert "is encrypted: give its passphrase" in capsys.readouterr().err
+    refused = [
+        ["sign", str(pkg), "--key", f"{key}.key", "--passphrase-file", str(bad)],
+        ["pack", str(pkg), "--sign-key", f"{key}.key", "--passphrase-file", str(bad)],
+        ["convert", str(tmp_path / "m.onnx"), "--profile", "x86-laptop", "--calibration", str(tmp_path),
+         "--out", str(tmp_path / "o"), "--sign-key", f"{key}.key", "--passphrase-file", str(bad)],
+        ["fleet", "--passphrase-file", str(bad), "publish", str(pkg), "--target", "cam-1", "--key", f"{key}.key"],
+    ]  # fmt: skip
+    for argv in refused:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err == [f"edge-runtime: error: wrong passphrase for {key}.key"], (argv, err)
+    assert main(["sign", str(pkg), "--key", f"{key}.key", "--passphrase-file", str(good)]) == 0
+    monkeypatch.setenv(PASSPHRASE_ENV, "s3cret phrase")
+    assert main(["pack", str(pkg), "--sign-key", f"{key}.key", "--out", str(tmp_path / "p.erpkg")]) == 0
+    assert main(["verify", str(tmp_path / "p.erpkg"), "--trust", f"{key}.pub"]) == 0
+
+
+def test_the_sample_agent_config_gives_each_role_its_keys() -> None:
+    from pathlib import Path
+
+    from edge_runtime.commands.agent import load_config
+
+    cfg = load_config(Path(__file__).resolve().parents[2] / "deploy" / "agent.example.yaml")
+    assert cfg.trust is not None and cfg.trust.release and cfg.trust.operator and not cfg.trusted_keys

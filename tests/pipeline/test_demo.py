@@ -9,6 +9,8 @@ import pytest
 
 from edge_runtime.cli import main
 from edge_runtime.commands.demo import cache_dir, make_clip
+from edge_runtime.errors import SignatureError
+from edge_runtime.package import RELEASE, TrustStore, load_package
 
 
 def test_clip_is_a_real_video_of_the_sample_photos(tmp_path) -> None:
@@ -30,4 +32,8 @@ def test_demo_command_detects_the_astronauts_face(capsys) -> None:
     assert [int(i) for i, _ in rows] == list(range(20))
     assert int(rows[0][1]) >= 1  # the first photo is the astronaut: one face
     assert "20 processed of 20 captured" in out and "end_to_end" in out
-    assert (cache_dir() / "blazeface-x86-laptop" / "manifest.json").is_file()
+    pkg = cache_dir() / "blazeface-x86-laptop"
+    trust = TrustStore.from_paths([cache_dir() / "keys" / "demo-release.pub"], [RELEASE])
+    assert load_package(pkg, trust).signer  # signed with the demo's own key, which it trusts explicitly
+    with pytest.raises(SignatureError, match="untrusted key"):
+        load_package(pkg)  # and nothing else trusts it by default

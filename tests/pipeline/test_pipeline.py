@@ -19,13 +19,13 @@ from edge_runtime.pipeline import FrameResult, Pipeline, PipelineConfig
 from edge_runtime.sinks import JsonLinesSink
 from edge_runtime.sources import DropPolicy, IterableSource, SourceOptions, open_source, window_spec_for
 from edge_runtime.sources.motion import MotionGate
-from tests.model_factory import sample_frames
+from tests.model_factory import factory_trust, sample_frames
 from tests.sources.media import frame_number, numbered_frame, write_numbered_video, write_video
 
 
 @pytest.fixture
 def classifier(packages):
-    with load(packages["classifier"]) as model:
+    with load(packages["classifier"], trust=factory_trust()) as model:
         yield model
 
 
@@ -115,7 +115,7 @@ def test_motion_gate_skips_still_frames(classifier) -> None:
     assert stats.processed == 2
 
 
-def sample_frames_the_model_rejects_are_counted_and_skipped(classifier) -> None:
+def test_sample_frames_the_model_rejects_are_counted_and_skipped(classifier) -> None:
     good = sample_frames(4)
     bad = np.zeros((48, 64, 5), np.uint8)  # five channels
     got, sink = collect()
@@ -129,7 +129,7 @@ def sample_frames_the_model_rejects_are_counted_and_skipped(classifier) -> None:
 def test_swap_model_between_frames(packages, classifier) -> None:
     frames = sample_frames(12)
     got, keep = collect()
-    new = load(packages["classifier2"])
+    new = load(packages["classifier2"], trust=factory_trust())
     pipeline = Pipeline(classifier, IterableSource(frames))
     swapped = []
 
@@ -146,7 +146,7 @@ def test_swap_model_between_frames(packages, classifier) -> None:
     assert versions == sorted(versions) and len(got) == 12
     for r in got[6:]:  # frames after the swap are predicted by the new model
         assert r.prediction.top.index == new.predict(r.frame).top.index
-    with load(packages["sensor"]) as sensor, pytest.raises(ConfigError, match="cannot swap"):
+    with load(packages["sensor"], trust=factory_trust()) as sensor, pytest.raises(ConfigError, match="cannot swap"):
         pipeline.swap_model(sensor)
     new.close()
 
@@ -154,7 +154,7 @@ def test_swap_model_between_frames(packages, classifier) -> None:
 def test_source_kind_must_match_the_model(packages, classifier, tmp_path: Path) -> None:
     csv = tmp_path / "x.csv"
     csv.write_text("1,2,3\n")
-    with load(packages["sensor"]) as sensor:
+    with load(packages["sensor"], trust=factory_trust()) as sensor:
         with pytest.raises(ConfigError, match="tensor input"):
             Pipeline(sensor, IterableSource([np.zeros((4, 4, 3), np.uint8)]))
         window = window_spec_for(sensor.input_spec)
@@ -173,7 +173,7 @@ def test_sensor_csv_windows_give_the_models_real_outputs(packages, tmp_path: Pat
     rows.insert(10, "1,2")  # a bad line: counted, skipped
     csv.write_text("\n".join(rows) + "\n")
     got, sink = collect()
-    with load(packages["sensor"]) as model:
+    with load(packages["sensor"], trust=factory_trust()) as model:
         window = window_spec_for(model.input_spec, hop=4)
         stats = Pipeline(model, open_source(str(csv), window=window), [sink]).run()
     assert stats.bad_lines == 1
@@ -188,7 +188,7 @@ def test_stateful_model_streams_samples_through_its_state(packages, tmp_path: Pa
     data = np.arange(10, dtype=np.float32).reshape(5, 2)
     csv.write_text("\n".join(f"{a},{b}" for a, b in data) + "\n")
     got, sink = collect()
-    with load(packages["stateful"]) as model:
+    with load(packages["stateful"], trust=factory_trust()) as model:
         window = window_spec_for(model.input_spec, streaming=True)
         Pipeline(model, open_source(str(csv), window=window), [sink]).run()
     totals = [np.asarray(r.prediction.raw["total"]).ravel().tolist() for r in got]
@@ -221,7 +221,7 @@ def test_a_source_opened_but_never_run_is_released_on_close(packages) -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    with load(packages["sensor"]) as model:
+    with load(packages["sensor"], trust=factory_trust()) as model:
         window = window_spec_for(model.input_spec)
         pipeline = Pipeline(model, open_source(f"udp://127.0.0.1:{port}", window=window))
         pipeline.open()

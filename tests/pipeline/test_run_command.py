@@ -16,6 +16,7 @@ import pytest
 from skimage import data
 
 from edge_runtime.cli import main
+from tests.model_factory import factory_pub, trust_args
 from tests.sources.media import MjpegServer, write_numbered_video, write_video
 
 CLI = [sys.executable, "-m", "edge_runtime.cli"]
@@ -24,7 +25,7 @@ CLI = [sys.executable, "-m", "edge_runtime.cli"]
 def test_stdin_source_through_the_cli(packages) -> None:
     rows = "\n".join(f"{i},{i * 2},{-i}" for i in range(16)) + "\nnot,a,number\n"
     proc = subprocess.run(
-        [*CLI, "run", "--package", str(packages["sensor"]), "--source", "stdin", "--window-hop", "4"],
+        [*CLI, "run", "--package", str(packages["sensor"]), *trust_args(), "--source", "stdin", "--window-hop", "4"],
         input=rows, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
@@ -37,7 +38,7 @@ def test_stdin_source_through_the_cli(packages) -> None:
 def test_sigterm_ends_a_run_cleanly_with_a_summary(packages) -> None:
     server = MjpegServer(fps=30).start()  # an endless camera
     proc = subprocess.Popen(
-        [*CLI, "run", "--package", str(packages["classifier"]), "--source", server.url],
+        [*CLI, "run", "--package", str(packages["classifier"]), *trust_args(), "--source", server.url],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
@@ -58,7 +59,8 @@ def test_a_reader_that_goes_away_ends_an_endless_run_cleanly(packages) -> None:
     """Given `run ... | head -1` on an endless camera, when the reader closes the pipe, then the run stops by itself
     with exit 0 and one warning, not a traceback per result and a run that never ends."""
     server = MjpegServer(fps=30).start()
-    proc = subprocess.Popen([*CLI, "run", "--package", str(packages["classifier"]), "--source", server.url],
+    proc = subprocess.Popen([*CLI, "run", "--package", str(packages["classifier"]), *trust_args(),
+                             "--source", server.url],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
     try:
         assert json.loads(proc.stdout.readline())["task"] == "classification"
@@ -77,7 +79,8 @@ def test_a_reader_that_goes_away_ends_an_endless_run_cleanly(packages) -> None:
 def test_out_file_and_bounds(packages, tmp_path: Path, capsys) -> None:
     video = write_numbered_video(tmp_path / "clip.avi", count=12)
     out = tmp_path / "results.jsonl"
-    code = main(["run", "--package", str(packages["classifier"]), "--source", str(video), "--out", str(out),
+    code = main(["run", "--package", str(packages["classifier"]), *trust_args(),
+                 "--source", str(video), "--out", str(out),
                  "--max-frames", "5"])  # fmt: skip
     assert code == 0
     assert [json.loads(line)["index"] for line in out.read_text().splitlines()] == [0, 1, 2, 3, 4]
@@ -105,7 +108,7 @@ def assert_one_error_line(err: str, message: str) -> None:
     ],
 )
 def test_user_mistakes_are_one_line_errors(packages, capfd, extra, message) -> None:
-    code = main(["run", "--package", str(packages["classifier"]), *extra])
+    code = main(["run", "--package", str(packages["classifier"]), *trust_args(), *extra])
     assert code == 2
     assert_one_error_line(capfd.readouterr().err, message)
 
@@ -119,7 +122,7 @@ def test_user_mistakes_are_one_line_errors(packages, capfd, extra, message) -> N
     ],
 )
 def test_sensor_sources_that_cannot_be_opened_are_one_line(packages, capfd, source, message) -> None:
-    assert main(["run", "--package", str(packages["sensor"]), "--source", source]) == 2
+    assert main(["run", "--package", str(packages["sensor"]), *trust_args(), "--source", source]) == 2
     assert_one_error_line(capfd.readouterr().err, message)
 
 
@@ -130,7 +133,8 @@ def test_unreadable_streams_and_videos_are_one_line_without_ffmpeg_noise(package
         url = f"http://127.0.0.1:{s.getsockname()[1]}/stream.mjpg"
     fake = tmp_path / "clip.mp4"
     fake.write_text("not a video")
-    runs = [["run", "--package", str(packages["classifier"]), "--source", src] for src in (url, str(fake))]
+    runs = [["run", "--package", str(packages["classifier"]), *trust_args(),
+             "--source", src] for src in (url, str(fake))]
     code = f"import sys; from edge_runtime.cli import main; print([main(a) for a in {runs!r}])"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.stdout.strip() == "[2, 2]", proc.stderr
@@ -142,7 +146,7 @@ def test_outputs_that_cannot_be_written_are_one_line(packages, tmp_path: Path, c
     video = write_numbered_video(tmp_path / "clip.avi", count=2)
     afile = tmp_path / "a-file"
     afile.write_text("x")
-    base = ["run", "--package", str(packages["classifier"]), "--source", str(video)]
+    base = ["run", "--package", str(packages["classifier"]), *trust_args(), "--source", str(video)]
     assert main([*base, "--out", str(tmp_path)]) == 2
     assert_one_error_line(capfd.readouterr().err, f"cannot write {tmp_path}: Is a directory")
     assert main([*base, "--out", str(tmp_path / "r.jsonl"), "--save-detections", str(afile)]) == 2
@@ -152,7 +156,7 @@ def test_outputs_that_cannot_be_written_are_one_line(packages, tmp_path: Path, c
 def test_key_option_naming_no_key_does_not_skip_the_signature_check(packages, tmp_path: Path, capfd) -> None:
     empty = tmp_path / "keys"
     empty.mkdir()
-    assert main(["run", "--package", str(packages["classifier"]), "--source", "0", "--key", str(empty)]) == 2
+    assert main(["run", "--package", str(packages["classifier"]), "--source", "0", "--trust", str(empty)]) == 2
     assert_one_error_line(capfd.readouterr().err, "no public key (.pub) found there")
 
 
@@ -161,7 +165,8 @@ def test_the_run_path_imports_no_training_framework_or_converter(packages, tmp_p
     csv.write_text("\n".join(f"{i},{i},{i}" for i in range(8)) + "\n")
     code = (
         "import sys; from edge_runtime.cli import main;"
-        f"rc = main(['run', '--package', {str(packages['sensor'])!r}, '--source', {str(csv)!r}, '--no-summary']);"
+        f"rc = main(['run', '--package', {str(packages['sensor'])!r}, '--trust', {str(factory_pub())!r},"
+        f" '--source', {str(csv)!r}, '--no-summary']);"
         "bad = [m for m in ('tensorflow', 'torch', 'keras', 'converters', 'jax') if m in sys.modules];"
         "print('RC', rc, 'HEAVY', ','.join(bad), file=sys.stderr)"
     )
@@ -173,7 +178,7 @@ def test_the_run_path_imports_no_training_framework_or_converter(packages, tmp_p
 def test_sensor_source_with_an_image_model_is_refused(packages, tmp_path: Path, capsys) -> None:
     csv = tmp_path / "x.csv"
     csv.write_text("1,2,3\n")
-    assert main(["run", "--package", str(packages["classifier"]), "--source", str(csv)]) == 2
+    assert main(["run", "--package", str(packages["classifier"]), *trust_args(), "--source", str(csv)]) == 2
     assert "needs a model with a tensor input" in capsys.readouterr().err
 
 
@@ -181,7 +186,8 @@ def test_detections_are_saved_annotated_and_bounded(blazeface_pkg, tmp_path: Pat
     face = cv2.resize(np.ascontiguousarray(data.astronaut()[:, :, ::-1]), (320, 320))
     video = write_video(tmp_path / "faces.avi", [face] * 6)
     out_dir = tmp_path / "detections"
-    code = main(["run", "--package", str(blazeface_pkg), "--source", str(video), "--out", str(tmp_path / "r.jsonl"),
+    code = main(["run", "--package", str(blazeface_pkg), *trust_args(),
+                 "--source", str(video), "--out", str(tmp_path / "r.jsonl"),
                  "--save-detections", str(out_dir), "--max-saved", "4"])  # fmt: skip
     assert code == 0, capsys.readouterr().err
     results = [json.loads(line) for line in (tmp_path / "r.jsonl").read_text().splitlines()]
@@ -204,7 +210,7 @@ def test_detection_clips(blazeface_pkg, tmp_path: Path) -> None:
     face = cv2.resize(np.ascontiguousarray(data.astronaut()[:, :, ::-1]), (256, 256))
     video = write_video(tmp_path / "faces.avi", [face] * 5)
     out_dir = tmp_path / "clips"
-    assert main(["run", "--package", str(blazeface_pkg), "--source", str(video), "--out", os.devnull,
+    assert main(["run", "--package", str(blazeface_pkg), *trust_args(), "--source", str(video), "--out", os.devnull,
                  "--save-detections", str(out_dir), "--clip-frames", "3", "--max-saved", "1"]) == 0  # fmt: skip
     clips = list(out_dir.glob("*.avi"))
     assert len(clips) == 1
@@ -213,3 +219,51 @@ def test_detection_clips(blazeface_pkg, tmp_path: Path) -> None:
     while cap.read()[0]:
         count += 1
     assert count == 3
+
+
+def test_a_stream_that_stops_sending_ends_the_run_with_one_line_and_exit_2(packages) -> None:
+    """Given a camera that sends a few frames and then hangs (connections stay open, nothing comes), the run ends
+    by itself after --stall-timeout with one clear line and exit 2, not reconnecting forever with exit 0."""
+    server = MjpegServer(fps=30, stall_after=3).start()
+    try:
+        proc = subprocess.run(
+            [*CLI, "run", "--package", str(packages["classifier"]), *trust_args(), "--source", server.url,
+             "--stall-timeout", "2"],
+            capture_output=True, text=True, timeout=90,
+        )  # fmt: skip
+    finally:
+        server.stop()
+    assert proc.returncode == 2, proc.stderr
+    assert "yielded no sample for 2 s" in proc.stderr and "Traceback" not in proc.stderr
+    assert 1 <= len(proc.stdout.splitlines()) <= 3  # frames it sent were processed (OpenCV's probe eats some)
+
+
+def test_a_run_whose_every_line_is_rejected_exits_2(packages) -> None:
+    rows = "\n".join(f"{i},x,{i}" for i in range(200)) + "\n"
+    proc = subprocess.run(
+        [*CLI, "run", "--package", str(packages["sensor"]), *trust_args(), "--source", "stdin"],
+        input=rows, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    assert "nothing processed: 200 bad line(s)" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_run_broker_tls_and_credential_options_reach_the_mqtt_settings(tmp_path, monkeypatch) -> None:
+    """--mqtt-ca/-cert/-key/-username/-password-file (or the environment) fill the broker settings; the password
+    never has to sit in the URL."""
+    from edge_runtime.cli import build_parser
+    from edge_runtime.commands.run import device_config
+
+    pw = tmp_path / "pw"
+    pw.write_text("s3cret\n")
+    files = {n: tmp_path / f"{n}.pem" for n in ("ca", "cert", "key")}
+    for f in files.values():
+        f.write_text("-----BEGIN CERTIFICATE-----\n")
+    argv = ["run", "--package", "p", "--source", "0", "--mqtt", "mqtts://broker:8883", "--device-id", "cam-1",
+            "--outbox", str(tmp_path / "o.db"), "--mqtt-ca", str(files["ca"]), "--mqtt-cert", str(files["cert"]),
+            "--mqtt-key", str(files["key"]), "--mqtt-username", "cam-1"]
+    mqtt = device_config(build_parser(argv).parse_args([*argv, "--mqtt-password-file", str(pw)])).mqtt
+    assert (mqtt.username, mqtt.password, mqtt.tls.ca_cert, mqtt.tls.client_key) == ("cam-1", "s3cret", files["ca"],
+                                                                                     files["key"])
+    monkeypatch.setenv("EDGE_RUNTIME_MQTT_PASSWORD", "from-env")
+    assert device_config(build_parser(argv).parse_args(argv)).mqtt.password == "from-env"

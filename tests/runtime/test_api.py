@@ -16,7 +16,7 @@ from edge_runtime.package.signing import TrustStore, load_private_key
 from edge_runtime.package.store import Package, pack_archive
 from edge_runtime.preprocess import ImagePreprocessor
 from edge_runtime.quant import dequantize
-from tests.model_factory import classifier_package, sample_frames, stateful_package
+from tests.model_factory import classifier_package, factory_key, factory_trust, sample_frames, stateful_package
 
 
 def _copy(pkg: Package, dest: Path) -> Path:
@@ -27,7 +27,7 @@ def test_onnx_classifier_prediction_matches_a_direct_session(tiny_onnx_package: 
     import onnxruntime as ort
 
     frame = sample_frames(1, hw=(120, 160), seed=7)[0]
-    with load(tiny_onnx_package) as model:
+    with load(tiny_onnx_package, trust=factory_trust()) as model:
         pred = model.predict(frame)
         assert (model.name, model.version, model.backend) == ("tiny", "1.0.0", "onnxruntime")
     x, _ = ImagePreprocessor(tiny_onnx_package.manifest.inputs[0], "BGR")(frame)
@@ -53,7 +53,7 @@ def test_int8_tflite_outputs_are_dequantized_exactly(tiny_tflite_package: Packag
     it.invoke()
     q = it.get_tensor(it.get_output_details()[0]["index"])[0]
     scale, zp = spec.quantization.scale[0], spec.quantization.zero_point[0]
-    with load(tiny_tflite_package) as model:
+    with load(tiny_tflite_package, trust=factory_trust()) as model:
         pred = model.predict(frame)
         raw = model.predict_tensors([x])[0]
     np.testing.assert_array_equal(raw[0], q)
@@ -64,7 +64,7 @@ def test_int8_tflite_outputs_are_dequantized_exactly(tiny_tflite_package: Packag
 
 
 def test_stateful_model_feeds_state_back_and_resets(tmp_path: Path) -> None:
-    with load(stateful_package(tmp_path / "sum")) as model:
+    with load(stateful_package(tmp_path / "sum"), trust=factory_trust()) as model:
         assert model.input_spec.name == "x"
         totals = [model.predict(np.array([[1.0, 2.0]], np.float32)).raw["total"] for _ in range(4)]
         np.testing.assert_allclose(np.concatenate(totals), [[1, 2], [2, 4], [3, 6], [4, 8]])
@@ -83,10 +83,10 @@ def test_tampered_model_is_refused_by_hash_before_it_is_opened(tiny_onnx_package
     data[-10] ^= 0xFF  # same size, different bytes: still parseable by a lenient reader
     model_file.write_bytes(bytes(data))
     with pytest.raises(PackageError, match="sha256"):
-        load(root)
+        load(root, trust=factory_trust())
     (root / "model.onnx").unlink()
     with pytest.raises(PackageError, match="missing model.onnx"):
-        load(root)
+        load(root, trust=factory_trust())
 
 
 def test_signature_is_required_when_keys_are_trusted(tmp_path: Path) -> None:
@@ -94,6 +94,7 @@ def test_signature_is_required_when_keys_are_trusted(tmp_path: Path) -> None:
     _, other_pub = generate_keypair(tmp_path / "keys" / "other")
     trust = TrustStore.from_paths([pub])
     unsigned = classifier_package(tmp_path / "unsigned")
+    (unsigned.root / "signature.json").unlink()
     with pytest.raises(SignatureError, match="not signed"):
         load(unsigned, trust=trust)
     signed = classifier_package(tmp_path / "signed", sign_key=load_private_key(priv))
@@ -104,10 +105,27 @@ def test_signature_is_required_when_keys_are_trusted(tmp_path: Path) -> None:
         assert model.predict(sample_frames(1)[0]).top is not None
 
 
+def test_unsigned_packages_are_refused_by_default_and_say_how_to_sign(tmp_path: Path) -> None:
+    unsigned = classifier_package(tmp_path / "unsigned")
+    (unsigned.root / "signature.json").unlink()
+    with pytest.raises(SignatureError, match="not signed.*edge-runtime keygen.*edge-runtime sign.*--trust"):
+        load(unsigned)
+    with load(unsigned, allow_unsigned=True) as model:  # the explicit opt-out: hashes still checked
+        assert model.package.signer is None
+    (unsigned.root / "model.onnx").write_bytes(b"swapped")
+    with pytest.raises(PackageError, match="size|sha256"):
+        load(unsigned, allow_unsigned=True)
+
+
+def test_a_signed_package_without_trusted_keys_is_refused(tiny_onnx_package: Package) -> None:
+    with pytest.raises(SignatureError, match="untrusted key.*--trust"):
+        load(tiny_onnx_package)
+
+
 def test_archive_packages_load_too(tiny_onnx_package: Package, tmp_path: Path) -> None:
     archive = pack_archive(tiny_onnx_package.root, tmp_path / "tiny.erpkg")
     frame = sample_frames(1, seed=5)[0]
-    with load(archive) as a, load(tiny_onnx_package) as b:
+    with load(archive, trust=factory_trust()) as a, load(tiny_onnx_package, trust=factory_trust()) as b:
         assert a.predict(frame).top == b.predict(frame).top
 
 
@@ -124,12 +142,12 @@ def test_archive_packages_load_too(tiny_onnx_package: Package, tmp_path: Path) -
     ids=["2ch", "5ch", "float", "empty", "1x1", "4d"],
 )
 def test_bad_frames_are_input_errors(tiny_onnx_package: Package, frame: np.ndarray) -> None:
-    with load(tiny_onnx_package) as model, pytest.raises(InputError):
+    with load(tiny_onnx_package, trust=factory_trust()) as model, pytest.raises(InputError):
         model.predict(frame)
 
 
 def test_wrong_sensor_window_is_an_input_error(sensor_package: Package) -> None:
-    with load(sensor_package) as model:
+    with load(sensor_package, trust=factory_trust()) as model:
         assert model.predict(np.zeros((16, 3))).top is not None
         with pytest.raises(InputError, match="expects shape"):
             model.predict(np.zeros((15, 3)))
@@ -143,7 +161,7 @@ def test_frame_order_and_bgra_frames(tiny_tflite_package: Package) -> None:
     bgr = sample_frames(1, seed=11)[0]
     rgb = np.ascontiguousarray(bgr[:, :, ::-1])
     bgra = np.concatenate([bgr, np.full(bgr.shape[:2] + (1,), 255, np.uint8)], axis=2)
-    with load(tiny_tflite_package) as model:
+    with load(tiny_tflite_package, trust=factory_trust()) as model:
         want = model.predict(bgr).classes
         assert model.predict(rgb, frame_order="RGB").classes == want
         assert model.predict(bgra).classes == want
@@ -151,7 +169,7 @@ def test_frame_order_and_bgra_frames(tiny_tflite_package: Package) -> None:
 
 def test_shared_model_is_safe_across_threads(tiny_tflite_package: Package) -> None:
     frames = sample_frames(6, seed=2)
-    with load(tiny_tflite_package) as model:
+    with load(tiny_tflite_package, trust=factory_trust()) as model:
         want = [model.predict(f).classes for f in frames]
         results: dict[int, list] = {}
 
@@ -168,7 +186,7 @@ def test_shared_model_is_safe_across_threads(tiny_tflite_package: Package) -> No
 
 
 def test_closed_model_refuses_to_predict(tiny_onnx_package: Package) -> None:
-    model = load(tiny_onnx_package)
+    model = load(tiny_onnx_package, trust=factory_trust())
     model.close()
     model.close()
     with pytest.raises(BackendError, match="closed"):
@@ -183,13 +201,13 @@ def test_manifest_that_disagrees_with_the_model_is_refused(tmp_path: Path) -> No
     data = manifest.model_dump(mode="json")
     data["outputs"]["tensors"][0]["name"] = "logits_renamed"
     data["outputs"]["decoding"]["output"] = "logits_renamed"
-    finalize_package(root, data)
+    finalize_package(root, data, factory_key())
     with pytest.raises(PackageError, match="logits_renamed"):
-        load(root)
+        load(root, trust=factory_trust())
 
 
 @pytest.mark.parametrize("threads", [0, -2])
 def test_thread_counts_below_one_are_refused(tiny_onnx_package: Package, threads: int) -> None:
     """0 used to mean "the profile's count" silently and -2 reached the backend."""
     with pytest.raises(ConfigError, match="threads must be at least 1"):
-        load(tiny_onnx_package, threads=threads)
+        load(tiny_onnx_package, threads=threads, trust=factory_trust())

@@ -16,7 +16,7 @@ from edge_runtime.backends.litert import numpy_abi_problem
 from edge_runtime.backends.onnxruntime import choose_providers
 from edge_runtime.errors import BackendError, InputError
 from edge_runtime.profiles import load_profile
-from tests.model_factory import classifier_package, onnx_classifier_model, tflite_int8_classifier_model
+from tests.model_factory import classifier_package, factory_trust, onnx_classifier_model, tflite_int8_classifier_model
 
 
 def test_registry_lists_both_backends_as_usable_here() -> None:
@@ -88,7 +88,7 @@ def test_unavailable_providers_fall_back_to_cpu_with_a_warning(
     """Given the jetson-nano profile (TensorRT, CUDA, CPU) on this CPU-only machine, the model still runs."""
     pkg = classifier_package(tmp_path / "pkg", profile="jetson-nano")
     with caplog.at_level(logging.WARNING, logger="edge_runtime.backends.onnxruntime"):
-        model = load(pkg)
+        model = load(pkg, trust=factory_trust())
     text = caplog.text
     assert "TensorrtExecutionProvider" in text and "CUDAExecutionProvider" in text and "falling back" in text
     assert model.profile is not None and model.profile.name == "jetson-nano"

@@ -7,6 +7,7 @@ import pytest
 
 from edge_runtime.api import load
 from edge_runtime.package.store import Package
+from tests.model_factory import factory_trust
 
 skimage_data = pytest.importorskip("skimage.data")
 
@@ -20,7 +21,7 @@ def _centre(box: tuple[float, float, float, float]) -> np.ndarray:
 
 def test_finds_the_astronauts_face(blazeface_package: Package) -> None:
     image = skimage_data.astronaut()  # RGB
-    with load(blazeface_package) as model:
+    with load(blazeface_package, trust=factory_trust()) as model:
         pred = model.predict(image, frame_order="RGB")
     assert pred.task == "detection" and len(pred.detections) == 1
     face = pred.detections[0]
@@ -41,7 +42,7 @@ def test_boxes_follow_the_face_through_letterboxing(
     image = skimage_data.astronaut()
     canvas = np.full((height, width, 3), 30, np.uint8)
     canvas[dy : dy + 512, dx : dx + 512] = image[:, :, ::-1]
-    with load(blazeface_package) as model:
+    with load(blazeface_package, trust=factory_trust()) as model:
         base = model.predict(image, frame_order="RGB").detections[0]
         moved = model.predict(canvas).detections  # BGR default
     assert len(moved) == 1
@@ -50,5 +51,5 @@ def test_boxes_follow_the_face_through_letterboxing(
 
 
 def test_no_face_in_a_plain_picture(blazeface_package: Package) -> None:
-    with load(blazeface_package) as model:
+    with load(blazeface_package, trust=factory_trust()) as model:
         assert model.predict(skimage_data.coins()).detections == ()  # grey coins, no faces

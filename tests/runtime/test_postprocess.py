@@ -17,7 +17,7 @@ from edge_runtime.postprocess.nms import class_aware_nms, iou_matrix, nms, weigh
 from edge_runtime.postprocess.ssd import decode_boxes, detect_ssd
 from edge_runtime.postprocess.yolo import decode_yolo
 from edge_runtime.preprocess import Transform
-from tests.model_factory import yolo_package, yolo_predictions
+from tests.model_factory import factory_trust, yolo_package, yolo_predictions
 
 coords = st.floats(0, 100, allow_nan=False, width=32)
 
@@ -102,7 +102,7 @@ def test_top_k_and_activations() -> None:
 @pytest.mark.parametrize("variant", ["v8", "v5"])
 def test_yolo_package_end_to_end_with_letterbox(tmp_path: Path, variant: str) -> None:
     """Given fixed predictions for a 64x64 input and a 128x64 frame (letterboxed: scale 0.5, 16 px bands)."""
-    with load(yolo_package(tmp_path / variant, variant=variant)) as model:  # type: ignore[arg-type]
+    with load(yolo_package(tmp_path / variant, variant=variant), trust=factory_trust()) as model:  # type: ignore[arg-type]
         pred = model.predict(np.zeros((64, 128, 3), np.uint8))
     got = sorted((d.label, round(d.score, 3), tuple(round(v, 3) for v in d.box)) for d in pred.detections)
     # input box (cx, cy, w, h) -> frame: x = (x_in - 0) / 0.5, y = (y_in - 16) / 0.5, clipped to the frame

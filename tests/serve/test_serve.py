@@ -15,8 +15,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 from edge_runtime.api import load
-from edge_runtime.serve import ModelService, create_app
+from edge_runtime.serve import ModelService, ServeConfig, create_app
 from tests import model_factory
+from tests.model_factory import factory_trust, trust_args
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +31,7 @@ def pkgs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def client(pkgs):
-    service = ModelService(lambda: load(pkgs["classifier"]))
+    service = ModelService(lambda: load(pkgs["classifier"], trust=factory_trust()))
     with TestClient(create_app(service, load_in_background=False)) as c:
         yield c
 
@@ -49,7 +50,7 @@ def test_health_and_readiness(client) -> None:
 
 def test_predict_raw_jpeg_png_and_multipart_match_the_model(client, pkgs) -> None:
     frame = model_factory.sample_frames(1)[0]
-    with load(pkgs["classifier"]) as model:  # what the model says on the same decoded image
+    with load(pkgs["classifier"], trust=factory_trust()) as model:  # what the model says on the same decoded image
         expected_png = model.predict(cv2.imdecode(np.frombuffer(jpeg(frame, ".png"), np.uint8), cv2.IMREAD_COLOR))
     png = client.post("/predict", content=jpeg(frame, ".png"), headers={"content-type": "image/png"})
     assert png.status_code == 200
@@ -94,7 +95,7 @@ def test_json_array_frame(client) -> None:
             400,
             "nested too deeply",
         ),
-        ({"files": {"other": ("a.txt", b"hello", "text/plain")}}, 400, "not a decodable image"),
+        ({"files": {"other": ("a.txt", b"hello", "text/plain")}}, 415, "unsupported image format"),
         (
             {
                 "content": b'--b\r\nContent-Disposition: form-data; name="x"\r\n\r\n1\r\n--b--\r\n',
@@ -112,7 +113,7 @@ def test_bad_requests_get_4xx_with_a_reason(client, kwargs, status, reason) -> N
 
 
 def test_tensor_model_takes_json_and_checks_the_shape(pkgs) -> None:
-    service = ModelService(lambda: load(pkgs["sensor"]))
+    service = ModelService(lambda: load(pkgs["sensor"], trust=factory_trust()))
     with TestClient(create_app(service, load_in_background=False)) as c:
         window = np.arange(8, dtype=np.float32).reshape(4, 2)
         ok = c.post("/predict", json={"array": window.tolist()})
@@ -136,15 +137,15 @@ def test_tensor_model_takes_json_and_checks_the_shape(pkgs) -> None:
 )
 def test_non_finite_arrays_are_422_never_500(pkgs, body: bytes, reason: str) -> None:
     """Python's JSON reader takes NaN and Infinity; JSON responses cannot hold them: refused with a reason."""
-    service = ModelService(lambda: load(pkgs["sensor"]))
+    service = ModelService(lambda: load(pkgs["sensor"], trust=factory_trust()))
     with TestClient(create_app(service, load_in_background=False), raise_server_exceptions=False) as c:
         r = c.post("/predict", content=body, headers={"content-type": "application/json"})
         assert r.status_code == 422 and reason in r.json()["error"]
 
 
 def test_bodies_over_the_limit_are_413_with_or_without_a_length(pkgs) -> None:
-    service = ModelService(lambda: load(pkgs["sensor"]))
-    with TestClient(create_app(service, load_in_background=False, max_body_bytes=1000)) as c:
+    service = ModelService(lambda: load(pkgs["sensor"], trust=factory_trust()))
+    with TestClient(create_app(service, load_in_background=False, config=ServeConfig(max_body_bytes=1000))) as c:
         window = [[1.0, 2.0]] * 4
         assert c.post("/predict", json=window).status_code == 200
         sized = c.post("/predict", json=[[1.0, 2.0]] * 200)
@@ -163,7 +164,7 @@ def test_bodies_over_the_limit_are_413_with_or_without_a_length(pkgs) -> None:
 
 
 def test_not_ready_when_the_package_is_bad(tmp_path: Path) -> None:
-    service = ModelService(lambda: load(tmp_path / "nothing-here"))
+    service = ModelService(lambda: load(tmp_path / "nothing-here", trust=factory_trust()))
     with TestClient(create_app(service, load_in_background=False)) as c:
         assert c.get("/healthz").status_code == 200
         r = c.get("/readyz")
@@ -180,7 +181,8 @@ def free_port() -> int:
 def test_real_uvicorn_server(pkgs) -> None:
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "edge_runtime.cli", "serve", "--package", str(pkgs["classifier"]), "--port", str(port)],
+        [sys.executable, "-m", "edge_runtime.cli", "serve", "--package", str(pkgs["classifier"]), *trust_args(),
+         "--port", str(port)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
@@ -199,7 +201,7 @@ def test_real_uvicorn_server(pkgs) -> None:
         r = httpx.post(f"{url}/predict", content=jpeg(frame), headers={"content-type": "image/jpeg"}, timeout=10)
         assert r.status_code == 200 and len(r.json()["classes"]) == 3
         bad = httpx.post(f"{url}/predict", content=b"nope", headers={"content-type": "image/jpeg"}, timeout=10)
-        assert bad.status_code == 400
+        assert bad.status_code == 415
     finally:
         proc.terminate()
         _, err = proc.communicate(timeout=20)
@@ -210,7 +212,7 @@ def test_real_uvicorn_server(pkgs) -> None:
 
 def test_serve_with_a_bad_package_is_a_one_line_error(tmp_path: Path) -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "edge_runtime.cli", "serve", "--package", str(tmp_path / "none")],
+        [sys.executable, "-m", "edge_runtime.cli", "serve", "--package", str(tmp_path / "none"), *trust_args()],
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert proc.returncode == 2

@@ -39,10 +39,11 @@ def write_numbered_video(path: Path, count: int = 30, hw: tuple[int, int] = (48,
 
 class MjpegServer:
     """multipart/x-mixed-replace MJPEG over HTTP on 127.0.0.1, like an IP camera; stop() and restart() on the
-    same port simulate a camera that drops off the network and comes back."""
+    same port simulate a camera that drops off the network and comes back. ``stall_after``: once this many frames
+    are served, every connection (new ones too) stays open and silent, like a camera that hangs."""
 
-    def __init__(self, fps: float = 50.0, hw: tuple[int, int] = (48, 64)) -> None:
-        self.fps, self.hw = fps, hw
+    def __init__(self, fps: float = 50.0, hw: tuple[int, int] = (48, 64), stall_after: int | None = None) -> None:
+        self.fps, self.hw, self.stall_after = fps, hw, stall_after
         self.port = 0
         self.served = 0
         self._server: ThreadingHTTPServer | None = None
@@ -63,6 +64,9 @@ class MjpegServer:
                 i = 0
                 try:
                     while owner._live.is_set():
+                        if owner.stall_after is not None and owner.served >= owner.stall_after:
+                            time.sleep(0.05)
+                            continue
                         ok, buf = cv2.imencode(".jpg", numbered_frame(i % 32, owner.hw))
                         head = b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n" % len(buf)
                         self.wfile.write(head + buf.tobytes() + b"\r\n")

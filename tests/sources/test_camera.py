@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from edge_runtime.errors import ConfigError, SourceError
-from edge_runtime.sources import END, DropPolicy, ReconnectPolicy, SourceOptions, open_source
+from edge_runtime.sources import END, DropPolicy, ReconnectPolicy, SourceOptions, ThreadedSource, open_source
 from tests.sources.media import MjpegServer, frame_number, write_numbered_video
 
 
@@ -22,6 +22,14 @@ def drain(source, delay: float = 0.0, limit: int = 1000) -> list:
         out.append(item)
         time.sleep(delay)
     return out
+
+
+def wait_until(cond, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]
+    """Wait (bounded) for ``cond()``: the tests wait on what the source did, never on a fixed sleep."""
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.01)
 
 
 def test_video_file_block_policy_yields_every_frame_in_order(tmp_path: Path) -> None:
@@ -59,8 +67,8 @@ def test_drop_oldest_keeps_a_bounded_queue(tmp_path: Path) -> None:
     video = write_numbered_video(tmp_path / "clip.avi", count=30)
     source = open_source(str(video), SourceOptions(drop_policy=DropPolicy.DROP_OLDEST, queue_size=3))
     source.start()
-    time.sleep(0.5)  # let the reader run to the end of the file: only the 3 newest frames stay
     try:
+        wait_until(lambda: source.counters.captured == 30 and source.counters.dropped == 27)  # reader at the end
         samples = drain(source)
     finally:
         source.close()
@@ -92,7 +100,7 @@ def test_mjpeg_stream_reconnects_after_the_server_restarts() -> None:
         first = drain(source, limit=10)
         assert len(first) == 10 and first[0].data.shape == (48, 64, 3)
         server.stop()
-        time.sleep(0.6)  # camera gone: the source tries (and fails) to reconnect
+        wait_until(lambda: source.counters.reconnect_attempts >= 1)  # camera gone: the source tries to reconnect
         attempts_while_down = source.counters.reconnect_attempts
         server.start()
         resumed = drain(source, limit=10)
@@ -113,8 +121,49 @@ def test_stream_that_never_comes_back_ends_with_source_error() -> None:
     try:
         assert len(drain(source, limit=3)) == 3
         server.stop()
-        with pytest.raises(SourceError, match="did not come back after 3 attempts"):
+        with pytest.raises(SourceError, match="after 3 reconnect attempt"):
             drain(source)
     finally:
         source.close()
     assert source.counters.reconnect_attempts == 3
+
+
+class _OpensButNeverReads(ThreadedSource):
+    """An input that always reopens and never gives a frame: a UDP-only RTSP server seen by OpenCV."""
+
+    def __init__(self, policy: ReconnectPolicy) -> None:
+        super().__init__("silent-stream", DropPolicy.NEWEST_ONLY)
+        self.policy, self.opens = policy, 0
+
+    def _open(self) -> None:
+        self.opens += 1
+
+    def _loop(self) -> None:
+        while self._reconnect_with(self.policy, lambda: bool(self._open() or True)):
+            pass
+
+
+def test_reopens_that_yield_no_frame_count_toward_the_reconnect_bound() -> None:
+    """Given a stream that opens every time but never yields a frame, the attempt bound still applies: each
+    reopen is no recovery until a frame follows (before: every reopen reset the count, forever)."""
+    source = _OpensButNeverReads(ReconnectPolicy(initial_delay_s=0.01, max_delay_s=0.02, max_attempts=4))
+    source.start()
+    try:
+        with pytest.raises(SourceError, match="after 4 reconnect attempt.*4 reopened without a sample"):
+            drain(source)
+    finally:
+        source.close()
+    assert source.opens == 5 and source.counters.captured == 0
+
+
+def test_a_source_that_never_gives_up_reports_its_fault() -> None:
+    source = _OpensButNeverReads(ReconnectPolicy(initial_delay_s=0.01, max_delay_s=0.02, max_attempts=2,
+                                                 give_up=False))
+    source.start()
+    try:
+        wait_until(lambda: source.counters.reconnect_attempts >= 5)
+        assert source.get(timeout=0.05) is None  # still running, nothing yielded
+        assert "yields nothing; reconnecting" in (source.counters.fault or "")
+        assert source.counters.stalled_s() > 0
+    finally:
+        source.close()

@@ -21,7 +21,7 @@ def ota_keys(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def ota_packages(tmp_path_factory: pytest.TempPathFactory, ota_keys: dict[str, Path]) -> dict[str, Path]:
     """Signed ONNX classifier packages: v1 (serving), v2, v3, a twin of v1, and faulty ones (see the keys)."""
     from tests.model_factory import classifier_package
-    from tests.update.models import nan_package
+    from tests.update.models import nan_package, raising_package
 
     d = tmp_path_factory.mktemp("ota-pkgs")
     key = load_private_key(ota_keys["priv"])
@@ -33,8 +33,15 @@ def ota_packages(tmp_path_factory: pytest.TempPathFactory, ota_keys: dict[str, P
         "v1_twin": classifier_package(d / "twin", version="1.1.0", sign_key=key, seed=0).root,  # v1's weights
         "bad_golden": classifier_package(d / "bad", version="2.1.0", sign_key=key, corrupt_golden=True).root,
         "other_profile": classifier_package(d / "pi", version="2.2.0", sign_key=key, profile="raspberry-pi-4").root,
-        "unsigned": classifier_package(d / "unsigned", version="2.3.0").root,
+        "unsigned": _unsigned(classifier_package(d / "unsigned", version="2.3.0").root),
         "rogue": classifier_package(d / "rogue", version="2.4.0", sign_key=rogue).root,
         "nan": nan_package(d / "nan", version="2.5.0", sign_key=key).root,
+        "raising": raising_package(d / "raising", version="2.6.0", sign_key=key).root,
     }
     return out
+
+
+def _unsigned(root: Path) -> Path:
+    """The factory signs every package; this one must have no signature at all."""
+    (root / "signature.json").unlink()
+    return root

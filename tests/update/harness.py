@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import queue
 import subprocess
 import sys
 import threading
@@ -28,7 +27,7 @@ class FleetSide:
     def __init__(self, port: int, key_path: Path, name: str = "fleet") -> None:
         self.topics = Topics()
         self.link = MqttLink(MqttSettings(host="127.0.0.1", port=port, device_id=name, max_payload=1 << 20),
-                             will=False)
+                             will=False, announce=False)
         self.key = load_private_key(key_path)
         self.statuses: dict[str, list[dict[str, Any]]] = {}
         self.cond = threading.Condition()
@@ -84,7 +83,9 @@ class FleetSide:
         self.link.stop()
 
 
-def device_config(tmp: Path, device: str, port: int, pub_key: Path, initial: Path, **update: Any) -> Path:
+def device_config(tmp: Path, device: str, port: int, pub_key: Path, initial: Path, top: dict[str, Any] | None = None,
+                  **update: Any) -> Path:
+    """An agent config file (``top``: more top-level keys, e.g. source and source_options; the rest: update)."""
     cfg = {
         "device_id": device, "profile": "x86-laptop", "state_dir": str(tmp / device), "trusted_keys": [str(pub_key)],
         "groups": update.pop("groups", []), "initial_package": str(initial), "fps": 30,
@@ -93,6 +94,7 @@ def device_config(tmp: Path, device: str, port: int, pub_key: Path, initial: Pat
         "update": {"smoke_budget_ms": 2000, **update,
                    "health": {"window_s": 1.0, "min_inferences": 5, "latency_p95_ms": 2000,
                               **update.get("health", {})}},
+        **(top or {}),
     }  # fmt: skip
     path = tmp / f"{device}.yaml"
     path.write_text(yaml.safe_dump(cfg))
@@ -107,48 +109,38 @@ def spawn_agent(config: Path, log: Path) -> subprocess.Popen[bytes]:
 
 
 class InProcessDevice:
-    """The same wiring as `edge-runtime agent`, in this process (for fault injection by monkeypatch)."""
+    """`edge-runtime agent`'s own wiring (``build_agent``) run in this process, for faults injected by replacing
+    one method of the real pipeline or agent. Covers what needs the objects at hand: an error counter that breaks,
+    a swap that raises, disk-full injected into the transfer; everything else runs in real agent processes."""
 
     def __init__(self, config: Path) -> None:
         from edge_runtime.commands.agent import load_config
 
         self.cfg = load_config(config)
-        self.q: queue.Queue[Any] = queue.Queue()
         self.thread = threading.Thread(target=self._run, daemon=True)
-        self.pipeline: Any = None
-        self.agent: Any = None
+        self.parts: Any = None
         self.error: BaseException | None = None
         self.ready = threading.Event()
 
+    @property
+    def pipeline(self) -> Any:
+        return self.parts.pipeline if self.parts is not None else None
+
+    @property
+    def agent(self) -> Any:
+        return self.parts.agent if self.parts is not None else None
+
     def _run(self) -> None:
-        from edge_runtime.commands import agent as cmd
-        from edge_runtime.package import TrustStore
-        from edge_runtime.pipeline import Pipeline
-        from edge_runtime.update.agent import UpdateAgent
-        from edge_runtime.update.runtime import PackageRuntime
-        from edge_runtime.update.settings import UpdateSettings
+        from edge_runtime.commands.agent import build_agent
 
         try:
-            c = self.cfg
-            link = MqttLink(MqttSettings(device_id=c.device_id, **c.mqtt))
-            upd = UpdateSettings(device_id=c.device_id, profile=c.profile, state_dir=c.state_dir,
-                                 trusted_keys=tuple(c.trusted_keys), groups=tuple(c.groups), **c.update)
-            agent = UpdateAgent(upd, link, PackageRuntime(c.profile, TrustStore.from_paths(c.trusted_keys)),
-                                # generous: the tests here are about errors and states, and a loaded 2-core CI
-                                # machine can push a tiny model's p95 past tens of ms
-                                latency_budget_ms=2000)
-            if agent.slots.pointers().active is None:
-                cmd.seed_initial(agent, c.initial_package)
-            model = agent.boot()
-            self.pipeline = Pipeline(model, cmd._source(c, model), sinks=[agent.observe])
-            agent.attach(self.pipeline, lambda: self.pipeline.stats().errors)
-            self.agent, self.link = agent, link
-            link.start()
-            agent.start()
+            self.parts = build_agent(self.cfg)
+            self.parts.start()
             self.ready.set()
-            self.pipeline.run()
-            agent.stop()
-            link.stop()
+            try:
+                self.parts.serve()
+            finally:
+                self.parts.close()
         except BaseException as exc:  # surfaced by stop()
             self.error = exc
             self.ready.set()

@@ -1,7 +1,9 @@
-"""A model that passes its golden pairs but fails in the field: NaN scores when the input's variance is high.
+"""Models that pass their golden pairs but fail in the field, when the input's variance is high: one gives NaN
+scores (``nan_package``), one raises inside onnxruntime on every such frame (``raising_package``: an Expand of
+[1, 3] to [1, 4], which onnxruntime refuses while running the node).
 
 Golden frames (smooth, like real scenes) have a low pixel variance; the agent's synthetic source sends
-uniform random frames, whose variance is above the threshold, so every live prediction is NaN: a real model
+uniform random frames, whose variance is above the threshold, so every live inference fails: a real model
 that loads, passes its smoke test, and then fails its health window.
 """
 
@@ -54,7 +56,7 @@ _SPEC = {
 }  # fmt: skip
 
 
-def _graph(threshold: float):  # type: ignore[no-untyped-def]
+def _graph(threshold: float, fault: str = "nan"):  # type: ignore[no-untyped-def]
     rng = np.random.default_rng(3)
     nodes = [
         helper.make_node("ReduceMean", ["input"], ["m"], axes=[1, 2], keepdims=0),
@@ -64,13 +66,26 @@ def _graph(threshold: float):  # type: ignore[no-untyped-def]
         helper.make_node("Sub", ["input", "mu"], ["centred"]),
         helper.make_node("Mul", ["centred", "centred"], ["sq"]),
         helper.make_node("ReduceMean", ["sq"], ["var"], keepdims=0),
-        helper.make_node("Sub", ["thr", "var"], ["room"]),
-        helper.make_node("Log", ["room"], ["log"]),
-        helper.make_node("Mul", ["log", "zero"], ["nan_or_zero"]),
-        helper.make_node("Add", ["p", "nan_or_zero"], ["probs"]),
     ]
+    if fault == "nan":
+        nodes += [
+            helper.make_node("Sub", ["thr", "var"], ["room"]),
+            helper.make_node("Log", ["room"], ["log"]),
+            helper.make_node("Mul", ["log", "zero"], ["nan_or_zero"]),
+            helper.make_node("Add", ["p", "nan_or_zero"], ["probs"]),
+        ]
+    else:  # cols = 3 + (var > thr): Expand(p [1, 3], [1, cols]) cannot broadcast 3 to 4 and fails at run time
+        nodes += [
+            helper.make_node("Greater", ["var", "thr"], ["high"]),
+            helper.make_node("Cast", ["high"], ["k"], to=TensorProto.INT64),
+            helper.make_node("Add", ["k", "three"], ["cols"]),
+            helper.make_node("Concat", ["one", "cols"], ["shape"], axis=0),
+            helper.make_node("Expand", ["p", "shape"], ["probs"]),
+        ]
     inits = [_init("w", rng.normal(0, 1, (3, 3)).astype(np.float32)),
-             _init("thr", np.array(threshold, np.float32)), _init("zero", np.array(0.0, np.float32))]
+             _init("thr", np.array(threshold, np.float32)), _init("zero", np.array(0.0, np.float32)),
+             _init("one", np.array([1], np.int64)),
+             _init("three", np.array([3], np.int64))]
     return helper.make_graph(
         nodes, "nan_in_the_field", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 32, 32, 3])],
         [helper.make_tensor_value_info("probs", TensorProto.FLOAT, [1, 3])], inits,
@@ -83,12 +98,20 @@ def _spread(x: np.ndarray) -> float:
 
 
 def nan_package(out_dir: Path, version: str, sign_key) -> Package:  # type: ignore[no-untyped-def]
+    return _faulty_package(out_dir, version, sign_key, "nan")
+
+
+def raising_package(out_dir: Path, version: str, sign_key) -> Package:  # type: ignore[no-untyped-def]
+    return _faulty_package(out_dir, version, sign_key, "raise")
+
+
+def _faulty_package(out_dir: Path, version: str, sign_key, fault: str) -> Package:  # type: ignore[no-untyped-def]
     pre = ImagePreprocessor(InputSpec.model_validate(_SPEC), "BGR")
     feeds = [pre(f)[0] for f in _frames(6)]
     threshold = 1.1 * max(_spread(f) for f in feeds)
     uniform = pre(np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8))[0]
     assert _spread(uniform) > threshold, "synthetic frames must cross the threshold"
-    model = _save(_graph(threshold), Path(tempfile.mkdtemp(prefix="nan-")) / "model.onnx")
+    model = _save(_graph(threshold, fault), Path(tempfile.mkdtemp(prefix="nan-")) / "model.onnx")
     sess = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
     outputs = [sess.run(None, {"input": x})[0] for x in feeds]
     assert all(np.isfinite(o).all() for o in outputs)

@@ -49,9 +49,11 @@ def test_a_failing_swap_leaves_the_old_model_serving_and_the_machine_at_rest(tmp
     assert stats.version == "1.0.0" and calls[0] == "2.0.0"
 
 
-def test_an_error_during_the_health_window_swaps_the_old_model_back(tmp_path, broker, ota_keys,
-                                                                    ota_packages) -> None:
+def test_an_error_during_the_health_window_swaps_the_old_model_back(tmp_path, broker, ota_keys, ota_packages,
+                                                                    monkeypatch) -> None:
     """Before: the exception left the machine in health_check with the unverified model serving for good."""
+    from edge_runtime.update.health import HealthWindow
+
     fleet = FleetSide(broker.port, ota_keys["priv"])
     dev = _device(tmp_path, broker, ota_keys, ota_packages["v1"]).start()
     swapped: list[str] = []
@@ -61,20 +63,18 @@ def test_an_error_during_the_health_window_swaps_the_old_model_back(tmp_path, br
         swapped.append(model.manifest.version)
         return real_swap(model)
 
-    def failing_error_count() -> int:
-        if swapped:
-            raise OSError("error counter unreadable")
-        return 0
+    def broken_verdict(self: HealthWindow) -> Any:
+        raise OSError("health statistics unreadable")
 
     dev.pipeline.swap_model = watched_swap
-    dev.agent.error_count = failing_error_count
+    monkeypatch.setattr(HealthWindow, "verdict", broken_verdict)
     try:
         fleet.desire(fleet.upload(ota_packages["v2"]), "cam-1")
         done = fleet.wait_for("cam-1", lambda d: d["state"] in FINAL)
     finally:
         stats = dev.stop()
         fleet.close()
-    assert (done["state"], done["serving"]) == ("failed", "tiny-1.0.0"), done
+    assert (done["state"], done["code"], done["serving"]) == ("failed", "internal_error", "tiny-1.0.0"), done
     assert swapped == ["2.0.0", "1.0.0"] and stats.version == "1.0.0"
     assert fleet.states("cam-1")[-2:] == ["rolling_back", "failed"]
 
@@ -98,7 +98,7 @@ def test_an_offer_arriving_while_an_interrupted_update_resumes_is_applied_after_
     before = UpdateAgent(settings, fleet.link, PackageRuntime(c.profile, None))
     seed_initial(before, c.initial_package)
     doc2 = fleet.desire(v2, "cam-1")
-    before._doc_file.write_bytes(doc2.model_dump_json(by_alias=True).encode())
+    before.ctx.save_doc(doc2)
     before.machine.fire(Event.UPDATE_OFFERED, "v2", package_id=doc2.package_id, target_version=doc2.version,
                         target_key="tiny-2.0.0", from_key="tiny-1.0.0", sequence=doc2.sequence)
     assert before.machine.state is State.DOWNLOADING
@@ -138,3 +138,26 @@ def test_an_older_signed_rollback_queued_behind_a_newer_update_is_refused_as_a_r
         fleet.close()
     assert done["rejected"] == "replay" and done["serving"] == "tiny-3.0.0", done
     assert stats.version == "3.0.0"
+
+
+def test_rollbacks_keep_the_rollback_target_and_the_version_bound(tmp_path, broker, ota_keys, ota_packages) -> None:
+    """v1 -> v2 commits; two models that fail their health window are switched back. Afterwards v2 serves with v1
+    still its instant rollback target (before: previous became null) and no more than keep_versions stay installed
+    (before: every failed version stayed)."""
+    fleet = FleetSide(broker.port, ota_keys["priv"])
+    dev = _device(tmp_path, broker, ota_keys, ota_packages["v1"], keep_versions=2).start()
+    try:
+        fleet.desire(fleet.upload(ota_packages["v2"]), "cam-1")
+        fleet.wait_for("cam-1", lambda d: d["state"] == "committed" and d["serving"] == "tiny-2.0.0")
+        for bad in ("nan", "raising"):
+            fleet.clear("cam-1")
+            fleet.desire(fleet.upload(ota_packages[bad]), "cam-1")
+            done = fleet.wait_for("cam-1", lambda d: d["state"] in FINAL)
+            assert (done["state"], done["serving"]) == ("failed", "tiny-2.0.0"), done
+        pointers = dev.agent.slots.pointers()
+        installed = set(dev.agent.slots.keys())
+    finally:
+        dev.stop()
+        fleet.close()
+    assert (pointers.active, pointers.previous) == ("tiny-2.0.0", "tiny-1.0.0")
+    assert installed == {"tiny-1.0.0", "tiny-2.0.0"}

@@ -46,6 +46,11 @@ def test_envelope_signature_is_checked(ota_keys) -> None:
     unsigned = json.loads(env)
     del unsigned["signature"]
     assert _code(json.dumps(unsigned).encode(), trust) == "desired_malformed"
+    # hostile sizes and shapes: refused with a code (reported by the agent), never another exception
+    assert _code(b"[" * 100_000, trust) == "too_large"
+    assert _code(b"[" * 60_000, trust) == "desired_malformed"  # under the size limit, deeper than json can parse
+    assert _code(b" " * (100 << 20), trust) == "too_large"  # refused on its length, unparsed
+    assert _code(json.dumps({"schema": "x" * 50_000}).encode(), trust) == "desired_malformed"
 
 
 def _signed(doc: DesiredModel) -> SignedDesired:

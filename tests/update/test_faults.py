@@ -39,6 +39,7 @@ REFUSED = [
     ("rogue", "untrusted_key"),
     ("tampered", "package_invalid"),
     ("nan", "unhealthy"),
+    ("raising", "unhealthy"),
 ]
 
 
@@ -54,9 +55,13 @@ def test_bad_package_is_refused_and_v1_keeps_serving(tmp_path, broker, ota_keys,
         fleet.close()
     assert (done["state"], done["code"], done["serving"]) == ("failed", code, "tiny-1.0.0"), done
     assert stats.version == "1.0.0"
-    if which == "nan":  # the bad model served during its health window, then the device switched back itself
+    if which in ("nan", "raising"):  # the bad model served in its health window; the device switched back itself
         assert fleet.states("cam-1")[-3:] == ["health_check", "rolling_back", "failed"]
         assert done["health"]["error_rate"] > 0.5
+    if which == "raising":  # every attempt raised inside onnxruntime: counted, typed, and the pipeline went on
+        assert "inference errors 100% over" in done["reason"], done
+        assert done["health"]["raised"] == done["health"]["attempts"] >= 5
+        assert stats.inference_errors >= 5 and stats.last_error.startswith("onnxruntime failed during inference")
 
 
 def test_document_signed_by_untrusted_key_is_ignored(tmp_path, broker, ota_keys, ota_packages) -> None:

@@ -44,9 +44,6 @@ def test_kill9_in_random_states_then_consistent(tmp_path: Path, broker, ota_keys
             except Exception:
                 p.kill()
         fleet.close()
-    for d, final in finals.items():
-        killed_in = targets[d]
-        if killed_in in ("activating", "health_check"):  # not yet committed: the device switched back by itself
-            assert (final["state"], final["code"], final["serving"]) == ("failed", "restarted", "tiny-1.0.0"), final
-        else:  # interrupted before the swap: the update resumes and completes
-            assert (final["state"], final["serving"]) == ("committed", "tiny-2.0.0"), (d, killed_in, final)
+    for d, final in finals.items():  # before the swap the attempt resumes where it was; after it (activating,
+        # health check) the old model serves again at boot and the attempt swaps again from staged
+        assert (final["state"], final["serving"]) == ("committed", "tiny-2.0.0"), (d, targets[d], final)
