@@ -50,8 +50,10 @@ def run_stages(opts: ConvertOptions, p: Plan, work: Path, say: Progress) -> Pack
     pspecs = packaged_specs(ctx.fspecs, qm)
     cls, act = built.outputs.class_idx, built.outputs.activation
     out_spec = packager.output_spec(qm, cls, p.labels, act, opts.decoding, opts.task)
+    state_in = {b.input for b in opts.state}
+    data_spec = next(s for s in ctx.fspecs if s.name not in state_in)  # the drift baseline is about data
     ref = packager.reference_stats(
-        ctx.fspecs[0], ctx.data.frame_order, ctx.calib, ctx.fbuild, built.float_run, cls, act
+        data_spec, ctx.data.frame_order, ctx.calib, ctx.fbuild, built.float_run, cls, act
     )
     qbuild = cal.InputBuilder(pspecs, ctx.vbuild.frame_order, ctx.vbuild.source)
     golden = packager.golden_pairs(qm, qbuild, ctx.valid, opts.golden_count)
