@@ -83,7 +83,8 @@ def test_choose_writes_the_fastest_package_that_keeps_accuracy(tmp_path):
     out = tmp_path / "chosen"
     res = _bench("--choose", str(cnn.model), "--profile", "x86-laptop", "--validation", str(cnn.valid),
                  "--calibration", str(cnn.train), "--input-shape", INPUT_SHAPE, "--prune-ratios", "0.5",
-                 "--fine-tune-epochs", "1", "--threads", "1", "--runs", "30", "--rounds", "3", "--warmup", "3",
+                 "--fine-tune-epochs", "1", "--max-samples", "48", "--threads", "1", "--runs", "30", "--rounds", "3",
+                 "--warmup", "3",
                  "--out", str(out), "--no-progress")  # fmt: skip
     assert res.returncode == 0, res.stderr[-3000:]
     m = json.loads((out / "manifest.json").read_text())

@@ -98,7 +98,8 @@ def test_convert_prune_builtin_fine_tune(tmp_path):
     cnn = small_cnn()
     out = tmp_path / "pkg"
     res = _cli(str(cnn.model), *X86, "--calibration", str(cnn.train), "--validation", str(cnn.valid), "--out",
-               str(out), "--input-shape", INPUT_SHAPE, "--prune", "0.5", "--fine-tune-epochs", "2")  # fmt: skip
+               str(out), "--input-shape", INPUT_SHAPE, "--prune", "0.5", "--fine-tune-epochs", "2",
+               "--max-samples", "48")  # fmt: skip
     assert res.returncode == 0, res.stderr[-2000:]
     assert "pruned 50% of channels" in res.stderr
     m = json.loads((out / "manifest.json").read_text())
