@@ -9,6 +9,7 @@ were not fine-tuned or calibrated on; the selection rule is in ``edge_runtime.be
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import tempfile
 from dataclasses import dataclass, field
@@ -160,7 +161,7 @@ def choose(req: ChooseRequest, bench: BenchOptions, report_dir: Path | None) -> 
             why = next((c.note or "" for c in cands if c.precision == "float32"), "the profile allows no float32")
             raise ConversionError(f"the unpruned float candidate could not be built: {why}")
         vd = validation_data(req, load_package(float_ref.package))  # type: ignore[arg-type]
-        run, variant_of = measure(cands, req.threads, BenchOptions(**{**bench.__dict__, "validation": vd}))
+        run, variant_of = measure(cands, req.threads, dataclasses.replace(bench, validation=vd))
         print(format_table(run.report), flush=True)
         info, chosen = select(run.report, cands, variant_of, req.profile.budgets.max_accuracy_drop,
                               run.report.machine.describe())  # fmt: skip

@@ -61,7 +61,7 @@ def output_heads(module: Any, example: Any) -> list[str]:
     finally:
         for h in hooks:
             h.remove()
-    outs = out if isinstance(out, list | tuple) else [out]
+    outs = _flat(out)
     heads: list[str] = []
     seen: set[Any] = set()
     stack = [o.grad_fn for o in outs if isinstance(o, torch.Tensor) and o.grad_fn is not None]
@@ -76,6 +76,22 @@ def output_heads(module: Any, example: Any) -> list[str]:
             continue
         stack.extend(nxt for nxt, _ in fn.next_functions)
     return heads
+
+
+def _flat(out: Any) -> list[Any]:
+    """A module's outputs as a list: a tensor, a tuple/list of them, or a dict of them."""
+    if isinstance(out, dict):
+        return list(out.values())
+    return list(out) if isinstance(out, list | tuple) else [out]
+
+
+def _shapes(module: Any, example: Any) -> list[tuple[int, ...]]:
+    import torch
+
+    with torch.no_grad():
+        out = module(example)
+    outs = _flat(out)
+    return [tuple(o.shape) for o in outs if isinstance(o, torch.Tensor)]
 
 
 def _importance(tp: Any, kind: Importance) -> Any:
@@ -107,6 +123,7 @@ def prune(module: Any, input_shape: Sequence[int], ratio: float, importance: Imp
     heads = output_heads(module, example.clone())
     named = dict(module.named_modules())
     macs0, params0 = count(module, example)
+    before = _shapes(module, example)
     try:
         pruner = tp.pruner.MetaPruner(
             module, example, importance=_importance(tp, importance), pruning_ratio=ratio,
@@ -115,6 +132,10 @@ def prune(module: Any, input_shape: Sequence[int], ratio: float, importance: Imp
         pruner.step()
     except Exception as exc:  # Torch-Pruning raises many types for graphs it cannot trace
         raise PruningError(f"Torch-Pruning could not prune this model: {str(exc).splitlines()[0][:300]}") from exc
+    after = _shapes(module, example)
+    if after != before:
+        raise PruningError(f"pruning changed the model's output shapes {before} -> {after}: its heads could not "
+                           "be told from the graph (outputs must be tensors or tuples of tensors)")  # fmt: skip
     macs1, params1 = count(module, example)
     if params1 >= params0:
         raise PruningError(f"nothing could be pruned at ratio {ratio}: every layer is a head or too small")
