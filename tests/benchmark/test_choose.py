@@ -79,9 +79,13 @@ def _bench(*args: str) -> subprocess.CompletedProcess:
 @needs_prune
 @pytest.mark.slow
 def test_choose_writes_the_fastest_package_that_keeps_accuracy(tmp_path):
+    from edge_runtime.package import generate_keypair
+
     cnn = small_cnn()
+    key, pub = generate_keypair(tmp_path / "release")
     out = tmp_path / "chosen"
-    res = _bench("--choose", str(cnn.model), "--profile", "x86-laptop", "--validation", str(cnn.valid),
+    res = _bench("--choose", str(cnn.model), "--sign-key", str(key), "--profile", "x86-laptop",
+                 "--validation", str(cnn.valid),
                  "--calibration", str(cnn.train), "--input-shape", INPUT_SHAPE, "--prune-ratios", "0.5",
                  "--fine-tune-epochs", "1", "--max-samples", "48", "--threads", "1", "--runs", "30", "--rounds", "3",
                  "--warmup", "3",
@@ -102,8 +106,8 @@ def test_choose_writes_the_fastest_package_that_keeps_accuracy(tmp_path):
     html = (tmp_path / "chosen.report" / "report.html").read_text()
     assert "CHOSEN" in html and sel["chosen"] in html
     assert f"{sel['chosen']}" in res.stdout and "CHOSEN" in res.stdout
-    verify = subprocess.run([sys.executable, "-m", "edge_runtime.cli", "verify", str(out)], capture_output=True,
-                            text=True, timeout=120)  # fmt: skip
+    verify = subprocess.run([sys.executable, "-m", "edge_runtime.cli", "verify", str(out), "--key", str(pub)],
+                            capture_output=True, text=True, timeout=120)  # fmt: skip
     assert verify.returncode == 0, verify.stderr
 
 
