@@ -21,6 +21,7 @@ import email.policy
 import json
 import logging
 import math
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -127,22 +128,30 @@ def _json_array(body: bytes, image_input: bool, max_values: int = JSON_IMAGE_VAL
     return arr
 
 
+_CONTENT_LENGTH = re.compile(r"[0-9]{1,19}")
+
+
 async def read_body(request: Any, limit: int = MAX_BODY_BYTES) -> bytes:
     """The request body, refused with 413 as soon as it is known to exceed ``limit``: a huge upload is never held
     in memory whole (checked against Content-Length first, then while streaming, for chunked uploads)."""
+    from starlette.requests import ClientDisconnect
+
     size_text = f"{limit / 1048576:g} MiB" if limit >= 1048576 else f"{limit} bytes"
     too_big = RequestError(413, f"body larger than {size_text}", kind="body_size")
     declared = request.headers.get("content-length")
     if declared is not None:
-        if not declared.strip().isdigit():
+        if not _CONTENT_LENGTH.fullmatch(declared.strip()):
             raise RequestError(400, f"bad Content-Length {declared[:40]!r}", kind="bad_request")
         if int(declared) > limit:
             raise too_big
     body = bytearray()  # grown in place: a list of chunks joined at the end would hold the body twice
-    async for chunk in request.stream():
-        if len(body) + len(chunk) > limit:
-            raise too_big
-        body += chunk
+    try:
+        async for chunk in request.stream():
+            if len(body) + len(chunk) > limit:
+                raise too_big
+            body += chunk
+    except ClientDisconnect:
+        raise RequestError(400, "the client went away before sending its whole body", kind="disconnected") from None
     return body  # type: ignore[return-value] # bytes-like: every consumer takes a bytearray
 
 
@@ -264,8 +273,8 @@ def create_app(service: ModelService, load_in_background: bool = True,
     try:
         from contextlib import asynccontextmanager
 
-        from fastapi import FastAPI, Request
-        from fastapi.responses import JSONResponse, Response
+        from fastapi import FastAPI
+        from fastapi.responses import JSONResponse
     except ImportError as exc:
         raise MissingDependencyError("FastAPI (for `serve`)", "serve") from exc
     config = config or ServeConfig()
@@ -299,6 +308,20 @@ def create_app(service: ModelService, load_in_background: bool = True,
         m = service.model.manifest
         return JSONResponse({"ready": True, "model": m.name, "version": m.version})
 
+    _add_predict_route(app, service, config, counters, gate)
+    _add_metrics_route(app, counters, services)
+    if services is not None:
+        _add_health_route(app, service, services)
+    return app
+
+
+def _add_predict_route(app: Any, service: ModelService, config: ServeConfig, counters: ServeCounters,
+                       gate: WorkGate) -> None:
+    """POST /predict: admitted (or 503), body read in time and bounded, decoded and predicted on a worker thread;
+    every response counted by status, every refusal by kind."""
+    from fastapi import Request
+    from fastapi.responses import JSONResponse, Response
+
     def work(content_type: str, body: bytes, received: float) -> bytes:
         """On a worker thread: decode, predict, render (JSON has no NaN: a model can overflow on finite input)."""
         spec = service.model.input_spec
@@ -329,11 +352,6 @@ def create_app(service: ModelService, load_in_background: bool = True,
             response = JSONResponse({"error": "internal error (logged by the server)"}, status_code=500)
         counters.request(response.status_code)
         return response
-
-    _add_metrics_route(app, counters, services)
-    if services is not None:
-        _add_health_route(app, service, services)
-    return app
 
 
 def _add_metrics_route(app: Any, counters: ServeCounters, services: "DeviceServices | None") -> None:

@@ -10,7 +10,6 @@ import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -178,7 +177,9 @@ def test_kill9_during_the_health_window_resumes_and_commits(tmp_path, broker, ot
     assert resumed["code"] == "restarted" and resumed["serving"] == "tiny-1.0.0" and resumed["recoveries"] == 1
     assert (done["state"], done["serving"]) == ("committed", "tiny-2.0.0"), (done, _log(tmp_path, "cam-3"))
     assert not stale.exists()
-    import json
+    from edge_runtime.update.slots import SlotStore
 
-    pointers: dict[str, Any] = json.loads((tmp_path / "cam-3" / "slots" / "slots.json").read_text())
-    assert pointers["active"] == "tiny-2.0.0" and pointers["previous"] == "tiny-1.0.0"
+    slots = SlotStore(tmp_path / "cam-3" / "slots")  # slots are keyed by content: read what each one holds
+    p = slots.pointers()
+    assert p.active and p.previous
+    assert (slots.name_version(p.active), slots.name_version(p.previous)) == (("tiny", "2.0.0"), ("tiny", "1.0.0"))
