@@ -39,6 +39,11 @@ def convert(opts: ConvertOptions, progress: Progress | None = None) -> Package:
 def run_stages(opts: ConvertOptions, p: Plan, work: Path, say: Progress) -> Package:
     """Load and check data, build the target, then gather the manifest's parts and write the package."""
     ctx = open_context(opts, p, work, say)
+    pruning = None
+    if opts.prune is not None:
+        from converters.optimize.stage import prune_stage
+
+        ctx, pruning = prune_stage(ctx)
     built = build_target(ctx)
     qm = built.model
     say("computing reference statistics and golden pairs")
@@ -80,6 +85,7 @@ def run_stages(opts: ConvertOptions, p: Plan, work: Path, say: Progress) -> Pack
         tools=tools,
         extra_files=opts.extra_files,
         state=opts.state,
+        pruning=pruning,
     )
     say(f"writing package {opts.out}")
     return packager.write(parts, Path(opts.out), p.key, opts.force, opts.archive)
