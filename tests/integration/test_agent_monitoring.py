@@ -11,6 +11,7 @@ import yaml
 from edge_runtime.package import load_private_key
 from tests.integration.helpers import CLI, health, reap, terminate, wait_until
 from tests.model_factory import classifier_package
+from tests.monitoring.schemas import validate_batch
 from tests.mqtt_broker import free_port
 from tests.sync.subscriber import Subscriber
 
@@ -39,6 +40,7 @@ def test_agent_sends_metrics_over_its_one_mqtt_link(broker, signing_keys, tmp_pa
         sub.close()
     assert proc.returncode == 0, err
     batch = json.loads(sub.snapshot()[0][1])
+    validate_batch(batch)
     record = batch["records"][0]["data"]
     assert record["device"] == "ag-1" and record["model"] == "tiny" and record["frames"] > 0
     assert h["broker"]["configured"] and h["broker"]["connected"] and h["source"]["spec"] == "synthetic"
