@@ -106,3 +106,46 @@ def test_versions_are_registered_with_lineage_and_aliases_move(api, archives):
     assert r.status_code == 200 and r.content == whole
     r = client.get("/api/v1/registry/models/tiny/versions/1.1.0/package", headers=_h(tok["olga"], Range="bytes=100-"))
     assert r.status_code == 206 and r.content == whole[100:]
+
+
+def test_the_dashboard_shows_versions_and_a_rollout_an_operator_pauses_and_aborts(api, archives):
+    import re
+
+    from sqlalchemy import insert
+
+    from fleet.server.db import tables as t
+
+    client, tok = api
+    engine = client.app.state.server.engine
+    op = _h(tok["olga"])
+    for v in ("1.0.0", "1.1.0"):
+        assert client.post("/api/v1/registry/packages", content=archives[v].read_bytes(), headers=op).status_code == 201
+    with engine.begin() as conn:  # two devices of group lobby, as ingest would have stored them
+        conn.execute(insert(t.devices), [{"id": d, "first_seen": 1.0, "last_seen": 1.0, "online": True,
+                                          "drifting": False, "version": "1.0.0", "groups": ["lobby"]}
+                                         for d in ("cam-1", "cam-2")])
+    # given a rollout created through the API (no broker here: it stays in its first state)
+    r = client.post("/api/v1/rollouts", json={"name": "tiny", "version": "1.1.0", "target": "group:lobby",
+                                              "canaries": ["cam-1"], "window_s": 5}, headers=op)
+    assert r.status_code == 201 and r.json()["waves"] == [["cam-2"]], r.text
+    rid = r.json()["id"]
+    bad = client.post("/api/v1/rollouts", json={"name": "tiny", "version": "1.1.0", "target": "group:nobody"},
+                      headers=op)
+    assert bad.status_code == 409 and "no known devices" in bad.text
+    # when the operator logs in to the dashboard
+    client.cookies.clear()
+    assert client.post("/login", data={"username": "olga", "password": "correct-horse"},
+                       follow_redirects=False).status_code == 303
+    page = client.get("/registry")
+    assert page.status_code == 200 and "<td>1.1.0</td>" in page.text and "<h2 id=\"model-tiny\">" in page.text
+    page = client.get(f"/rollouts/{rid}")
+    csrf = re.search(r'name="csrf" value="([^"]+)"', page.text).group(1)
+    # then a form without the CSRF token is refused, with it the rollout pauses, then aborts
+    assert client.post(f"/rollouts/{rid}/pause", data={"csrf": "wrong"}).status_code == 403
+    page = client.post(f"/rollouts/{rid}/pause", data={"csrf": csrf})
+    assert page.status_code == 200 and '<b id="state">paused</b>' in page.text
+    page = client.post(f"/rollouts/{rid}/abort", data={"csrf": csrf})
+    assert '<b id="state">rolling_back</b>' in page.text and "abort by olga" in page.text
+    page = client.post(f"/rollouts/{rid}/pause", data={"csrf": csrf})
+    assert page.status_code == 409 and "not possible now" in page.text
+    assert "rolling_back" in client.get("/rollouts").text

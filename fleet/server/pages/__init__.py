@@ -129,3 +129,8 @@ def drift_page(hours: float = 24, srv: Server = Depends(server), user: User = De
     with srv.engine.connect() as conn:
         dr = queries.drift(conn, time.time() - hours * 3600)
     return render("drift.html", user=user, dr=dr, hours=hours)
+
+
+from fleet.server.pages import registry as _registry_pages  # noqa: E402 - its routes use render and page_user
+
+router.include_router(_registry_pages.router)
