@@ -26,9 +26,13 @@ MAX_SAMPLE_BYTES = 8 << 20  # decoded sample content
 
 
 @cache
+def _schema(name: str) -> Any:
+    return json.loads(resources.files("edge_runtime.schemas").joinpath(f"{name}.json").read_text())
+
+
+@cache
 def _checker(name: str) -> Any:
-    schema = json.loads(resources.files("edge_runtime.schemas").joinpath(f"{name}.json").read_text())
-    return compile_schema(schema)
+    return compile_schema(_schema(name), load=_schema)
 
 
 def schema_error(name: str, doc: Any) -> str | None:

@@ -1,4 +1,4 @@
-"""Server-side rollouts with real parts: a real mosquitto, the real `edge-runtime fleet serve` (SQLite) killed
+"""Server-side rollouts with real parts: a real mosquitto, the real `edge-runtime fleet serve` (SQLite and PostgreSQL) killed
 with SIGKILL mid-rollout and restarted, three real `edge-runtime agent` processes in group lobby, the CLI.
 A rollout resumes where it stood and finishes; a second one is paused, resumed and aborted, and rolls back."""
 
@@ -32,12 +32,12 @@ def _state(server: FleetServer, rid: int) -> str | None:
     return r["state"] if code == 200 else None
 
 
-def test_a_rollout_survives_a_server_kill_and_an_aborted_one_rolls_back(tmp_path):
+def test_a_rollout_survives_a_server_kill_and_an_aborted_one_rolls_back(tmp_path, db_url):
     priv, pub = generate_keypair(tmp_path / "keys" / "fleet")
     key = load_private_key(priv)
     pkgs = {v: classifier_package(tmp_path / v, version=v, sign_key=key, seed=i).root
             for i, v in enumerate(("1.0.0", "2.0.0", "3.0.0"))}
-    db = f"sqlite:///{tmp_path / 'fleet.db'}"
+    db = db_url
     broker = Mosquitto(tmp_path / "broker").start()
     server = FleetServer(broker.port, db, tmp_path / "fleet", extra=("--operator-key", str(priv)))
     server.token = add_user(db, "olga", "operator")
