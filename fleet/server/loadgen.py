@@ -29,8 +29,10 @@ def metric_record(device: str, ts: float, version: str = "1.0.0", rng: random.Ra
                                           "max": lat * 2}, "inference": {"count": 10, "p50": lat * 0.6}},
             "quality": {"frames": 10, "confidence_histogram": hist},
             "pipeline": {"dropped": 0, "errors": 0}, "system": {"cpu_percent": 20 + rng.random() * 10},
-            "drift": {"brightness": {"feature": "brightness", "samples": 10, "psi": round(rng.random() * 0.1, 4),
-                                     "drifted": False}}}
+            "drift": {"reference": {"kind": "package"}, "predictions": {"samples": 10},
+                      "features": {"brightness": {"samples": 10, "value": 0.5, "reference": 0.5,
+                                                  "d": round(rng.random() * 0.1, 4), "threshold": 3.0,
+                                                  "drifted": False}}}}
 
 
 def batch_payload(device: str, outbox: str, kind: str, first_id: int, datas: list[dict[str, Any]]) -> bytes:

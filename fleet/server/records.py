@@ -165,7 +165,8 @@ def metric_figures(data: dict[str, Any]) -> dict[str, Any]:
     if isinstance(hist, list) and hist and all(isinstance(c, int) for c in hist) and sum(hist) > 0:
         conf = sum((i + 0.5) / len(hist) * c for i, c in enumerate(hist)) / sum(hist)
     drift = data.get("drift")
-    scores = [_num(_get(s, "psi")) for s in drift.values()] if isinstance(drift, dict) else []
+    features = drift.get("features") if isinstance(drift, dict) else None  # metrics/1: score d in sigmas
+    scores = [_num(_get(s, "d")) for s in features.values()] if isinstance(features, dict) else []
     temps = _get(data, "system", "temperature_c")
     temp = max((t for t in (_num(v) for v in temps.values()) if t is not None), default=None) \
         if isinstance(temps, dict) else _num(temps)

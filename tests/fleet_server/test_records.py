@@ -44,7 +44,7 @@ def test_one_bad_record_in_a_batch_refuses_only_itself():
 
 def test_drift_events_mark_the_device_and_cleared_events_unmark_it():
     ev = {"schema": "event/1", "type": "drift", "device": "cam-1", "ts": 5.0, "model": "m", "version": "1",
-          "feature": "brightness"}
+          "feature": "brightness", "reference": {"kind": "package"}, "scores": {}, "thresholds": {}}
     p = parse("edge/devices/cam-1/events", batch_payload("cam-1", "e", "event", 1, [ev, {**ev, "ts": 6.0,
                                                                                      "type": "drift_cleared"}]))
     assert [r["type"] for r in p.rows["events"]] == ["drift", "drift_cleared"]
@@ -70,9 +70,15 @@ def test_the_compiled_checker_agrees_with_jsonschema_on_every_device_schema():
     docs = {"metrics": metric_record("d", 1.0), "event": ev,
             "state": {"schema": "state/1", "device": "d", "online": True, "ts": 1.0, "model": "x"},
             "batch": json.loads(batch_payload("d", "e", "metrics", 1, [metric_record("d", 1.0)]))}
+    from referencing import Registry, Resource
+
+    from fleet.server.records import _schema
+
+    registry = Registry().with_resources(
+        (_schema(n)["$id"], Resource.from_contents(_schema(n))) for n in ("metrics", "event", "state", "batch"))
     for name, good in docs.items():
         schema = json.loads(resources.files("edge_runtime.schemas").joinpath(f"{name}.json").read_text())
-        ours, theirs = compile_schema(schema), Draft202012Validator(schema)
+        ours, theirs = compile_schema(schema, load=_schema), Draft202012Validator(schema, registry=registry)
         variants = [good]
         for key in list(good):
             dropped = copy.deepcopy(good)

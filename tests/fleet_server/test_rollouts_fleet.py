@@ -1,5 +1,5 @@
-"""Server-side rollouts with real parts: a real mosquitto, the real `edge-runtime fleet serve` (SQLite and PostgreSQL) killed
-with SIGKILL mid-rollout and restarted, three real `edge-runtime agent` processes in group lobby, the CLI.
+"""Server-side rollouts with real parts: a real mosquitto, the real `edge-runtime fleet serve` (SQLite and PostgreSQL)
+killed with SIGKILL mid-rollout and restarted, three real `edge-runtime agent` processes in group lobby, the CLI.
 A rollout resumes where it stood and finishes; a second one is paused, resumed and aborted, and rolls back."""
 
 from __future__ import annotations
