@@ -23,7 +23,8 @@ class Thresholds(BaseModel):
 
     max_error_rate_delta: float = Field(default=0.02, ge=0, le=1, description="Errors per frame, canary - control.")
     max_latency_ratio: float = Field(default=1.5, gt=1, description="Canary latency p95 / control latency p95.")
-    max_drift_delta: float = Field(default=0.2, ge=0, description="Mean drift statistic, canary - control.")
+    max_drift_delta: float = Field(default=1.0, ge=0, description="Mean of each record's largest drift score "
+                                   "(sigmas from the reference, metrics/1 drift.features.*.d), canary - control.")
     max_confidence_drop: float = Field(default=0.1, ge=0, le=1, description="Mean confidence, control - canary.")
     min_records: int = Field(default=3, ge=1, description="Metric records each group needs in the window.")
 

@@ -30,10 +30,10 @@ def _verdict(engine) -> tuple[bool, str]:
 def test_an_environment_shift_both_groups_show_passes(tmp_path: Path):
     engine = make_engine(f"sqlite:///{tmp_path / 'f.db'}")
     migrate(engine)
-    # given every camera's scene drifted (drift 0.9 on canary and control alike), latencies alike
-    _rows(engine, "cam-1", "2.0.0", 10.0, 0.9)
-    _rows(engine, "cam-2", "1.0.0", 10.0, 0.9)
-    _rows(engine, "cam-3", "1.0.0", 11.0, 0.85)
+    # given every camera's scene drifted (about 4 sigmas on canary and control alike), latencies alike
+    _rows(engine, "cam-1", "2.0.0", 10.0, 4.2)
+    _rows(engine, "cam-2", "1.0.0", 10.0, 4.0)
+    _rows(engine, "cam-3", "1.0.0", 11.0, 3.8)
     # when judged, then the rollout goes on; judged against limits alone it would have been drift everywhere
     passed, reason = _verdict(engine)
     assert passed and "control group" in reason, reason
@@ -43,12 +43,12 @@ def test_a_regression_only_the_canaries_show_fails_with_its_figures(tmp_path: Pa
     engine = make_engine(f"sqlite:///{tmp_path / 'f.db'}")
     migrate(engine)
     # given the canary three times slower and drifting while the control group is not
-    _rows(engine, "cam-1", "2.0.0", 30.0, 0.9, errors=2)
+    _rows(engine, "cam-1", "2.0.0", 30.0, 3.0, errors=2)
     _rows(engine, "cam-2", "1.0.0", 10.0, 0.1)
     _rows(engine, "cam-3", "1.0.0", 10.0, 0.1)
     passed, reason = _verdict(engine)
     assert not passed
-    assert "latency p95" in reason and "drift 0.900 vs control 0.100" in reason and "error rate 0.100" in reason
+    assert "latency p95" in reason and "drift 3.000 vs control 0.100" in reason and "error rate 0.100" in reason
     # and a canary that sent nothing in the window is not judged good
     with engine.connect() as conn:
         empty = group_figures(conn, ["cam-9"], "2.0.0", 100.0, 200.0)
