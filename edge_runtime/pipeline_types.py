@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
@@ -28,6 +28,7 @@ class FrameResult:
     frame: np.ndarray | None  # the input frame (BGR) or sensor window
     capture_wait_ms: float  # capture -> start of processing (time spent queued)
     end_to_end_ms: float  # capture -> prediction ready
+    source: str = ""  # the name of the source it came from (--source NAME=SPEC, the agent's sources:)
 
 
 Sink = Callable[[FrameResult], None]
@@ -56,6 +57,7 @@ class PipelineStats:
     inference_errors: int = 0  # of ``errors``: the model raised while running (InferenceError), not a bad input
     source_stalled_s: float = 0.0  # seconds since the source last yielded a sample (or opened)
     source_fault: str | None = None  # why the source yields nothing now (reconnecting, stalled); None when fine
+    sources: dict[str, dict[str, Any]] = field(default_factory=dict)  # per source name: its counters and fault
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
