@@ -20,8 +20,6 @@ import numpy as np
 
 from edge_runtime.errors import ConfigError, EdgeRuntimeError, InferenceError, SourceError
 from edge_runtime.latency import STAGES, LatencyRecorder  # noqa: F401 - STAGES re-exported: hooks get these keys
-from edge_runtime.package.manifest import InputSpec, Manifest
-from edge_runtime.pipeline_types import FrameResult, Guarded, PipelineConfig, PipelineStats, Sink, StageHook
 from edge_runtime.multisource import (
     Handoff,
     LaneScheduler,
@@ -30,6 +28,8 @@ from edge_runtime.multisource import (
     default_source_name,
     lane_failure,
 )
+from edge_runtime.package.manifest import InputSpec, Manifest
+from edge_runtime.pipeline_types import FrameResult, Guarded, PipelineConfig, PipelineStats, Sink, StageHook
 from edge_runtime.results import Prediction
 from edge_runtime.sources.base import END, Sample, ThreadedSource
 from edge_runtime.sources.motion import MotionGate

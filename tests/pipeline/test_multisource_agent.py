@@ -10,10 +10,11 @@ from pathlib import Path
 import pytest
 
 from tests.sources.media import MjpegServer, write_numbered_video
-from tests.update.conftest import ota_keys, ota_packages  # noqa: F401 - the OTA fixtures, shared
+from tests.update import conftest as ota_fixtures
 from tests.update.harness import FleetSide, device_config, spawn_agent
 
 pytestmark = pytest.mark.mqtt
+ota_keys, ota_packages = ota_fixtures.ota_keys, ota_fixtures.ota_packages  # the OTA suite's fixtures, shared
 
 
 def _per_source(doc: dict) -> dict:
