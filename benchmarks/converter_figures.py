@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/converter_figures.py [--models silero-vad,magika,...] [--samples 64] [--work DIR]
 
 For each model (converters.zoo.brought.RECIPES: Silero VAD, BlazeFace full-range, magika, openWakeWord embedding
-and hey-jarvis): prepare real inputs, run `edge-runtime convert` in a subprocess (wall time measured here), then
+and hey-mycroft): prepare real inputs, run `edge-runtime convert` in a subprocess (wall time measured here), then
 print the guard's figures from the manifest (float and int8 accuracy with labels, top-1 agreement, cosine, max
 error, decision and reason) and what the package did on real input. A refused conversion prints its one-line
 reason. Needs espeak-ng (speech) and the packages of the `dev` extra.

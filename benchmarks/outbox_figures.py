@@ -119,7 +119,7 @@ def monitor_time(frames: list[np.ndarray], work: Path) -> float:
     from tests.monitoring.helpers import frame_result, manifest_with_reference
 
     outbox = Outbox(OutboxConfig(path=work / "mon.db"))
-    mon = Monitor(MonitorConfig(period_s=1.0, drift=DriftConfig(window=500, every_n_frames=50)),
+    mon = Monitor(MonitorConfig(period_s=1.0, drift=DriftConfig(reference="package")),
                   manifest_with_reference(size=288), outbox)
     results = [frame_result(i, f, confidence=0.9) for i, f in enumerate(frames)]
     for r in results[:100]:

@@ -1,6 +1,7 @@
 """Security figures (issue 11): hostile cases per surface, against the real code and real processes.
 
-    .venv/bin/python benchmarks/security_figures.py [--only serve,udp,stdin,desired,chunks,manifests,archives]
+    .venv/bin/python benchmarks/security_figures.py [--only serve,udp,stdin,desired,commands,chunks,
+                                                    manifests,archives]
                                                     [--random 200] [--bomb-mib 256]
 
 Per surface it prints the cases tried and their outcomes: refused (the documented error, or a 4xx/503), accepted
@@ -14,7 +15,6 @@ machine (with its load) is printed first. Asserts nothing.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import logging
 import os
@@ -22,9 +22,7 @@ import shutil
 import socket
 import subprocess
 import sys
-import tarfile
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -37,11 +35,20 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.security_cases import (  # noqa: E402
+    WINDOW,
+    archive_cases,
+    body_cases,
+    expected_bad,
+    image_cases,
+    json_bombs,
+    line_cases,
+    mutations,
+)
 from edge_runtime.benchmark.machine import machine_summary  # noqa: E402
 from edge_runtime.errors import PackageError  # noqa: E402
 from edge_runtime.package import load_package, load_private_key  # noqa: E402
 from edge_runtime.package.signing import TrustStore, sign_bytes  # noqa: E402
-from edge_runtime.sources.windowing import MAX_LINE_BYTES, parse_line  # noqa: E402
 from edge_runtime.sync.topics import Topics  # noqa: E402
 from edge_runtime.update.desired import DesiredModel, open_desired, sign_desired  # noqa: E402
 from edge_runtime.update.errors import TransferError, VerificationError  # noqa: E402
@@ -52,8 +59,6 @@ from tests.security import hostile  # noqa: E402
 from tests.security.procs import MIB, in_threads, memory, serve, signed_packages  # noqa: E402
 
 GOAL_MIB = 50.0
-HOSTILE_VALUES = [None, True, -1, 0, 10**40, 1e308, float("nan"), float("inf"), "", "x" * 10000, "../../etc",
-                  [], {}, [[[[[]]]]], {"a": {"b": {}}}, "\x00", "é", 2**63]  # fmt: skip
 
 
 @dataclass
@@ -84,27 +89,6 @@ def rss_line(what: str, idle: int, peak: int) -> str:
             f"(+{growth:.1f} MiB, goal <+{GOAL_MIB:.0f}: {verdict})")
 
 
-def mutations(valid: dict, rng: np.random.Generator, n: int) -> list[bytes]:
-    """``n`` copies of ``valid`` with one field replaced by a hostile value, deleted, or added."""
-    out = []
-    for _ in range(n):
-        doc, key = dict(valid), sorted(valid)[int(rng.integers(len(valid)))]
-        action = int(rng.integers(3))
-        if action == 0:
-            doc[key] = HOSTILE_VALUES[int(rng.integers(len(HOSTILE_VALUES)))]
-        elif action == 1:
-            del doc[key]
-        else:
-            doc[f"extra{int(rng.integers(100))}"] = HOSTILE_VALUES[int(rng.integers(len(HOSTILE_VALUES)))]
-        out.append(json.dumps(doc).encode())
-    return out
-
-
-def json_bombs() -> list[bytes]:
-    return [hostile.deep_json(100_000), hostile.deep_json(100_000, b'{"a":'), b"", b"null", b"[]", b"\xff\xfe",
-            b"9" * 100_000, b'{"a": ' + b"1e999" + b"}", b"NaN"]  # fmt: skip
-
-
 def in_process(tally: Tally, cases: list[bytes], fn: Callable[[bytes], object], refusal: type[Exception]) -> None:
     for case in cases:
         try:
@@ -118,39 +102,26 @@ def in_process(tally: Tally, cases: list[bytes], fn: Callable[[bytes], object], 
 
 
 # ------------------------------------------------------------------ serve
-def image_cases(rng: np.random.Generator, n: int) -> list[bytes]:
-    frame = rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)
-    valid = [cv2.imencode(ext, frame)[1].tobytes() for ext in (".png", ".jpg", ".bmp")]
-    cases = [hostile.png_bomb(), hostile.png_header_only(60000, 60000), hostile.jpeg_sof(30000, 30000),
-             hostile.bmp_header(20000, -20000), hostile.png_header_only(64, 64), hostile.jpeg_sof(64, 64),
-             b"GIF89a" + bytes(100), b"RIFF\0\0\0\0WEBPVP8 ", b"II*\0" + bytes(100)]  # fmt: skip
-    for _ in range(n):
-        data = bytearray(valid[int(rng.integers(3))])
-        for _ in range(int(rng.integers(1, 8))):
-            data[int(rng.integers(len(data)))] = int(rng.integers(256))
-        cases.append(bytes(data[: int(rng.integers(len(data) // 2, len(data) + 1))]))
-    return cases
 
 
-def body_cases() -> list[tuple[str, bytes]]:
-    multipart = "multipart/form-data; boundary=b"
-    return [("application/json", b) for b in json_bombs()] + [
-        ("application/json", b"[" + b",".join([b"[NaN, 1]"] * 4) + b"]"),
-        ("application/json", b"[[[1e39, 0, 0]]]"), ("application/json", b'[["a", "b"]]'),
-        ("application/json", b"[" * 8_000_000 + b"]" * 8_000_000),  # 16 MB of nesting: at the body limit
-        ("application/json", b"0" * (16 * MIB + 1)),  # over the body limit
-        ("application/json", b"[" + b"0.5," * (4 * MIB - 1) + b"0]"),  # 16 MiB of numbers: 200+ MiB once parsed
-        (multipart, b"--b\r\n\r\n--b--"), (multipart, b"garbage"), ("multipart/form-data", b"x"),
-        (multipart, b'--b\r\nContent-Disposition: form-data; name="file"; filename="x"\r\n'
-                    b"Content-Transfer-Encoding: base64\r\n\r\n!!!!\r\n--b--\r\n"),
-        ("text/plain", b"x"), ("image/png", b""), ("", b"\x00" * 1000),
-    ]  # fmt: skip
+# /healthz is timed from its own process: a poller thread here would share the GIL with the bomb clients and time
+# them, not serve.
+_POLLER = ("import http.client, sys, time\n"
+           "for _ in range(int(sys.argv[2])):\n"
+           "    t = time.perf_counter(); c = http.client.HTTPConnection('127.0.0.1', int(sys.argv[1]), timeout=60)\n"
+           "    c.request('GET', '/healthz'); c.getresponse().read(); c.close()\n"
+           "    print(time.perf_counter() - t, flush=True)\n")
 
 
-def _timed(call: Callable[[], object]) -> float:
-    t = time.perf_counter()
-    call()
-    return time.perf_counter() - t
+def healthz_poller(port: int, count: int) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", _POLLER, str(port), str(count)], stdout=subprocess.PIPE, text=True)
+
+
+def slowest_of(poller: subprocess.Popen, stop: bool = False) -> float:
+    if stop:
+        poller.terminate()
+    out = poller.communicate(timeout=120)[0].split()
+    return max(map(float, out), default=float("nan"))
 
 
 def post(url: str, ctype: str, body: bytes) -> httpx.Response:
@@ -177,28 +148,20 @@ def serve_surfaces(pkgs: dict, rng: np.random.Generator, n: int) -> list[str]:
         for _ in range(5):
             post(s.url, "image/jpeg", good)
         idle = s.memory()["VmHWM"]
-        idle_healthz = max(_timed(lambda: httpx.get(f"{s.url}/healthz", timeout=30)) for _ in range(20))
+        idle_healthz = slowest_of(healthz_poller(s.port, 40))
         for case in image_cases(rng, n):
             images.add(*outcome_of(lambda c=case: post(s.url, "image/png", c)))
         # four clients with five bombs each while /healthz is polled
-        bomb, slowest = hostile.png_bomb(), 0.0
-        done = threading.Event()
+        bomb = hostile.png_bomb()
 
         def bombs(_: int) -> list[tuple[str, str]]:
             return [outcome_of(lambda: post(s.url, "image/png", bomb)) for _ in range(5)]
 
-        def poll() -> None:
-            nonlocal slowest
-            while not done.is_set():
-                slowest = max(slowest, _timed(lambda: httpx.get(f"{s.url}/healthz", timeout=30)))
-
-        poller = threading.Thread(target=poll)
-        poller.start()
+        poller = healthz_poller(s.port, 100_000)
         for result in in_threads(bombs, range(4)):
             for outcome in result if isinstance(result, list) else [("crashed", repr(result))]:
                 images.add(*outcome)
-        done.set()
-        poller.join()
+        slowest = slowest_of(poller, stop=True)
         peak_images = s.memory()["VmHWM"]
         for ctype, body in body_cases():
             bodies.add(*outcome_of(lambda c=ctype, b=body: post(s.url, c, b)))
@@ -213,28 +176,6 @@ def serve_surfaces(pkgs: dict, rng: np.random.Generator, n: int) -> list[str]:
 
 
 # ------------------------------------------------------------------ sensors
-def line_cases(rng: np.random.Generator, n: int) -> list[bytes]:
-    cases = [hostile.deep_json(60000), hostile.deep_json(12000, b'{"a":'), b"1e999,1,1", b"nan,1,2",
-             b'{"x": "walk", "y": [1, 2], "z": null}', b"[" + b"9" * 5000 + b", 1, 2]", b"\xff\xfe\x00garbage",
-             b"1,2", b"1,2,3,4", b'{"a": {"b": 1}, "c": 2, "d": 3}']  # fmt: skip
-    tokens = [b"1", b"-2.5", b"1e999", b"nan", b"inf", b"x", b"[", b"]", b"{", b"}", b'"a":', b",", b" ", b"null"]
-    for _ in range(n):
-        cases.append(b"".join(tokens[int(i)] for i in rng.integers(len(tokens), size=int(rng.integers(1, 12)))))
-    return [c.replace(b"\n", b" ").replace(b"\r", b" ") for c in cases]
-
-
-def expected_bad(cases: list[bytes]) -> int:
-    def bad(line: bytes) -> bool:
-        text = line.strip()
-        if not text or text.startswith(b"#"):
-            return False
-        values = parse_line(line) if len(line) <= MAX_LINE_BYTES else None
-        return values is None or values.size != 3
-
-    return sum(bad(c) for c in cases)
-
-
-WINDOW = b"".join(b"%d,0.5,-0.25\n" % i for i in range(16))
 
 
 def udp_surface(pkgs: dict, rng: np.random.Generator, n: int) -> list[str]:
@@ -323,6 +264,43 @@ def desired_surface(pkgs: dict, rng: np.random.Generator, n: int) -> list[str]:
     return [tally.line()]
 
 
+def command_surface(pkgs: dict, rng: np.random.Generator, n: int) -> list[str]:
+    """The device's CommandHandler as the MQTT network thread calls it: refused = counted and reported."""
+    from edge_runtime.sync.commands import CommandHandler, new_command, sign_command
+    from edge_runtime.sync.replay import SequenceStore
+
+    tally, key, work = Tally("commands"), pkgs["private"], Path(tempfile.mkdtemp())
+    reports: list[dict] = []
+    handler = CommandHandler("cam-1", TrustStore.from_paths([pkgs["key"]], ["operator"]),
+                             SequenceStore(work / "commands.json"), lambda _kind, body: reports.append(body))
+    handler.register("upload_samples", lambda cmd: None)
+    valid = new_command("cam-1", "upload_samples", max=5)
+    cases = [*json_bombs(), sign_command(valid, key), sign_command(valid, key),  # the second one is a replay
+             json.dumps({"command": "upload_samples", "max": 1000000}).encode()]  # the issue's unsigned command
+    cases += mutations(json.loads(sign_command(valid, key)), rng, n // 2)
+    fields = valid.model_dump(mode="json", by_alias=True)
+    for i in range(n // 2):  # signed by the trusted operator key, hostile inside, each with a fresh sequence
+        text = mutations({**fields, "sequence": fields["sequence"] + 1 + i}, rng, 1)[0]
+        env = {"schema": "command-envelope/1", "document": text.decode("utf-8", "replace"),
+               "signature": json.loads(sign_bytes(key, text))}  # fmt: skip
+        cases.append(json.dumps(env).encode())
+    for case in cases:
+        before = dict(handler.counters), len(reports)
+        try:
+            handler.on_message("edge/devices/cam-1/commands", case)
+        except Exception as exc:  # noqa: BLE001 - the figure counts it
+            tally.add("crashed", f"{type(exc).__name__}: {exc}")
+            continue
+        if handler.counters["rejected"] > before[0]["rejected"] and len(reports) > before[1]:
+            tally.add("refused")
+        elif handler.counters["accepted"] > before[0]["accepted"]:
+            tally.add("accepted")
+        else:
+            tally.add("crashed", f"neither counted nor reported: {case[:80]!r}")
+    shutil.rmtree(work)
+    return [tally.line()]
+
+
 def chunk_surface(pkgs: dict, rng: np.random.Generator, n: int) -> list[str]:
     from tests.security.hostile import MemoryLink
 
@@ -369,35 +347,6 @@ def manifest_surface(pkgs: dict, rng: np.random.Generator, n: int) -> list[str]:
     return [tally.line()]
 
 
-def archive_cases(pkgs: dict, work: Path, bomb_mib: int) -> dict[str, Path]:
-    """Hostile archives beside a good signed one: truncated, not a tar, a gzip bomb (the signed manifest and
-    signature first, then model.onnx declaring ``bomb_mib`` MiB of zeros), a path-traversal and a symlink member."""
-    from edge_runtime.package.store import pack_archive
-
-    good = pack_archive(pkgs["classifier"], work / "good.erpkg")
-    raw = good.read_bytes()
-    with tarfile.open(good) as tar:
-        model_at = tar.getmember("model.onnx").offset
-    info = tarfile.TarInfo("model.onnx")
-    info.size = bomb_mib * MIB
-    contents = {"truncated": raw[: len(raw) // 2], "not a tar": b"x" * 4096,
-                "gzip bomb": hostile.gzip_of_zeros_after(raw[:model_at] + info.tobuf(format=tarfile.PAX_FORMAT),
-                                                         bomb_mib * MIB, bytes(1024))}  # fmt: skip
-    paths = {}
-    for name, data in contents.items():
-        paths[name] = work / f"{name.replace(' ', '-')}.erpkg"
-        paths[name].write_bytes(data)
-    for name, member in (("path traversal", "../evil"), ("symlink", "link")):
-        p = paths[name] = work / f"{name.replace(' ', '-')}.erpkg"
-        shutil.copy(good, p)
-        with tarfile.open(p, "a") as tar:
-            ti = tarfile.TarInfo(member)
-            if name == "symlink":
-                ti.type, ti.linkname = tarfile.SYMTYPE, "/etc/passwd"
-            tar.addfile(ti, io.BytesIO(b""))
-    return paths
-
-
 def archive_surface(pkgs: dict, bomb_mib: int) -> list[str]:
     tally, work = Tally("archives"), Path(tempfile.mkdtemp())
     cache = work / "cache"
@@ -417,7 +366,7 @@ def archive_surface(pkgs: dict, bomb_mib: int) -> list[str]:
             f"({'ok' if left == 0 else 'MISS'}: a {bomb_mib} MiB bomb was tried)"]
 
 
-SURFACES = ["serve", "udp", "stdin", "desired", "chunks", "manifests", "archives"]
+SURFACES = ["serve", "udp", "stdin", "desired", "commands", "chunks", "manifests", "archives"]
 
 
 def main() -> int:
@@ -437,6 +386,7 @@ def main() -> int:
             "udp": lambda: udp_surface(pkgs, np.random.default_rng(2), args.random),
             "stdin": lambda: stdin_surface(pkgs, np.random.default_rng(3), args.random),
             "desired": lambda: desired_surface(pkgs, np.random.default_rng(4), args.random),
+            "commands": lambda: command_surface(pkgs, np.random.default_rng(7), args.random),
             "chunks": lambda: chunk_surface(pkgs, np.random.default_rng(5), min(args.random, 60)),
             "manifests": lambda: manifest_surface(pkgs, np.random.default_rng(6), args.random),
             "archives": lambda: archive_surface(pkgs, args.bomb_mib),

@@ -17,7 +17,7 @@ from converters import calibration as cal
 from converters import guard
 from converters.context import Context, Outputs, decide_outputs
 from converters.model import FloatModel, QuantizedModel
-from converters.scores import score_ranges
+from converters.scores import as_decoded, score_ranges
 from edge_runtime.package.manifest import AccuracyReport, InputSpec
 
 Runner = Callable[[list[np.ndarray]], list[np.ndarray]]
@@ -73,10 +73,15 @@ def evaluator(ctx: Context, float_run: Runner, outs: Outputs, labels: list[int |
     keep = [i for i, t in enumerate(ctx.fm.outputs) if t.name not in state_out]
     cls = keep.index(outs.class_idx) if outs.class_idx is not None else None
 
+    post = as_decoded(ctx.opts.decoding, [t.name for t in ctx.fm.outputs])
+
+    def view(outs_: list[np.ndarray]) -> list[np.ndarray]:
+        return [post[i](outs_[i]) if i in post else outs_[i] for i in keep]
+
     def evaluate(qm: QuantizedModel) -> guard.Agreement:
         qrun = ModelRunner(qm.path, output_quant=qm.output_quantization)
         qbuild = cal.InputBuilder(packaged_specs(ctx.fspecs, qm), ctx.vbuild.frame_order, ctx.vbuild.source)
-        pairs = (([f[i] for i in keep], [q[i] for i in keep])
+        pairs = ((view(f), view(q))
                  for f, q in ((float_run(ctx.vbuild(s, i)), qrun.run_float(qbuild(s, i)))
                               for i, s in enumerate(ctx.valid)))  # fmt: skip
         return guard.measure(pairs, cls, labels, outs.activation)

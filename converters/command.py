@@ -94,6 +94,13 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-float-nodes", type=int, default=8, help="most nodes the accuracy guard may keep in float")
     p.add_argument("--force", action="store_true", help="replace an existing --out directory")
     p.add_argument("--archive", type=Path, help="also write the package as one .erpkg file")
+    pr = p.add_argument_group("pruning (PyTorch sources; needs the [prune] extra)")
+    pr.add_argument("--prune", type=float, metavar="RATIO", help="remove this share of channels first, e.g. 0.3")
+    pr.add_argument("--prune-importance", choices=["l1", "group"], help="channel importance (default l1)")
+    pr.add_argument("--fine-tune-epochs", type=int, help="built-in fine-tune on the labelled calibration data "
+                    "(default 3; 0: none)")
+    pr.add_argument("--train-cmd", metavar="CMD", help="fine-tune with your command instead: it gets {data} "
+                    "{model} {output} (also EDGE_TRAIN_DATA/_MODEL/_OUTPUT)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
 
 
@@ -140,6 +147,26 @@ def _inputs(args: argparse.Namespace) -> dict:
             "constants": consts, "state": state}  # fmt: skip
 
 
+def _pruning(args: argparse.Namespace) -> dict:
+    """--prune and its companions as the options' ``prune`` field; a companion without --prune is refused."""
+    extra = {"importance": args.prune_importance, "fine_tune_epochs": args.fine_tune_epochs,
+             "train_cmd": args.train_cmd}  # fmt: skip
+    given = {k: v for k, v in extra.items() if v is not None}
+    if args.prune is None:
+        if given:
+            raise ConversionError(f"--{next(iter(given)).replace('_', '-')} applies with --prune RATIO only")
+        return {}
+    if not 0 < args.prune < 1:
+        raise ConversionError(f"--prune takes a share of channels between 0 and 1 (e.g. 0.3), got {args.prune}")
+    from converters.optimize import PruneOptions
+
+    try:
+        return {"prune": PruneOptions(ratio=args.prune, **given)}
+    except ValidationError as exc:
+        where, msg = first_validation_error(exc)
+        raise ConversionError(f"--{where.replace('_', '-')}: {msg}") from exc
+
+
 def _options(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     from converters.pipeline import ConvertOptions
 
@@ -152,6 +179,7 @@ def _options(args: argparse.Namespace):  # type: ignore[no-untyped-def]
         )
     }  # fmt: skip
     fields.update(_detection(args))
+    fields.update(_pruning(args))
     fields.update(_inputs(args))
     if args.sign_key is not None:  # loaded (and its passphrase checked) before any conversion work
         from edge_runtime.package.signing import load_private_key, read_passphrase

@@ -10,6 +10,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from converters import calibration as cal
+from converters.optimize import NEEDS_TORCH, PruneOptions, PruningError
 from edge_runtime.errors import ConversionError, PackageError
 from edge_runtime.package.manifest import Decoding, InputSpec, StateBinding
 from edge_runtime.package.signing import Ed25519PrivateKey, load_private_key
@@ -62,6 +63,7 @@ class ConvertOptions(BaseModel):
     max_float_nodes: int = Field(default=8, ge=0, description="Most nodes the accuracy guard may keep in float.")
     golden_count: int = Field(default=5, ge=1, le=16, description="Golden input/output pairs to store.")
     holdout: float = Field(default=0.2, gt=0, lt=1, description="Share of calibration held back without validation.")
+    prune: PruneOptions | None = Field(default=None, description="Channel pruning before conversion (PyTorch).")
 
     @model_validator(mode="after")
     def _consistent(self) -> ConvertOptions:
@@ -154,7 +156,10 @@ def plan(opts: ConvertOptions) -> Plan:
     if opts.precision not in profile.formats.precisions:
         allowed = ", ".join(profile.formats.precisions)
         raise ConversionError(f"profile {profile.name} does not allow precision {opts.precision} (allowed: {allowed})")
-    fmt, note = _choose_format(opts, profile, detect_format(Path(opts.source)))
+    src = detect_format(Path(opts.source))
+    if opts.prune is not None and src != "torch":
+        raise PruningError(NEEDS_TORCH.format(fmt=src))
+    fmt, note = _choose_format(opts, profile, src)
     if isinstance(opts.calibration, Path) and not opts.calibration.exists():
         raise ConversionError(f"calibration data {opts.calibration} does not exist")
     if isinstance(opts.validation, Path) and not opts.validation.exists():

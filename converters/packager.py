@@ -30,6 +30,7 @@ from edge_runtime.package.manifest import (
     StateBinding,
     TensorSpec,
 )
+from edge_runtime.package.optimization import PruningInfo
 from edge_runtime.package.signing import Ed25519PrivateKey
 from edge_runtime.package.store import Package, pack_archive, write_package
 
@@ -55,6 +56,7 @@ class PackageParts:
     tools: dict[str, str]
     extra_files: Mapping[str, bytes | Path] = field(default_factory=dict)
     state: Sequence[StateBinding] = ()
+    pruning: PruningInfo | None = None
 
 
 def golden_bytes(pairs: Sequence[tuple[list[np.ndarray], list[np.ndarray]]]) -> bytes:
@@ -236,6 +238,7 @@ def write(
         "golden": golden.model_dump() if golden else None,
         "source": parts.source.model_dump() if parts.source else None,
         "tools": parts.tools,
+        "pruning": parts.pruning.model_dump() if parts.pruning else None,
     }
     pkg = write_package(out_dir, files, fields, sign_key=sign_key, overwrite=overwrite)
     if archive is not None:

@@ -39,14 +39,21 @@ def convert(opts: ConvertOptions, progress: Progress | None = None) -> Package:
 def run_stages(opts: ConvertOptions, p: Plan, work: Path, say: Progress) -> Package:
     """Load and check data, build the target, then gather the manifest's parts and write the package."""
     ctx = open_context(opts, p, work, say)
+    pruning = None
+    if opts.prune is not None:
+        from converters.optimize.stage import prune_stage
+
+        ctx, pruning = prune_stage(ctx)
     built = build_target(ctx)
     qm = built.model
     say("computing reference statistics and golden pairs")
     pspecs = packaged_specs(ctx.fspecs, qm)
     cls, act = built.outputs.class_idx, built.outputs.activation
     out_spec = packager.output_spec(qm, cls, p.labels, act, opts.decoding, opts.task)
+    state_in = {b.input for b in opts.state}
+    data_spec = next(s for s in ctx.fspecs if s.name not in state_in)  # the drift baseline is about data
     ref = packager.reference_stats(
-        ctx.fspecs[0], ctx.data.frame_order, ctx.calib, ctx.fbuild, built.float_run, cls, act
+        data_spec, ctx.data.frame_order, ctx.calib, ctx.fbuild, built.float_run, cls, act
     )
     qbuild = cal.InputBuilder(pspecs, ctx.vbuild.frame_order, ctx.vbuild.source)
     golden = packager.golden_pairs(qm, qbuild, ctx.valid, opts.golden_count)
@@ -78,6 +85,7 @@ def run_stages(opts: ConvertOptions, p: Plan, work: Path, say: Progress) -> Pack
         tools=tools,
         extra_files=opts.extra_files,
         state=opts.state,
+        pruning=pruning,
     )
     say(f"writing package {opts.out}")
     return packager.write(parts, Path(opts.out), p.key, opts.force, opts.archive)

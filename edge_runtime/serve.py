@@ -21,6 +21,7 @@ import email.policy
 import json
 import logging
 import math
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -127,22 +128,30 @@ def _json_array(body: bytes, image_input: bool, max_values: int = JSON_IMAGE_VAL
     return arr
 
 
+_CONTENT_LENGTH = re.compile(r"[0-9]{1,19}")
+
+
 async def read_body(request: Any, limit: int = MAX_BODY_BYTES) -> bytes:
     """The request body, refused with 413 as soon as it is known to exceed ``limit``: a huge upload is never held
     in memory whole (checked against Content-Length first, then while streaming, for chunked uploads)."""
+    from starlette.requests import ClientDisconnect
+
     size_text = f"{limit / 1048576:g} MiB" if limit >= 1048576 else f"{limit} bytes"
     too_big = RequestError(413, f"body larger than {size_text}", kind="body_size")
     declared = request.headers.get("content-length")
     if declared is not None:
-        if not declared.strip().isdigit():
+        if not _CONTENT_LENGTH.fullmatch(declared.strip()):
             raise RequestError(400, f"bad Content-Length {declared[:40]!r}", kind="bad_request")
         if int(declared) > limit:
             raise too_big
     body = bytearray()  # grown in place: a list of chunks joined at the end would hold the body twice
-    async for chunk in request.stream():
-        if len(body) + len(chunk) > limit:
-            raise too_big
-        body += chunk
+    try:
+        async for chunk in request.stream():
+            if len(body) + len(chunk) > limit:
+                raise too_big
+            body += chunk
+    except ClientDisconnect:
+        raise RequestError(400, "the client went away before sending its whole body", kind="disconnected") from None
     return body  # type: ignore[return-value] # bytes-like: every consumer takes a bytearray
 
 
@@ -229,9 +238,10 @@ class ModelService:
                 self.rejected += 1
                 raise RequestError(422, str(exc), kind="model_input") from exc
             self.requests += 1
+            pid = self.requests
             if self.observe is not None:
                 self._observe(x, pred, received, started)
-        return pred.to_dict()
+        return {**pred.to_dict(), "id": pid}  # the id a feedback label names (POST /feedback)
 
     def _observe(self, x: np.ndarray, pred: Any, received: float, started: float) -> None:
         """Hand the prediction to the monitor like a pipeline frame; a monitor bug never fails the request."""
@@ -264,8 +274,8 @@ def create_app(service: ModelService, load_in_background: bool = True,
     try:
         from contextlib import asynccontextmanager
 
-        from fastapi import FastAPI, Request
-        from fastapi.responses import JSONResponse, Response
+        from fastapi import FastAPI
+        from fastapi.responses import JSONResponse
     except ImportError as exc:
         raise MissingDependencyError("FastAPI (for `serve`)", "serve") from exc
     config = config or ServeConfig()
@@ -299,6 +309,21 @@ def create_app(service: ModelService, load_in_background: bool = True,
         m = service.model.manifest
         return JSONResponse({"ready": True, "model": m.name, "version": m.version})
 
+    _add_predict_route(app, service, config, counters, gate)
+    endpoints = _monitor_endpoints(service, services)
+    _add_metrics_route(app, counters, endpoints)
+    if endpoints is not None:
+        _add_monitor_routes(app, endpoints, config)
+    return app
+
+
+def _add_predict_route(app: Any, service: ModelService, config: ServeConfig, counters: ServeCounters,
+                       gate: WorkGate) -> None:
+    """POST /predict: admitted (or 503), body read in time and bounded, decoded and predicted on a worker thread;
+    every response counted by status, every refusal by kind."""
+    from fastapi import Request
+    from fastapi.responses import JSONResponse, Response
+
     def work(content_type: str, body: bytes, received: float) -> bytes:
         """On a worker thread: decode, predict, render (JSON has no NaN: a model can overflow on finite input)."""
         spec = service.model.input_spec
@@ -330,30 +355,32 @@ def create_app(service: ModelService, load_in_background: bool = True,
         counters.request(response.status_code)
         return response
 
-    _add_metrics_route(app, counters, services)
-    if services is not None:
-        _add_health_route(app, service, services)
-    return app
+
+def _monitor_endpoints(service: ModelService, services: "DeviceServices | None") -> Any:
+    """The device monitor's Endpoints (the same as `run`'s server), fed every prediction; None without services."""
+    if services is None:
+        return None
+    from edge_runtime.monitoring.http import Endpoints
+
+    service.observe = services.observe
+    services.monitor.pipeline_stats = service.stats
+    return Endpoints(services)
 
 
-def _add_metrics_route(app: Any, counters: ServeCounters, services: "DeviceServices | None") -> None:
+def _add_metrics_route(app: Any, counters: ServeCounters, endpoints: Any) -> None:
     """/metrics (Prometheus text): the service's own counters, plus the device monitor's metrics with services."""
     from fastapi.responses import Response
 
-    from edge_runtime.monitoring.http import make_registry
+    from edge_runtime.monitoring.http import metrics_response
 
-    registry = make_registry(services.monitor) if services is not None else _empty_registry()
+    registry = endpoints.registry if endpoints is not None else _empty_registry()
     if registry is not None:
         registry.register(counters.collector())
 
     @app.get("/metrics")
     def metrics() -> Response:
-        if registry is None:
-            return Response("prometheus-client is not installed: pip install 'edge-runtime[monitor]'\n",
-                            status_code=501, media_type="text/plain")
-        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-
-        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+        code, ctype, body = metrics_response(registry)
+        return Response(body, status_code=code, media_type=ctype)
 
 
 def _empty_registry() -> Any:
@@ -364,13 +391,23 @@ def _empty_registry() -> Any:
     return CollectorRegistry()
 
 
-def _add_health_route(app: Any, service: ModelService, services: "DeviceServices") -> None:
-    """/health (JSON) backed by the device services' monitor, which also gets every prediction."""
-    from fastapi.responses import JSONResponse
+def _add_monitor_routes(app: Any, endpoints: Any, config: ServeConfig) -> None:
+    """/health (JSON, 503 while unhealthy) and POST /feedback (labels for predictions), as in `run`."""
+    from fastapi import Request
+    from fastapi.responses import Response
 
-    service.observe = services.observe
-    services.monitor.pipeline_stats = service.stats
+    from edge_runtime.monitoring.http import MAX_FEEDBACK_BYTES
 
     @app.get("/health")
-    def health() -> JSONResponse:
-        return JSONResponse(json.loads(json.dumps(services.health(), default=str)))
+    def health() -> Response:
+        code, ctype, body = endpoints.health()
+        return Response(body, status_code=code, media_type=ctype)
+
+    @app.post("/feedback")
+    async def feedback(request: Request) -> Response:
+        try:
+            body = await read_body(request, MAX_FEEDBACK_BYTES)
+        except RequestError as exc:
+            return Response(json.dumps({"error": exc.reason}), status_code=exc.status, media_type="application/json")
+        code, ctype, out = endpoints.feedback(body)
+        return Response(out, status_code=code, media_type=ctype)

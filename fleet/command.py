@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import ValidationError
 
 from edge_runtime.errors import ConfigError, validation_message
+from fleet.server import cli as server_cli
 
 if TYPE_CHECKING:
     from fleet.rollout import RolloutPlan
@@ -62,6 +63,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     ro.add_argument("--waves", type=int, default=1, help="promote the other devices in this many waves, each "
                     "committing before the next starts")
     ro.add_argument("--json", action="store_true", help="print the result as JSON")
+    server_cli.configure(sub)  # serve, user, token (fleet/server/cli.py)
 
 
 def rollout_plan(args: argparse.Namespace) -> RolloutPlan:
@@ -128,6 +130,8 @@ def _link(args: argparse.Namespace):  # type: ignore[no-untyped-def]
 def run(args: argparse.Namespace) -> int:
     from edge_runtime.package import load_private_key, read_passphrase
 
+    if server_cli.uses_server(args):
+        return server_cli.run(args)
     plan = rollout_plan(args) if args.fleet_cmd == "rollout" else None
     command = command_doc(args) if args.fleet_cmd == "command" else None
     if args.fleet_cmd == "publish" and args.target and not args.key:

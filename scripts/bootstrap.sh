@@ -33,6 +33,6 @@ echo "==> setting up $venv (first run downloads ~1 GB of wheels: TensorFlow, onn
 "$venv/bin/python" -m pip install -q --no-deps "silero-vad==6.2.3" "pyopen-wakeword==1.1.0" "magika==1.0.3"
 # PyTorch is optional (the torch source of the converter); CI installs the CPU build to test that path.
 if [[ "${EDGE_RUNTIME_WITH_TORCH:-0}" == "1" ]]; then
-  "$venv/bin/python" -m pip install -q "torch==2.13.0"
+  "$venv/bin/python" -m pip install -q "torch==2.13.0" "torch-pruning>=1.6"  # + the [prune] extra
 fi
 echo "$want" > "$stamp"

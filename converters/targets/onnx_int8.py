@@ -232,6 +232,25 @@ def _range_overrides(path: Path, ranges: Mapping[str, tuple[float, float]]) -> d
     return out
 
 
+def _host_has_vnni() -> bool:
+    """x86 CPUs with AVX-512 VNNI or AVX-VNNI multiply u8 x s8 in 32 bits; without them onnxruntime's AVX2 kernels
+    (vpmaddubsw) add pairs of products in saturating 16 bits, so full 8-bit weights overflow and outputs go wrong."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return True
+    return "avx512_vnni" in flags or "avx_vnni" in flags
+
+
+def needs_reduced_range(profile: DeviceProfile) -> bool:
+    """7-bit weights (onnxruntime's ``reduce_range``) where 8-bit ones could saturate: a target x86 device may lack
+    VNNI, and the accuracy guard runs the int8 model on this host, which must compute what the device will."""
+    import platform
+
+    host_x86 = platform.machine().lower() in ("x86_64", "amd64", "i686")
+    return profile.cpu.arch == "x86_64" or (host_x86 and not _host_has_vnni())
+
+
 def quantize_onnx(
     prepared_path: Path,
     calibration: Calibration,
@@ -267,6 +286,7 @@ def quantize_onnx(
         weight_type=QuantType.QInt8,
         calibrate_method=calib,
         nodes_to_exclude=list(nodes_to_exclude),
+        reduce_range=needs_reduced_range(profile),
     )
     _check_quantizable(prepared_path)
     _run_quantize_static(prepared_path, out_path, reader([i.name for i in inputs], calibration), extra, kwargs)

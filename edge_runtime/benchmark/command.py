@@ -32,7 +32,8 @@ def _name_list(text: str) -> list[str]:
 
 def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("models", nargs="+", metavar="MODEL_OR_PACKAGE", help=".onnx/.tflite file, package dir or .erpkg")
-    p.add_argument("--threads", type=_int_list, default=[1], help="thread counts, e.g. 1,2,4 (default 1)")
+    p.add_argument("--threads", type=_int_list, default=None,
+                   help="thread counts, e.g. 1,2,4 (default 1; with --choose: 1 and the profile's)")
     p.add_argument("--backends", type=_name_list, default=["onnxruntime", "tflite"],
                    help="onnxruntime, tflite (LiteRT), runtime:onnxruntime, runtime:tflite (the edge_runtime API "
                         "on a package); a backend that cannot run a model is listed as skipped")
@@ -54,6 +55,36 @@ def configure(p: argparse.ArgumentParser) -> None:
                    help="warn above this relative spread (default 0.10, or tolerance/2 with --compare)")
     p.add_argument("--reference-name", default=None, metavar="NAME", help="device name stored in the JSON")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    _configure_choose(p.add_argument_group("choosing (--choose SOURCE): build candidates, write the fastest that "
+                                           "keeps accuracy as a package; needs the convert extra"))
+
+
+def _ratios(text: str) -> list[float]:
+    try:
+        values = [float(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated ratios like 0.3,0.5, got {text!r}") from None
+    if any(not 0 <= v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"pruning ratios must be in [0, 1), got {text!r}")
+    return values
+
+
+def _configure_choose(g: argparse._ArgumentGroup) -> None:
+    g.add_argument("--choose", action="store_true", help="build and measure candidates of ONE source model")
+    g.add_argument("--profile", help="device profile (formats, precisions, accuracy budget)")
+    g.add_argument("--out", type=Path, help="package directory to write the chosen candidate to")
+    g.add_argument("--calibration", type=Path, help="int8 calibration data (default: --validation, 20%% held back)")
+    g.add_argument("--prune-ratios", type=_ratios, help="pruning ratios to try, PyTorch sources (default 0.3,0.5)")
+    g.add_argument("--prune-importance", choices=["l1", "group"], help="channel importance (default l1)")
+    g.add_argument("--fine-tune-epochs", type=int, help="built-in fine-tune epochs after pruning (default 3)")
+    g.add_argument("--train-cmd", metavar="CMD", help="fine-tune with your command ({data} {model} {output})")
+    g.add_argument("--input-shape", type=_int_list, help="input shape for PyTorch sources, e.g. 1,3,224,224")
+    g.add_argument("--labels", type=Path, help="class names file, one per line in output order")
+    g.add_argument("--mean", help="normalisation mean, pixel units (as convert)")
+    g.add_argument("--std", help="normalisation std, pixel units (as convert)")
+    g.add_argument("--max-samples", type=int, help="calibration samples (default: the profile's)")
+    g.add_argument("--sign-key", type=Path, help="Ed25519 private key to sign the chosen package")
+    g.add_argument("--force", action="store_true", help="replace an existing --out directory")
 
 
 def options_from_args(args: argparse.Namespace) -> BenchOptions:
@@ -132,7 +163,24 @@ def emit(run: BenchRun, args: argparse.Namespace, tolerance: float) -> int:
     return code
 
 
+def _choose_flags_unused(args: argparse.Namespace) -> str | None:
+    for flag in ("profile", "out", "calibration", "prune_ratios", "prune_importance", "fine_tune_epochs", "train_cmd",
+                 "input_shape", "labels", "mean", "std", "max_samples", "sign_key"):  # fmt: skip
+        if getattr(args, flag) is not None:
+            return "--" + flag.replace("_", "-")
+    return "--force" if args.force else None
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.choose:
+        from converters.optimize.choose import run_choose  # laptop side: builds packages (convert extra)
+
+        # --validation is the raw labelled data here (images or arrays, as convert reads), not bench's .npz x/y
+        return run_choose(args, options_from_args(argparse.Namespace(**{**vars(args), "validation": None})))
+    stray = _choose_flags_unused(args)
+    if stray:
+        raise BenchmarkError(f"{stray} applies with --choose only")
+    args.threads = args.threads or [1]
     opts = options_from_args(args)
     if args.compare is not None:
         from edge_runtime.benchmark.compare import load_reference

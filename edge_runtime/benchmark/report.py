@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import html
+from collections.abc import Mapping
 from pathlib import Path
 
 from edge_runtime.benchmark import BenchmarkError
@@ -15,6 +16,7 @@ from edge_runtime.benchmark.schema import BenchReport, VariantResult
 from edge_runtime.fsutil import atomic_write_bytes, atomic_write_text
 
 _MB = 1024 * 1024
+Table = tuple[list[str], list[list[str]]]
 
 
 def _fmt(x: float | None, spec: str = ".2f") -> str:
@@ -146,9 +148,17 @@ def plot_speed_quality(report: BenchReport, path: Path) -> bytes:
     return data
 
 
-def _html(report: BenchReport, images: dict[str, bytes]) -> str:
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    esc = html.escape
+    thead = "".join(f"<th>{esc(h)}</th>" for h in header)
+    return f"<table><tr>{thead}</tr>" + "".join(
+        "<tr>" + "".join(f"<td>{esc(c)}</td>" for c in r) + "</tr>" for r in rows) + "</table>"
+
+
+def _html(report: BenchReport, images: dict[str, bytes], tables: Mapping[str, Table] | None = None) -> str:
     header, rows = table_rows(report)
     esc = html.escape
+    extra = "".join(f"<h2>{esc(title)}</h2>{_table(*t)}" for title, t in (tables or {}).items())
     thead = "".join(f"<th>{esc(h)}</th>" for h in header)
     tbody = "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in r) + "</tr>" for r in rows)
     machine = "".join(f"<tr><th>{esc(k)}</th><td>{esc(str(v))}</td></tr>"
@@ -162,7 +172,7 @@ def _html(report: BenchReport, images: dict[str, bytes]) -> str:
 <style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse;font-size:13px}}
 td,th{{border:1px solid #ccc;padding:3px 6px;text-align:left}}img{{max-width:100%}}</style></head><body>
 <h1>edge-runtime bench</h1><p>{esc(report.created)} {esc(report.reference_name or "")}</p>
-<h2>Results</h2><table><tr>{thead}</tr>{tbody}</table>
+{extra}<h2>Results</h2><table><tr>{thead}</tr>{tbody}</table>
 {f"<h2>Figures</h2><ul>{figures}</ul>" if figures else ""}
 {f"<h2>Warnings</h2><ul>{warns}</ul>" if warns else ""}
 {imgs}
@@ -172,8 +182,10 @@ td,th{{border:1px solid #ccc;padding:3px 6px;text-align:left}}img{{max-width:100
 """
 
 
-def write_report(report: BenchReport, samples_ms: dict[str, list[float]], out_dir: str | Path) -> list[Path]:
-    """Write latency.png, speed_quality.png and report.html (PNGs inlined, no external files) into out_dir."""
+def write_report(report: BenchReport, samples_ms: dict[str, list[float]], out_dir: str | Path,
+                 tables: Mapping[str, Table] | None = None) -> list[Path]:
+    """Write latency.png, speed_quality.png and report.html (PNGs inlined, no external files) into out_dir;
+    ``tables`` (title -> header, rows) go first in the HTML, e.g. the table `bench --choose` chose by."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     images: dict[str, bytes] = {}
@@ -182,6 +194,6 @@ def write_report(report: BenchReport, samples_ms: dict[str, list[float]], out_di
         images["Latency distribution"] = plot_latency(samples_ms, out / "latency.png")
         images["Speed against quality"] = plot_speed_quality(report, out / "speed_quality.png")
         written += [out / "latency.png", out / "speed_quality.png"]
-    atomic_write_text(out / "report.html", _html(report, images))
+    atomic_write_text(out / "report.html", _html(report, images, tables))
     written.append(out / "report.html")
     return written

@@ -211,6 +211,7 @@ def build_agent(cfg: AgentConfig, what: str = "agent config") -> AgentParts:
     """The one wiring of a device agent (the command's and the tests'): link, update agent (recovered, model
     loaded), pipeline on the configured source, monitoring services. Nothing is started."""
     from edge_runtime.device_config import embedded_device_config
+    from edge_runtime.monitoring.health import update_agent_check
     from edge_runtime.monitoring.service import start_services
     from edge_runtime.pipeline import Pipeline, PipelineConfig
     from edge_runtime.profiles import load_profile
@@ -245,6 +246,7 @@ def build_agent(cfg: AgentConfig, what: str = "agent config") -> AgentParts:
     services = start_services(device, model.manifest, link=link, source=_sources_info(cfg),  # one MQTT link
                               command_trust=agent.trust, command_state=cfg.state_dir / COMMAND_REPLAY)
     services.attach(pipeline)
+    services.add_health_check(update_agent_check(lambda: (agent.machine.state.value, agent.machine.record.reason)))
     return AgentParts(cfg, link, agent, pipeline, services)
 
 

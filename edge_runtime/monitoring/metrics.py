@@ -78,15 +78,33 @@ class LatencyHistogram:
         }
 
 
-class StageLatencies:
-    """One histogram per pipeline stage, cumulative, with per-period summaries."""
+DEFAULT_BUDGET_MS = 50.0
+# Prometheus bucket bounds as fractions of the profile's p95 latency budget: dense around the budget, where
+# an operator's question ("how often over budget?") is answered, sparse far from it. Twelve bounds plus +Inf.
+BUDGET_FRACTIONS = (0.02, 0.05, 0.1, 0.2, 0.35, 0.5, 0.75, 1.0, 1.5, 2.0, 4.0, 10.0)
 
-    def __init__(self) -> None:
+
+def budget_buckets(budget_ms: float = DEFAULT_BUDGET_MS) -> tuple[float, ...]:
+    """Bucket upper bounds in ms around ``budget_ms``, rounded to 3 significant digits (readable ``le`` labels)."""
+    return tuple(float(f"{budget_ms * f:.3g}") for f in BUDGET_FRACTIONS)
+
+
+class StageLatencies:
+    """One histogram per pipeline stage, cumulative, with per-period summaries.
+
+    ``hist`` has fine log buckets (quantiles in the metric records); ``exposed`` has the dozen budget buckets
+    Prometheus scrapes (a fine histogram there would be ~100 series per stage)."""
+
+    def __init__(self, budget_ms: float = DEFAULT_BUDGET_MS) -> None:
+        self.budget_ms = budget_ms
         self.hist = {s: LatencyHistogram() for s in STAGES}
+        bounds = budget_buckets(budget_ms)
+        self.exposed = {s: LatencyHistogram(bounds) for s in STAGES}
         self._mark = {s: h.copy() for s, h in self.hist.items()}
 
     def add(self, stage: str, ms: float) -> None:
         self.hist[stage].add(ms)
+        self.exposed[stage].add(ms)
 
     def period_summary(self) -> dict[str, Any]:
         """Summaries of what was observed since the previous call."""

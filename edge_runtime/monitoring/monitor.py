@@ -1,9 +1,10 @@
 """The monitoring sink: consumes pipeline FrameResults, writes metric records and events to the outbox.
 
-Per frame it only updates counters and histograms (O(1)); input statistics come from a strided view of the
-frame, drift is scored every ``drift.every_n_frames`` frames, and once per ``period_s`` a metric record is
-built. Records and events go through a bounded queue to a writer thread, so the pipeline thread never waits
-on SQLite's fsync. Without an outbox, records are only kept in memory (``recent``) for health and tests.
+Per frame it only updates counters and histograms (O(1)); every ``drift.input_every``-th frame gives drift
+features from a 64-pixel-wide thumbnail, drift windows are scored at their cadence (monitoring.drift), and once
+per ``period_s`` a metric record is built. Records and events go through a bounded queue to a writer thread,
+so the pipeline thread never waits on SQLite's fsync. Without an outbox, records are only kept in memory
+(``recent``) for health and tests.
 """
 
 from __future__ import annotations
@@ -15,16 +16,19 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import cv2
 import numpy as np
 
 from edge_runtime.errors import EdgeRuntimeError
 from edge_runtime.monitoring.config import MonitorConfig
 from edge_runtime.monitoring.drift import DriftDetector, DriftScore
+from edge_runtime.monitoring.features import image_features, output_features, tensor_features
+from edge_runtime.monitoring.field import FeedbackError, FieldAccuracy
 from edge_runtime.monitoring.metrics import StageLatencies
 from edge_runtime.monitoring.quality import QualityStats
+from edge_runtime.monitoring.reference import Reference, load_reference
 from edge_runtime.monitoring.samples import SampleStore
 from edge_runtime.monitoring.system import SystemStats
 from edge_runtime.package.manifest import Manifest
@@ -37,6 +41,22 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 METRICS_SCHEMA = "metrics/1"
 EVENT_SCHEMA = "event/1"
+KNOWN_EVENTS = ("drift", "drift_cleared", "drift_baseline_learned", "model_changed", "samples_uploaded",
+                "accuracy_decay", "accuracy_recovered")
+
+
+def _profile_budget_ms(manifest: Manifest | None) -> float:
+    """The p95 latency budget of the package's device profile, if known here (else the default)."""
+    from edge_runtime.monitoring.metrics import DEFAULT_BUDGET_MS
+
+    if manifest is None or not manifest.profile:
+        return DEFAULT_BUDGET_MS
+    try:
+        from edge_runtime.profiles import load_profile
+
+        return float(load_profile(manifest.profile).budgets.latency_ms_p95)
+    except Exception:  # noqa: BLE001 - an unknown profile only loses the bucket centre
+        return DEFAULT_BUDGET_MS
 
 
 class Monitor:
@@ -44,11 +64,12 @@ class Monitor:
 
     def __init__(self, config: MonitorConfig, manifest: Manifest | None = None, outbox: Outbox | None = None, *,
                  device_id: str = "device", pipeline_stats: Callable[[], Any] | None = None,
-                 on_record: Callable[[], None] | None = None) -> None:
+                 on_record: Callable[[], None] | None = None, baseline_file: Path | None = None) -> None:
         self.config, self.outbox = config, outbox
+        self.baseline_file = config.drift.baseline_file or baseline_file
         self.device_id, self.pipeline_stats, self.on_record = device_id, pipeline_stats, on_record
         self._use_model(manifest)
-        self.latency = StageLatencies()
+        self.latency = StageLatencies(config.latency_budget_ms or _profile_budget_ms(manifest))
         self.samples = SampleStore(config.samples) if config.samples.directory else None
         self.system = SystemStats() if config.system else None
         self.link: MqttLink | None = None
@@ -56,6 +77,9 @@ class Monitor:
         self.events = 0
         self.emit_dropped = 0
         self.last_frame_time: float | None = None
+        self.last_frame_monotonic: float | None = None
+        self.source_label = ""  # the source spec, a label of source metrics (set by the device services)
+        self.event_counts: dict[str, int] = dict.fromkeys(KNOWN_EVENTS, 0)
         self.last_record: dict[str, Any] | None = None
         self.recent: deque[tuple[str, dict[str, Any]]] = deque(maxlen=100)
         self._period_start = time.monotonic()
@@ -75,8 +99,35 @@ class Monitor:
         self._flip = bool(spec and spec.color_order in ("RGB", "BGR") and config.frame_order in ("RGB", "BGR")
                           and spec.color_order != config.frame_order)
         self.quality = QualityStats(labels=manifest.outputs.labels if manifest else None)
-        ref = manifest.reference if manifest else None
-        self.drift = DriftDetector(ref, config.drift) if ref is not None and config.drift.enabled else None
+        labels = manifest.outputs.labels if manifest else None
+        self.field = FieldAccuracy(config.field, labels) if config.field.enabled else None
+        self.drift = self._make_drift(manifest)
+
+    def _make_drift(self, manifest: Manifest | None) -> DriftDetector | None:
+        """A detector on the configured reference kind; a device baseline is reloaded if it is this model's."""
+        cfg = self.config.drift
+        if not cfg.enabled or manifest is None:
+            return None
+        ref: Reference | None = None
+        if cfg.reference == "package":
+            if manifest.reference is None:
+                log.warning("drift: package %s has no reference statistics; drift is not scored", manifest.name)
+                return None
+            ref = Reference.from_package(manifest.reference, manifest.name, manifest.version, cfg.top_classes)
+        elif cfg.reference == "fleet":
+            assert cfg.fleet_baseline is not None
+            ref = load_reference(cfg.fleet_baseline, "fleet")
+            if ref is None:
+                log.warning("drift: no fleet baseline in %s; drift is not scored", cfg.fleet_baseline)
+                return None
+        elif self.baseline_file is not None:
+            ref = load_reference(self.baseline_file, "device", manifest.name, manifest.version)
+        return DriftDetector(cfg, ref, manifest.name, manifest.version)
+
+    def set_reference(self, reference: Reference) -> None:
+        """Score drift against ``reference`` from now on (a fleet baseline pushed at run time)."""
+        if self.drift is not None:
+            self.drift = DriftDetector(self.config.drift, reference, self.model, self.version)
 
     def set_model(self, manifest: Manifest) -> None:
         """Follow a model swap (OTA), on the pipeline thread between two frames: the old model's period is closed
@@ -95,6 +146,7 @@ class Monitor:
         self.frames += 1
         self._period_frames += 1
         self.last_frame_time = result.timestamp
+        self.last_frame_monotonic = time.monotonic()
         p = result.prediction
         t = p.timings
         lat = self.latency
@@ -104,6 +156,8 @@ class Monitor:
         lat.add("postprocess", t.postprocess_ms)
         lat.add("end_to_end", result.end_to_end_ms)
         self.quality.add(p)
+        if self.field is not None:
+            self.field.record(result.index, p)
         if self.drift is not None:
             self._feed_drift(result)
         if self.samples is not None:
@@ -112,40 +166,50 @@ class Monitor:
             self.report()
 
     def _feed_drift(self, result: FrameResult) -> None:
-        assert self.drift is not None
+        """Every ``input_every``-th frame: its features (input and answer) into the drift windows."""
+        drift = self.drift
+        assert drift is not None
+        if self.frames % self.config.drift.input_every:
+            return
         p = result.prediction
+        feats: dict[str, float] = {}
+        if result.frame is not None:
+            feats = image_features(result.frame, self._flip) if self._kind == "image" \
+                else tensor_features(result.frame)
+        feats.update(output_features(p, drift.top_classes))
         top = p.top
-        self.drift.add_output(p.confidence, top.index if top is not None else None)
-        cfg = self.config.drift
-        if result.frame is not None and self.frames % cfg.input_every == 0:
-            if self._kind == "image":
-                self.drift.add_image_means(self._image_means(result.frame, cfg.input_stride))
-            else:
-                self.drift.add_input(result.frame, self._kind)
-        if self.frames % cfg.every_n_frames == 0:
-            for score, changed in self.drift.evaluate():
-                if changed:
-                    self._drift_event(score)
+        for score in drift.add(feats, top.index if top is not None else None, result.timestamp):
+            self._drift_event(score)
+        if drift.learned is not None:
+            self._baseline_learned(drift.learned)
+            drift.learned = None
 
-    def _image_means(self, frame: np.ndarray, stride: int) -> tuple[float, ...]:
-        """Per-channel means from a nearest-neighbour thumbnail (cv2: a few microseconds, unlike numpy views)."""
-        h, w = frame.shape[:2]
-        small = cv2.resize(frame, (max(1, w // stride), max(1, h // stride)), interpolation=cv2.INTER_NEAREST)
-        channels = 1 if small.ndim == 2 else min(small.shape[2], 3)
-        means = cv2.mean(small)[:channels]
-        return means[::-1] if self._flip and channels == 3 else means
+    def _baseline_learned(self, ref: Reference) -> None:
+        if self.baseline_file is not None:
+            try:
+                ref.save(self.baseline_file)
+            except OSError as exc:
+                log.warning("drift: cannot keep the device baseline in %s: %s", self.baseline_file, exc)
+        log.info("drift: device baseline learned from %d samples", ref.samples)
+        self.event("drift_baseline_learned", {"reference": ref.describe(),
+                                              "file": str(self.baseline_file) if self.baseline_file else None})
 
     def _drift_event(self, score: DriftScore) -> None:
+        assert self.drift is not None
         kind = "drift" if score.drifted else "drift_cleared"
         (log.warning if score.drifted else log.info)("%s on %s: %s", kind, score.feature, score.to_dict())
-        self.event(kind, {"feature": score.feature, "scores": score.to_dict(),
-                          "thresholds": {"psi": self.config.drift.psi_threshold, "ks_alpha": self.config.drift.ks_alpha,
-                                         "channel_shift": self.config.drift.channel_shift_threshold}})
+        cfg = self.config.drift
+        self.event(kind, {"feature": score.feature, "reference": self.drift.describe_reference(),
+                          "scores": score.to_dict(),
+                          "thresholds": {"d": round(score.threshold, 4),
+                                         "clear": round(score.threshold * cfg.clear_ratio, 4),
+                                         "confirm": cfg.confirm}})
 
     # ----------------------------------------------------------------- records and events
     def event(self, kind: str, body: dict[str, Any]) -> None:
         """Queue an event (drift, errors, detections of interest) for the outbox."""
         self.events += 1
+        self.event_counts[kind] = self.event_counts.get(kind, 0) + 1
         doc = {"schema": EVENT_SCHEMA, "type": kind, "device": self.device_id, "ts": round(time.time(), 3),
                "model": self.model, "version": self.version, **body}
         self._emit("event", doc)
@@ -161,6 +225,11 @@ class Monitor:
             "fps": round(self._period_frames / period, 3), "latency_ms": self.latency.period_summary(),
             "quality": self.quality.snapshot(reset=True),
         }
+        if self.field is not None:
+            decay = self.field.check()
+            if decay is not None:
+                self.event(*decay)
+            doc["quality"]["field"] = self.field.snapshot()
         if self.pipeline_stats is not None:
             doc["pipeline"] = _pipeline_counters(self.pipeline_stats())
         if self.system is not None:
@@ -235,6 +304,24 @@ class Monitor:
                 failed.append({"id": sid, "error": str(exc)})
         self.event("samples_uploaded", {"request_id": request_id, "uploaded": uploaded, "failed": failed})
 
+    def feedback(self, doc: Any) -> dict[str, Any]:
+        """Labels for predictions (any thread): ``{"labels": [...]}``, a list, or one label; returns counts by
+        outcome and the first error. FeedbackError when the document is not labels at all."""
+        if self.field is None:
+            raise FeedbackError("field accuracy is disabled (monitor.field.enabled)")
+        items = doc.get("labels") if isinstance(doc, dict) and "labels" in doc else doc
+        items = items if isinstance(items, list) or not isinstance(doc, dict) or "labels" in doc else [doc]
+        if not isinstance(items, list) or len(items) > 10_000:
+            raise FeedbackError("'labels' is a list of at most 10000 labels")
+        out: dict[str, Any] = {"joined": 0, "unknown_id": 0, "duplicate": 0, "invalid": 0}
+        for item in items:
+            try:
+                out[self.field.label(item)] += 1
+            except FeedbackError as exc:
+                out["invalid"] += 1
+                out.setdefault("error", str(exc))
+        return out
+
     def health(self) -> dict[str, Any]:
         """JSON-ready status for /health: source, model, outbox and broker."""
         out: dict[str, Any] = {"model": {"name": self.model, "version": self.version}, "frames": self.frames,
@@ -246,9 +333,11 @@ class Monitor:
         out["outbox"] = self.outbox.stats() if self.outbox is not None else None
         out["broker"] = self.link.status() if self.link is not None else {"configured": False}
         if self.drift is not None:
-            out["drift"] = {k: v for k, v in self.drift.state.items()}
+            out["drift"] = {"reference": self.drift.describe_reference(), "alarms": dict(self.drift.state)}
         if self.samples is not None:
             out["samples"] = self.samples.summary()
+        if self.field is not None:
+            out["field"] = {**self.field.figures(), "baseline": self.field.baseline, "decayed": self.field.decayed}
         return out
 
 

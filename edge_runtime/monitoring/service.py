@@ -21,9 +21,12 @@ from urllib.parse import urlsplit, urlunsplit
 
 from edge_runtime.device_config import DeviceConfig
 from edge_runtime.errors import ConfigError, EdgeRuntimeError
+from edge_runtime.monitoring.health import HealthCheck, HealthWatch
 from edge_runtime.monitoring.monitor import Monitor
+from edge_runtime.package.signing import OPERATOR, TrustStore
 
 if TYPE_CHECKING:
+    from edge_runtime.monitoring.feedback import FeedbackSubscriber
     from edge_runtime.monitoring.http import MonitorHttpServer
     from edge_runtime.package.manifest import Manifest
     from edge_runtime.pipeline import FrameResult, Pipeline
@@ -60,6 +63,8 @@ class DeviceServices:
     source: dict[str, Any] | None = None
     left_in_outbox: int | None = None  # records still waiting when closed (for the next run)
     commands: Any = None  # edge_runtime.sync.commands.CommandHandler on the device's command topic
+    watch: HealthWatch | None = None
+    feedback: FeedbackSubscriber | None = None
     _pipeline: Pipeline | None = field(default=None, repr=False)
     _closed: bool = field(default=False, repr=False)
 
@@ -71,6 +76,7 @@ class DeviceServices:
         and the monitor must outlive that (its last record is written in :meth:`close`)."""
         self._pipeline = pipeline
         self.monitor.pipeline_stats = pipeline.stats
+        self.monitor.source_label = (self.source or {}).get("spec", "")
         pipeline.add_sink(self.observe)
         pipeline.add_stage_hook(self._stage_times)
 
@@ -95,9 +101,29 @@ class DeviceServices:
         if self.link is not None and self.owns_link:
             self.link.update_state(model=m.name, version=m.version)
 
+    def enable_feedback(self, trust: TrustStore) -> bool:
+        """Accept operator-signed labels on ``devices/{id}/feedback`` (needs the link and an operator key)."""
+        if self.link is None or not trust.has_role(OPERATOR):
+            return False
+        from edge_runtime.monitoring.feedback import FeedbackSubscriber
+
+        self.feedback = FeedbackSubscriber(self.monitor, trust, self.config.device_id)
+        self.link.subscribe(self.link.topics.feedback(self.config.device_id), self.feedback)
+        return True
+
     # ----------------------------------------------------------------- health
+    def add_health_check(self, check: HealthCheck) -> None:
+        """One more check for /health (e.g. the update agent's state): returns a list of health.Reason."""
+        self._watch().checks.append(check)
+
+    def _watch(self) -> HealthWatch:
+        if self.watch is None:
+            self.watch = HealthWatch(self.config.monitor.health)
+        return self.watch
+
     def health(self) -> dict[str, Any]:
-        """The /health document: model, source, outbox, broker and forwarder, plus ``status`` and ``problems``."""
+        """The /health document: model, source, outbox, broker and forwarder, plus ``status`` (ok, degraded,
+        unhealthy), ``reasons`` (each with its figure and limit) and ``problems`` (the reasons' messages)."""
         h = self.monitor.health()
         h = {"device": self.config.device_id, **h}
         if self.source is not None:
@@ -106,9 +132,16 @@ class DeviceServices:
             h["broker"] = {"configured": True, **(h.get("broker") or {})}
         if self.forwarder is not None:
             h["forwarder"] = self.forwarder.stats()
-        problems = _problems(h)
-        h["status"] = "degraded" if problems else "ok"
-        h["problems"] = problems
+        if self.outbox is not None and h.get("outbox") is not None:
+            h["outbox"] = {**h["outbox"], "max_bytes": self.outbox.config.max_bytes}
+        watch = self._watch()
+        watch.observe(None, None, self.monitor.last_frame_monotonic)
+        status, reasons = watch.assess(h)
+        if "captured" in (h.get("source") or {}):
+            h["source"] = {**h["source"], "stall_s": round(watch.source_stall_s(), 3)}
+        h["status"] = status
+        h["reasons"] = [r.to_dict() for r in reasons]
+        h["problems"] = [r.message for r in reasons]
         return h
 
     # ----------------------------------------------------------------- shutdown
@@ -147,20 +180,6 @@ class DeviceServices:
         self.close()
 
 
-def _problems(h: Mapping[str, Any]) -> list[str]:
-    """Conditions an operator should act on. Being offline is not one of them; a refused login is."""
-    out: list[str] = []
-    broker = h.get("broker") or {}
-    if broker.get("refused") or str(broker.get("last_error") or "").startswith("TLS"):
-        out.append(f"broker: {broker.get('last_error')}")
-    ob = h.get("outbox") or {}
-    if ob.get("append_failures") or ob.get("set_aside"):
-        out.append(f"outbox: {ob.get('last_error') or 'write failures'}")
-    if h.get("emit_dropped"):
-        out.append(f"monitor: {h['emit_dropped']} records dropped before the outbox (writer too slow)")
-    return out
-
-
 def _open_outbox(config: DeviceConfig) -> Outbox | None:
     from edge_runtime.sync.outbox import Outbox
 
@@ -195,10 +214,20 @@ def _start_http(services: DeviceServices, config: DeviceConfig) -> MonitorHttpSe
     if config.http is None:
         return None
     try:
-        server = MonitorHttpServer(services.monitor, config.http.host, config.http.port, health=services.health)
+        server = MonitorHttpServer(services, config.http.host, config.http.port)
     except OSError as exc:
         raise ConfigError(f"cannot listen on {config.http.host}:{config.http.port}: {exc.strerror or exc}") from exc
     return server.start()
+
+
+def _operator_trust(config: DeviceConfig, trust: Any) -> Any:
+    """The operator keys: the caller's (the agent's), else the device config's (`run`, `serve`), else None."""
+    if trust is None and config.trust is not None:
+        try:
+            trust = TrustStore.from_config(config.trust).for_role("operator")
+        except EdgeRuntimeError as exc:
+            raise ConfigError(f"trust: {exc}") from exc
+    return trust
 
 
 def _command_handler(config: DeviceConfig, monitor: Monitor, link: MqttLink, trust: Any, state: Path | None) -> Any:
@@ -206,13 +235,6 @@ def _command_handler(config: DeviceConfig, monitor: Monitor, link: MqttLink, tru
     from edge_runtime.sync.commands import CommandHandler
     from edge_runtime.sync.replay import SequenceStore
 
-    if trust is None and config.trust is not None:  # `run`/`serve`: the device config's operator keys
-        from edge_runtime.package.signing import TrustStore
-
-        try:
-            trust = TrustStore.from_config(config.trust).for_role("operator")
-        except EdgeRuntimeError as exc:
-            raise ConfigError(f"trust: {exc}") from exc
     if state is None and config.outbox is not None:
         state = config.outbox.path.parent / "command_replay.json"
     store = SequenceStore(state) if state is not None else None
@@ -227,7 +249,8 @@ def start_services(config: DeviceConfig, manifest: Manifest | None = None, *, li
                    command_state: Path | None = None) -> DeviceServices:
     """Build and start the services ``config`` asks for. ``link``: an already made link to share (the caller
     starts and stops it); ``http``: serve /metrics and /health when the config names a port (serve has its own);
-    ``command_trust``/``command_state``: operator keys and the replay-state file for signed commands.
+    ``command_trust``/``command_state``: operator keys and the replay-state file for signed commands (the same
+    operator keys admit signed feedback labels on the feedback topic).
     A configuration problem (unwritable outbox, missing TLS file, busy port) raises ConfigError, after closing
     whatever was already started."""
     owns_link = link is None
@@ -241,12 +264,18 @@ def start_services(config: DeviceConfig, manifest: Manifest | None = None, *, li
             from edge_runtime.sync.forwarder import Forwarder
 
             forwarder = Forwarder(outbox, link, config.forwarder)
+        baseline = config.outbox.path.parent / "drift-baseline.json" if config.outbox is not None else None
         monitor = Monitor(config.monitor, manifest, outbox, device_id=config.device_id,
-                          on_record=forwarder.wake if forwarder is not None else None)
-        services = DeviceServices(config, monitor, outbox, link, forwarder, owns_link=owns_link, source=source)
+                          on_record=forwarder.wake if forwarder is not None else None, baseline_file=baseline)
+        services = DeviceServices(config, monitor, outbox, link, forwarder, owns_link=owns_link, source=source,
+                                  watch=HealthWatch(config.monitor.health))
+        monitor.source_label = (source or {}).get("spec", "")
         if link is not None:
             monitor.attach_link(link)
-            services.commands = _command_handler(config, monitor, link, command_trust, command_state)
+            trust = _operator_trust(config, command_trust)
+            services.commands = _command_handler(config, monitor, link, trust, command_state)
+            if trust is not None:
+                services.enable_feedback(trust)
             if owns_link:
                 if manifest is not None:
                     link.update_state(model=manifest.name, version=manifest.version)

@@ -108,4 +108,9 @@ class SystemStats:
         throttled = read_throttled(self.throttled_file, self.use_vcgencmd)
         if throttled is not None:
             out["throttled"] = throttled
+        from edge_runtime.monitoring.accelerators import gpu_stats
+
+        gpus = gpu_stats()
+        if gpus:  # absent hardware: no field at all, never zeros
+            out["gpu"] = gpus
         return out

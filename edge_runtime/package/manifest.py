@@ -11,6 +11,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from edge_runtime.package.optimization import PruningInfo, SelectionInfo
+
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 SIGNATURE_NAME = "signature.json"
@@ -324,6 +326,8 @@ class Manifest(BaseModel):
     source: SourceInfo | None = Field(default=None, description="Where the model came from.")
     tools: dict[str, str] = Field(default_factory=dict, description="Tool name -> version used to build.")
     rollback: bool = Field(default=False, description="An explicit, signed rollback to an older version.")
+    pruning: PruningInfo | None = Field(default=None, description="Channel pruning done before conversion.")
+    selection: SelectionInfo | None = Field(default=None, description="Why `bench --choose` picked this package.")
 
     @field_validator("schema_version")
     @classmethod

@@ -9,12 +9,13 @@ Layout under a configurable prefix (default ``edge``)::
     {p}/devices/{device}/samples           QoS 1     captured input samples, uploaded on request
     {p}/devices/{device}/desired           retained  signed desired-model document (fleet -> device)
     {p}/devices/{device}/commands          QoS 1     fleet -> device requests (upload samples, rollback)
+    {p}/devices/{device}/feedback          QoS 1     fleet -> device signed labels for predictions (field accuracy)
     {p}/groups/{group}/desired             retained  signed desired-model document for a group
     {p}/packages/{package_id}/meta         retained  chunk count, chunk size, sha256 of the archive
     {p}/packages/{package_id}/chunks/{i}   retained  one chunk of the package archive (binary)
 
 A device may write only below its own ``{p}/devices/{device}/`` (see deploy/mosquitto/acl); the fleet writes the
-desired, commands and packages topics.
+desired, commands, feedback and packages topics.
 """
 
 from __future__ import annotations
@@ -63,6 +64,9 @@ class Topics:
 
     def commands(self, device: str) -> str:
         return f"{self.device(device)}/commands"
+
+    def feedback(self, device: str) -> str:
+        return f"{self.device(device)}/feedback"
 
     def group_desired(self, group: str) -> str:
         return f"{self.prefix}/groups/{check_segment(group, 'group')}/desired"

@@ -108,19 +108,24 @@ def test_entropy_calibration_gives_its_own_ranges(onnx_cnn, data_dir, tmp_path):
     assert differ, "entropy calibration produced exactly the minmax ranges"
 
 
-def test_labelled_validation_folder_reports_accuracy_in_the_manifest(onnx_cnn, data_dir, digits, tmp_path, capsys):
-    """Given validation images in a folder per class, when converting from the CLI, then the manifest carries
+def test_labelled_validation_folder_reports_accuracy_in_the_manifest(onnx_cnn, digits, tmp_path, capsys):
+    """Given calibration as preprocessed float tensors of the image input's shape and validation images in a
+    folder per class, when converting from the CLI, then the package still takes frames, and the manifest carries
     float and int8 accuracy with intervals and the guard's decision, and stderr the remedy table."""
     valid = tmp_path / "valid"
     for i in range(1400, 1460):
         (valid / str(digits.y[i])).mkdir(parents=True, exist_ok=True)
         cv2.imwrite(str(valid / str(digits.y[i]) / f"{i}.png"), digits.frames[i])
+    tensors = tmp_path / "calib.npy"
+    np.save(tensors, (digits.frames[1200:1280, None, None] / 255.0).astype(np.float32))  # [N, 1, 1, 16, 16]
     out = tmp_path / "pkg"
-    rc = main(["convert", str(onnx_cnn), "--profile", "x86-laptop", "--calibration", str(data_dir / "calib"),
+    rc = main(["convert", str(onnx_cnn), "--profile", "x86-laptop", "--calibration", str(tensors),
                "--validation", str(valid), "--out", str(out)])  # fmt: skip
     err = capsys.readouterr().err
     assert rc == 0, err
-    acc = Manifest.model_validate_json((out / "manifest.json").read_text()).accuracy
+    m = Manifest.model_validate_json((out / "manifest.json").read_text())
+    assert m.inputs[0].kind == "image" and m.reference.channel_mean[0] > 5  # drift baseline in pixel units
+    acc = m.accuracy
     assert acc.labelled_samples == 60 and acc.float_accuracy > 0.8 and acc.int8_accuracy > 0.8
     assert acc.float_accuracy_ci[0] < acc.float_accuracy < acc.float_accuracy_ci[1]
     assert acc.decision in ("pass", "undecided") and "labelled samples" in acc.reason

@@ -129,7 +129,7 @@ def test_streaming_model_converts_and_runs_on_a_one_value_per_line_csv(streaming
     samples = _audio(WINDOW * 4, 9)
     csv = tmp_path / "audio.csv"
     csv.write_text("sample\n" + "\n".join(f"{v:.6f}" for v in samples) + "\n")
-    run = [sys.executable, "-m", "edge_runtime.cli", "run", "--package", str(out), "--source"]
+    run = [sys.executable, "-m", "edge_runtime.cli", "run", "--package", str(out), "--allow-unsigned", "--source"]
     proc = subprocess.run([*run, str(csv)], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     lines = [json.loads(ln) for ln in proc.stdout.splitlines() if ln.strip()]

@@ -14,6 +14,7 @@ import pytest
 from edge_runtime.sync.outbox import Outbox, OutboxConfig
 from tests.integration.helpers import CLI, get, health, reap, sample_value, terminate, wait_until, write_config
 from tests.model_factory import trust_args
+from tests.monitoring.schemas import validate_batch
 from tests.mqtt_broker import Mosquitto, free_port
 from tests.sources.media import MjpegServer, write_numbered_video
 from tests.sync.subscriber import Subscriber
@@ -79,7 +80,8 @@ def _delivered_ids(messages: list[tuple[str, bytes, bool]]) -> list[int]:
     seen: dict[int, dict] = {}
     for _topic, payload, _retain in messages:
         batch = json.loads(payload)
-        assert batch["schema"] == "batch/1" and batch["device"] == "cam-2"
+        validate_batch(batch)  # the batch and every record in it, against edge_runtime/schemas/
+        assert batch["device"] == "cam-2"
         for rec in batch["records"]:
             assert seen.setdefault(rec["id"], rec["data"]) == rec["data"], "a repeated id must be the same record"
     return list(seen)

@@ -49,8 +49,10 @@ def manifest_with_reference(n: int = 300, seed: int = 0, size: int = 96) -> Mani
     return Manifest.model_validate(fields)
 
 
-def frame_result(i: int, frame: np.ndarray | None, confidence: float = 0.9, top: int = 0) -> FrameResult:
+def frame_result(i: int, frame: np.ndarray | None, confidence: float = 0.9, top: int = 0,
+                 fps: float = 1.0) -> FrameResult:
+    """Frame ``i`` of a stream at ``fps`` (its capture time is i / fps after a fixed start)."""
     p = Prediction(task="classification", classes=(ClassScore(top, confidence, None),),
                    timings=Timings(1.0 + (i % 7) * 0.1, 5.0 + (i % 11) * 0.2, 0.3), model="unit", version="1.0.0")
-    return FrameResult(index=i, timestamp=1.8e9 + i, prediction=p, frame=frame, capture_wait_ms=0.5,
+    return FrameResult(index=i, timestamp=1.8e9 + i / fps, prediction=p, frame=frame, capture_wait_ms=0.5,
                        end_to_end_ms=7.0 + (i % 13) * 0.3)

@@ -37,3 +37,22 @@ def test_demo_command_detects_the_astronauts_face(capsys) -> None:
     assert load_package(pkg, trust).signer  # signed with the demo's own key, which it trusts explicitly
     with pytest.raises(SignatureError, match="untrusted key"):
         load_package(pkg)  # and nothing else trusts it by default
+
+
+def test_demo_signs_a_cached_package_with_its_own_key_and_runs_it_trusted(tmp_path, monkeypatch, capsys) -> None:
+    """The build is skipped (a package is already cached, unsigned as an older demo left it): the demo creates its
+    key, signs the package, and runs it with only that key trusted."""
+    import shutil
+
+    from tests.model_factory import blazeface_package
+
+    monkeypatch.setenv("EDGE_RUNTIME_CACHE", str(tmp_path / "cache"))
+    cached = cache_dir() / "blazeface-x86-laptop"
+    shutil.copytree(blazeface_package(tmp_path / "bf").root, cached)
+    (cached / "signature.json").unlink()
+    assert main(["demo", "--frames", "5"]) == 0
+    captured = capsys.readouterr()
+    assert "created the demo signing key" in captured.err and "5 processed of 5 captured" in captured.out
+    trust = TrustStore.from_paths([cache_dir() / "keys" / "demo-release.pub"], [RELEASE])
+    assert load_package(cached, trust).signer
+    assert oct((cache_dir() / "keys" / "demo-release.key").stat().st_mode & 0o777) == "0o600"

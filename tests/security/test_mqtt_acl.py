@@ -28,12 +28,14 @@ DEVICE_ALLOWED = ["state", "metrics", "events", "samples", "update/status"]
 DEVICE_DENIED = [
     "edge/devices/cam-1/desired", "edge/devices/cam-1/commands",  # its own inputs (an empty retained publish
     "edge/devices/cam-1/update", "edge/devices/cam-1/anything",   # there would delete the fleet's document)
+    "edge/devices/cam-1/feedback",  # labels are the fleet's to give
     "edge/devices/cam-2/state", "edge/devices/cam-2/metrics", "edge/devices/cam-2/samples",  # another device
     "edge/devices/cam-2/desired", "edge/devices/cam-2/commands",
     "edge/groups/lobby/desired", "edge/packages/abc123abc123abc1/meta", "edge/packages/abc123abc123abc1/chunks/0",
     "edge/other",
 ]
-FLEET_ALLOWED = ["edge/devices/cam-1/desired", "edge/devices/cam-1/commands", "edge/groups/lobby/desired",
+FLEET_ALLOWED = ["edge/devices/cam-1/desired", "edge/devices/cam-1/commands", "edge/devices/cam-1/feedback",
+                 "edge/groups/lobby/desired",
                  "edge/packages/abc123abc123abc1/meta", "edge/packages/abc123abc123abc1/chunks/3"]
 FLEET_DENIED = [f"edge/devices/cam-1/{t}" for t in DEVICE_ALLOWED] + ["edge/other"]
 

@@ -87,6 +87,9 @@ def test_slow_bodies_hold_a_slot_only_until_the_body_timeout_and_excess_is_503(p
         wait_until(lambda: post(s.url, jpeg(), **{"content-type": "image/jpeg"}).status_code == 200, 30, s.proc)
         metrics = httpx.get(f"{s.url}/metrics", timeout=10).text
         assert 'edge_serve_rejected_total{reason="busy"}' in metrics
+        assert 'edge_serve_rejected_total{reason="disconnected"} 1.0' in metrics
+        _, err = terminate(s.proc)
+    assert "Traceback" not in err, err
 
 
 def test_token_file_guards_a_real_server(pkgs, tmp_path: Path) -> None:
@@ -120,3 +123,9 @@ def test_serve_binds_loopback_by_default(pkgs) -> None:
     with serve(pkgs["classifier"], pkgs["key"]) as s:  # the listening socket exists once /healthz answered
         listening = psutil.Process(s.proc.pid).net_connections("tcp")
         assert {c.laddr.ip for c in listening if c.status == psutil.CONN_LISTEN} == {"127.0.0.1"}
+
+
+def test_serve_off_loopback_without_a_token_warns(pkgs) -> None:
+    with serve(pkgs["classifier"], pkgs["key"], "--host", "0.0.0.0") as s:  # noqa: S104 - the case under test
+        _, err = terminate(s.proc)
+    assert "serving on 0.0.0.0 without --token-file" in err and "Traceback" not in err

@@ -175,3 +175,11 @@ def test_json_bodies_are_bounded_by_what_the_model_takes(classifier, tmp_path: P
         frame = b"[" + b"0," * (320 * 320 * 3) + b"0]"
         r = c.post("/predict", content=frame, headers={"content-type": "application/json"})
         assert r.status_code == 413 and "send frames as JPEG or PNG" in r.json()["error"]
+
+
+@pytest.mark.parametrize("length", ["9" * 5000, "\u00b2", "-1", "1e3", " "])
+def test_odd_content_lengths_are_400(classifier, length: str) -> None:
+    with client_for(classifier) as c:
+        headers = {"content-type": "image/png", "content-length": length.encode("latin-1")}
+        r = c.post("/predict", content=b"x", headers=headers)
+        assert r.status_code == 400 and "Content-Length" in r.json()["error"]

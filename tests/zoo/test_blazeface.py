@@ -164,3 +164,21 @@ def test_cli_converts_blazeface_with_a_decoding_file_and_anchors(tmp_path, photo
         assert model.predict(photos["coffee"], frame_order="RGB").detections == ()
     assert len(faces) == 1 and faces[0].label == "face"
     assert abs(faces[0].score - float_face.score) < 0.05 and _iou(faces[0].box, float_face.box) >= 0.8
+
+
+@pytest.mark.slow
+def test_int8_face_scores_keep_their_resolution(demo_package):  # noqa: ANN001
+    """Issue 12: the score head is calibrated to logits -10..10 (converters.scores), so int8 scores between 0.5
+    and 0.999 can take 89 values (12 before, with the logits' own range -140..+10), and do vary over frames."""
+    from converters.scores import MIN_DISTINCT, distinct_high_scores, score_levels
+    from converters.zoo.brought import score_logits
+    from edge_runtime.api import load
+
+    pkg, public = demo_package
+    m = load_package(pkg.root, TrustStore.from_paths([public])).manifest
+    scores = next(t for t in m.outputs.tensors if t.name == "classificators")
+    q = scores.quantization
+    assert score_levels(q.scale[0], q.zero_point[0], scores.dtype) >= 2 * MIN_DISTINCT
+    with load(pkg.root, trust=TrustStore.from_paths([public])) as model:
+        logits = np.concatenate([score_logits(model, rgb) for _, rgb in blazeface.calibration_frames()])
+    assert distinct_high_scores(logits) >= MIN_DISTINCT // 2  # observed over the 36 demo frames (two faces)

@@ -1,0 +1,42 @@
+"""Operator actions: signed, published to the broker, audited. The API and the dashboard both call these."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from edge_runtime.sync.commands import new_command, sign_command
+from edge_runtime.sync.topics import Topics
+from fleet.server.auth import User, audit
+from fleet.server.errors import ActionRefused
+
+COMMAND_TTL_S = 300.0  # a command not acted on in five minutes is refused by the device
+
+
+class Actions:
+    """What an operator may do; refused (and audited as refused) without an operator key or a broker."""
+
+    def __init__(self, engine: Any, topics: Topics, key: Ed25519PrivateKey | None, publish: Any | None) -> None:
+        self.engine, self.topics, self.key, self._publish = engine, topics, key, publish
+
+    def request_samples(self, user: User, device: str, max_samples: int = 10) -> dict[str, Any]:
+        """Ask ``device`` to upload up to ``max_samples`` of its kept samples (they arrive through ingest)."""
+        target = f"device:{device}"
+        try:
+            if not user.is_operator:
+                raise PermissionError("operator role required")
+            if self.key is None:
+                raise ActionRefused("the server has no operator key (fleet serve --operator-key): actions refused")
+            if self._publish is None:
+                raise ActionRefused("the server has no broker connection: actions refused")
+            if not 1 <= max_samples <= 100:
+                raise ActionRefused("max must be between 1 and 100")
+            cmd = new_command(device, "upload_samples", COMMAND_TTL_S, max=max_samples)
+            self._publish(self.topics.commands(device), sign_command(cmd, self.key), 1)
+        except (PermissionError, ActionRefused) as exc:
+            audit(self.engine, user.name, "request_samples", target, "refused", {"reason": str(exc)})
+            raise
+        audit(self.engine, user.name, "request_samples", target, "done",
+              {"request_id": cmd.request_id, "sequence": cmd.sequence, "max": max_samples})
+        return {"request_id": cmd.request_id, "device": device, "max": max_samples}

@@ -1,0 +1,1 @@
+"""The fleet server's database: schema (tables), engine and migrations (engine), queries."""

@@ -1,0 +1,157 @@
+"""The fleet server's schema: every table in one module (SQLAlchemy 2 Core), the same on SQLite and PostgreSQL.
+
+Changes go through an Alembic revision in ``migrations/versions`` (the initial one creates exactly these tables).
+Record keys make ingest idempotent: a device's outbox record is ``(device, outbox epoch, record id)``; QoS 1
+redelivers, so every insert is ``ON CONFLICT DO NOTHING`` on that key.
+
+Room is left for later issues: the model registry and rollouts (issue 15) and labels and re-training runs
+(issue 16) add their own tables in their own revisions; ``samples`` already carries a ``label`` column.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Column,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
+
+metadata = MetaData(naming_convention={
+    "ix": "ix_%(column_0_label)s", "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s", "pk": "pk_%(table_name)s",
+})
+
+DEVICE = String(128)  # topic segments are at most 128 characters (edge_runtime.sync.topics)
+
+# One row per device: the latest retained state, update status and desired document, merged.
+devices = Table(
+    "devices", metadata,
+    Column("id", DEVICE, primary_key=True),
+    Column("first_seen", Float, nullable=False, comment="unix time the server first heard of it"),
+    Column("last_seen", Float, nullable=False, comment="unix time of the latest message from it"),
+    Column("online", Boolean, nullable=False, default=False),
+    Column("model", String(128)), Column("version", String(64)), Column("serving", String(200)),
+    Column("profile", String(128)), Column("groups", JSON, comment="list of group names"),
+    Column("update_state", String(32)), Column("update_reason", Text), Column("update_at", Float),
+    Column("desired_version", String(64)), Column("desired_sequence", BigInteger),
+    Column("drifting", Boolean, nullable=False, default=False, comment="latest drift event not yet cleared"),
+    Column("drift_at", Float),
+    Column("state", JSON, comment="the latest retained state document"),
+)
+
+def _key() -> list[Column]:
+    """The record key: (device, outbox epoch, record id), as the device's forwarder numbers records."""
+    return [Column("device", DEVICE, primary_key=True), Column("outbox", String(64), primary_key=True),
+            Column("record_id", BigInteger, primary_key=True)]
+
+
+# Metric records (one per device period), with the figures the dashboard charts pulled out of the JSON.
+metrics = Table(
+    "metrics", metadata, *_key(),
+    Column("ts", Float, nullable=False), Column("received", Float, nullable=False),
+    Column("model", String(128)), Column("version", String(64)),
+    Column("frames", Integer), Column("fps", Float),
+    Column("latency_p50", Float), Column("latency_p90", Float), Column("latency_p99", Float),
+    Column("inference_p50", Float), Column("dropped", Integer), Column("errors", Integer),
+    Column("cpu_percent", Float), Column("rss_bytes", BigInteger), Column("temperature_c", Float),
+    Column("confidence_mean", Float), Column("drift_max", Float),
+    Column("data", JSON, nullable=False),
+)
+Index("ix_metrics_ts", metrics.c.ts)
+Index("ix_metrics_device_ts", metrics.c.device, metrics.c.ts)
+
+events = Table(
+    "events", metadata, *_key(),
+    Column("ts", Float, nullable=False), Column("received", Float, nullable=False),
+    Column("type", String(64), nullable=False), Column("model", String(128)), Column("version", String(64)),
+    Column("feature", String(128)),
+    Column("data", JSON, nullable=False),
+)
+Index("ix_events_ts", events.c.ts)
+Index("ix_events_device_ts", events.c.device, events.c.ts)
+Index("ix_events_type_ts", events.c.type, events.c.ts)
+
+# Every distinct retained update status a device published (a retained repeat is the same (device, at, state)).
+update_history = Table(
+    "update_history", metadata,
+    Column("device", DEVICE, primary_key=True), Column("at", Float, primary_key=True),
+    Column("state", String(32), primary_key=True),
+    Column("sequence", BigInteger), Column("serving", String(200)), Column("target_version", String(64)),
+    Column("reason", Text), Column("code", String(64)), Column("data", JSON, nullable=False),
+)
+
+# Uploaded samples: metadata here, content on disk under its sha256 (content-addressed, deduplicated).
+samples = Table(
+    "samples", metadata,
+    Column("device", DEVICE, primary_key=True), Column("sample_id", String(128), primary_key=True),
+    Column("ts", Float), Column("received", Float, nullable=False),
+    Column("sha256", String(64), nullable=False), Column("bytes", Integer, nullable=False),
+    Column("ext", String(16), nullable=False), Column("reason", String(64)), Column("confidence", Float),
+    Column("label", String(128), comment="set by a person or a teacher model (issue 16)"),
+    Column("meta", JSON, nullable=False),
+)
+Index("ix_samples_received", samples.c.received)
+
+# Payloads that failed validation: counted and kept aside (bounded by retention), never stopping ingest.
+rejected = Table(
+    "rejected", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("received", Float, nullable=False), Column("topic", String(400), nullable=False),
+    Column("reason", Text, nullable=False), Column("payload", LargeBinary, nullable=False),
+)
+
+# Rollups: per device and version, one row per bucket (1 minute, 1 hour); raw metrics expire sooner.
+def _rollup(name: str) -> Table:
+    return Table(
+        name, metadata,
+        Column("device", DEVICE, primary_key=True), Column("bucket", Float, primary_key=True),
+        Column("version", String(64), primary_key=True),
+        Column("n", Integer, nullable=False), Column("frames", BigInteger, nullable=False),
+        Column("fps", Float), Column("latency_p50", Float), Column("latency_p99", Float),
+        Column("errors", BigInteger), Column("dropped", BigInteger), Column("cpu_percent", Float),
+        Column("temperature_c", Float), Column("confidence_mean", Float), Column("drift_max", Float),
+    )
+
+
+rollup_1m = _rollup("rollup_1m")
+rollup_1h = _rollup("rollup_1h")
+Index("ix_rollup_1h_bucket", rollup_1h.c.bucket)
+Index("ix_rollup_1m_bucket", rollup_1m.c.bucket)
+
+users = Table(
+    "users", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("name", String(64), nullable=False, unique=True),
+    Column("password_hash", String(256), nullable=False, comment="scrypt$n$r$p$salt$hash"),
+    Column("role", String(16), nullable=False, comment="viewer or operator"),
+    Column("created", Float, nullable=False),
+)
+
+tokens = Table(
+    "tokens", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("user_id", Integer, ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
+    Column("kind", String(16), nullable=False, comment="api (bearer token) or session (browser cookie)"),
+    Column("name", String(128)), Column("token_hash", String(64), nullable=False, unique=True),
+    Column("csrf", String(64), comment="session tokens: the form token every browser action must carry"),
+    Column("created", Float, nullable=False), Column("expires", Float),
+)
+
+audit = Table(
+    "audit", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("ts", Float, nullable=False), Column("user", String(64), nullable=False),
+    Column("action", String(64), nullable=False), Column("target", String(200)),
+    Column("outcome", String(16), nullable=False), Column("detail", JSON),
+)
+Index("ix_audit_ts", audit.c.ts)
