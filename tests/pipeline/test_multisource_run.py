@@ -147,3 +147,37 @@ def test_one_model_swap_reaches_every_source(packages, classifier) -> None:
     after = got[10:]
     assert {s for s, _ in after} == {"a", "b"} and {v for _, v in after} == {"2.0.0"}
     assert np.all([v == "2.0.0" for _, v in after])
+
+
+def test_metrics_count_each_source_under_its_name(packages) -> None:
+    """Given two cameras on one run with --http, when /metrics is scraped, then the source counters have one
+    sample per source name."""
+    import re
+    import urllib.request
+
+    servers = [MjpegServer(fps=20).start() for _ in range(2)]
+    proc = subprocess.Popen([*CLI, "run", "--package", str(packages["classifier"]), *trust_args(), "--http", "0",
+                             "--source", f"door={servers[0].url}", "--source", f"yard={servers[1].url}"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert proc.stderr is not None and proc.stdout is not None
+        port = None
+        while port is None:
+            line = proc.stderr.readline()
+            assert line, "the run ended before serving /metrics"
+            found = re.search(r"http://[\d.]+:(\d+)/metrics", line)
+            port = int(found.group(1)) if found else None
+        seen: set[str] = set()
+        while seen != {"door", "yard"}:  # both sources produce
+            seen.add(json.loads(proc.stdout.readline())["source"])
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:  # noqa: S310 - loopback
+            text = resp.read().decode()
+        proc.terminate()
+        proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        for s in servers:
+            s.stop()
+    captured = dict(re.findall(r'edge_source_frames_captured_total\{source="(\w+)"\} (\S+)', text))
+    assert set(captured) == {"door", "yard"} and all(float(v) > 0 for v in captured.values()), text[:2000]
