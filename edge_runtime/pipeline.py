@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import cv2
 import numpy as np
 
 from edge_runtime.errors import ConfigError, EdgeRuntimeError, InferenceError, SourceError
@@ -240,6 +241,8 @@ class Pipeline:
         """
         self._started = time.monotonic()
         self._running = True
+        if self.config.opencv_threads is not None:
+            cv2.setNumThreads(self.config.opencv_threads)
         preparer = threading.Thread(target=self._prepare_loop, name="pipeline-prepare", daemon=True)
         try:
             self.open()

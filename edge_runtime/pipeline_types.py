@@ -85,6 +85,11 @@ class PipelineConfig(BaseModel):
     )
     keep_frames: bool = Field(default=True, description="Pass the input frame or window to sinks.")
     latency_window: int = Field(default=10000, ge=10, description="Recent samples kept per stage for percentiles.")
+    opencv_threads: int | None = Field(
+        default=1, ge=0, description="cv2.setNumThreads for the run (None: leave OpenCV's default). OpenCV's pool "
+        "spins in sched_yield between the small resizes of each frame while other threads decode and infer: about "
+        "400 calls a frame and most of the run's system time here; 1 keeps each call on its caller's thread.",
+    )
 
 
 class Guarded:
