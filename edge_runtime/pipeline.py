@@ -14,10 +14,9 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import cv2
-import numpy as np
 
 from edge_runtime.errors import ConfigError, EdgeRuntimeError, InferenceError, SourceError
 from edge_runtime.latency import STAGES, LatencyRecorder  # noqa: F401 - STAGES re-exported: hooks get these keys
@@ -29,8 +28,16 @@ from edge_runtime.multisource import (
     default_source_name,
     lane_failure,
 )
-from edge_runtime.package.manifest import InputSpec, Manifest
-from edge_runtime.pipeline_types import FrameResult, Guarded, PipelineConfig, PipelineStats, Sink, StageHook
+from edge_runtime.pipeline_types import (
+    FrameResult,
+    Guarded,
+    PipelineConfig,
+    PipelineStats,
+    Predictor,
+    Sink,
+    StageHook,
+    compatible_inputs,
+)
 from edge_runtime.results import Prediction
 from edge_runtime.sources.base import END, Sample, ThreadedSource
 from edge_runtime.sources.motion import MotionGate
@@ -41,20 +48,6 @@ __all__ = ["FrameResult", "Pipeline", "PipelineConfig", "PipelineStats", "Predic
 log = logging.getLogger(__name__)
 
 
-class Predictor(Protocol):
-    """What the pipeline needs from a model (edge_runtime.api.Model provides it)."""
-
-    manifest: Manifest
-
-    @property
-    def input_spec(self) -> InputSpec: ...
-
-    def predict(self, x: np.ndarray, frame_order: str = "BGR") -> Prediction: ...
-
-    # Optional: ``prepare(x, frame_order=...)`` and ``predict_prepared(prepared)`` let the pipeline preprocess the
-    # next sample while the current one is inferred (edge_runtime.api.Model has both).
-
-
 @dataclass(frozen=True)
 class _Job:
     """A sample of ``lane`` on its way to inference, preprocessed by ``model`` (None: not preprocessed)."""
@@ -63,14 +56,6 @@ class _Job:
     sample: Sample
     model: Predictor
     prepared: Any
-
-
-def _compatible(old: InputSpec, new: InputSpec) -> str | None:
-    if old.kind != new.kind:
-        return f"the new model takes {new.kind} input, the running one {old.kind}"
-    if old.kind == "tensor" and tuple(old.shape) != tuple(new.shape):
-        return f"the new model's input shape {list(new.shape)} differs from {list(old.shape)}"
-    return None
 
 
 class Pipeline:
@@ -151,7 +136,7 @@ class Pipeline:
 
     def swap_model(self, new_model: Predictor) -> Predictor:
         """Replace the model between two frames, for every source at once; returns the old one (caller closes it)."""
-        reason = _compatible(self._model.input_spec, new_model.input_spec)
+        reason = compatible_inputs(self._model.input_spec, new_model.input_spec)
         if reason:
             raise ConfigError(f"cannot swap models: {reason}")
         with self._model_lock:  # waits for the frame in flight

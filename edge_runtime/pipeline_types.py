@@ -8,11 +8,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from edge_runtime.package.manifest import InputSpec, Manifest
 from edge_runtime.results import Prediction
 
 log = logging.getLogger("edge_runtime.pipeline")
@@ -108,3 +109,26 @@ class Guarded:
                 self.failures += 1
                 if self.failures <= 5 or self.failures % 1000 == 0:
                     log.exception("%s %r failed (%d failures so far)", self.what, fn, self.failures)
+
+
+class Predictor(Protocol):
+    """What the pipeline needs from a model (edge_runtime.api.Model provides it)."""
+
+    manifest: Manifest
+
+    @property
+    def input_spec(self) -> InputSpec: ...
+
+    def predict(self, x: np.ndarray, frame_order: str = "BGR") -> Prediction: ...
+
+    # Optional: ``prepare(x, frame_order=...)`` and ``predict_prepared(prepared)`` let the pipeline preprocess the
+    # next sample while the current one is inferred (edge_runtime.api.Model has both).
+
+
+def compatible_inputs(old: InputSpec, new: InputSpec) -> str | None:
+    """Why ``new`` cannot replace ``old`` between two frames (None: it can)."""
+    if old.kind != new.kind:
+        return f"the new model takes {new.kind} input, the running one {old.kind}"
+    if old.kind == "tensor" and tuple(old.shape) != tuple(new.shape):
+        return f"the new model's input shape {list(new.shape)} differs from {list(old.shape)}"
+    return None
