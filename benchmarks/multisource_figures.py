@@ -138,8 +138,9 @@ def streams_figures(pkg: Path, tmp: Path, clip: Path, n: int, live: bool, second
     total = sum(counts)
     fps = steady_fps(out)
     kind = "MJPEG streams" if live else "files @30fps"
-    print(f"{n} {kind:<13}: {fps:6.1f} fps total (first to last result), share min/max {min(counts)}/{max(counts)} frames, "
-          f"p95 e2e {np.percentile(e2e, 95):6.1f} ms, CPU {c['cpu'] / max(total, 1) * 1000:5.2f} ms/frame incl. start-up, "
+    print(f"{n} {kind:<13}: {fps:6.1f} fps total (first to last result), share min/max "
+          f"{min(counts)}/{max(counts)} frames, p95 e2e {np.percentile(e2e, 95):6.1f} ms, "
+          f"CPU {c['cpu'] / max(total, 1) * 1000:5.2f} ms/frame incl. start-up, "
           f"peak {c['rss']:5.0f} MiB vs {n} processes ~{single_rss * n:5.0f} MiB ({load_avg()})")
 
 
