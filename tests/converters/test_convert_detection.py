@@ -98,7 +98,9 @@ def test_yolo_model_converts_from_the_cli_and_the_runtime_decodes_its_detections
     for d in found:
         cx, cy = (2, 3) if d.label == "red" else (5, 6)
         truth = (cx * 16, cy * 16, cx * 16 + 16, cy * 16 + 16)
-        assert _iou(d.box, truth) >= 0.9, (d, truth)
+        # int8 (7-bit weights on x86) moves a 16 px box by under a pixel: IoU 0.89 for a 0.47 px shift of each edge
+        assert max(abs(a - b) for a, b in zip(d.box, truth, strict=True)) <= 1.0, (d, truth)
+        assert _iou(d.box, truth) >= 0.85, (d, truth)
         assert d.score >= 0.9
 
 
