@@ -8,84 +8,87 @@ stops the others or the pipeline. ``swap_model`` replaces the model between two 
 from __future__ import annotations
 
 import logging
-import queue
 import signal
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
-import numpy as np
+import cv2
 
 from edge_runtime.errors import ConfigError, EdgeRuntimeError, InferenceError, SourceError
 from edge_runtime.latency import STAGES, LatencyRecorder  # noqa: F401 - STAGES re-exported: hooks get these keys
-from edge_runtime.package.manifest import InputSpec, Manifest
-from edge_runtime.pipeline_types import FrameResult, Guarded, PipelineConfig, PipelineStats, Sink, StageHook
+from edge_runtime.multisource import (
+    Handoff,
+    LaneScheduler,
+    SourceLane,
+    check_lanes,
+    default_source_name,
+    lane_failure,
+)
+from edge_runtime.pipeline_types import (
+    FrameResult,
+    Guarded,
+    PipelineConfig,
+    PipelineStats,
+    Predictor,
+    Sink,
+    StageHook,
+    compatible_inputs,
+)
 from edge_runtime.results import Prediction
 from edge_runtime.sources.base import END, Sample, ThreadedSource
 from edge_runtime.sources.motion import MotionGate
 
-__all__ = ["FrameResult", "Pipeline", "PipelineConfig", "PipelineStats", "Predictor", "Sink", "StageHook",
-           "stop_on_signals"]
+__all__ = ["FrameResult", "Pipeline", "PipelineConfig", "PipelineStats", "Predictor", "Sink", "SourceLane",
+           "StageHook", "stop_on_signals"]
 
 log = logging.getLogger(__name__)
 
 
-class Predictor(Protocol):
-    """What the pipeline needs from a model (edge_runtime.api.Model provides it)."""
-
-    manifest: Manifest
-
-    @property
-    def input_spec(self) -> InputSpec: ...
-
-    def predict(self, x: np.ndarray, frame_order: str = "BGR") -> Prediction: ...
-
-    # Optional: ``prepare(x, frame_order=...)`` and ``predict_prepared(prepared)`` let the pipeline preprocess the
-    # next sample while the current one is inferred (edge_runtime.api.Model has both).
-
-
 @dataclass(frozen=True)
 class _Job:
-    """A sample on its way to inference, preprocessed by ``model`` (None: not preprocessed)."""
+    """A sample of ``lane`` on its way to inference, preprocessed by ``model`` (None: not preprocessed)."""
 
+    lane: SourceLane
     sample: Sample
     model: Predictor
     prepared: Any
 
 
-def _compatible(old: InputSpec, new: InputSpec) -> str | None:
-    if old.kind != new.kind:
-        return f"the new model takes {new.kind} input, the running one {old.kind}"
-    if old.kind == "tensor" and tuple(old.shape) != tuple(new.shape):
-        return f"the new model's input shape {list(new.shape)} differs from {list(old.shape)}"
-    return None
-
-
 class Pipeline:
-    """Runs a model on a source until the source ends, a bound is reached, or ``stop()`` is called."""
+    """Runs one model on one or several sources until they end, a bound is reached, or ``stop()`` is called.
+
+    ``source`` is one source, or a list of :class:`~edge_runtime.multisource.SourceLane` (named sources, each with
+    its own drop policy, frame-rate limit and motion gate) served round-robin by the one loaded model.
+    """
 
     def __init__(
         self,
         model: Predictor,
-        source: ThreadedSource,
+        source: ThreadedSource | Sequence[SourceLane],
         sinks: Sequence[Sink] = (),
         config: PipelineConfig | None = None,
         motion_gate: MotionGate | None = None,
     ) -> None:
+        if isinstance(source, ThreadedSource):
+            lanes = [SourceLane(default_source_name(source.name), source, motion_gate)]
+        else:
+            if motion_gate is not None:
+                raise ConfigError("give each source lane its own motion gate")
+            lanes = list(source)
+        check_lanes(lanes)
         want = "window" if model.input_spec.kind == "tensor" else "frame"
-        if source.kind != want:
-            raise ConfigError(
-                f"model input {model.input_spec.name!r} is a {model.input_spec.kind} input but source "
-                f"{source.name!r} gives {source.kind}s"
-            )
-        if motion_gate is not None and source.kind != "frame":
-            raise ConfigError("the motion gate works on camera/video frames, not sensor windows")
-        self.source = source
+        for lane in lanes:
+            if lane.source.kind != want:
+                raise ConfigError(
+                    f"model input {model.input_spec.name!r} is a {model.input_spec.kind} input but source "
+                    f"{lane.source.name!r} gives {lane.source.kind}s"
+                )
+        self.lanes = lanes
         self.config = config or PipelineConfig()
-        self.motion_gate = motion_gate
         self.latency = LatencyRecorder(self.config.latency_window)
         self._model = model
         self._model_lock = threading.Lock()
@@ -95,8 +98,9 @@ class Pipeline:
         for sink in sinks:
             self._sinks.items.append(sink)
         self._stop = threading.Event()
-        self._handoff: queue.Queue[object] = queue.Queue(maxsize=1)
-        self._taken = self._processed = self._errors = self._consecutive_errors = self._inference_errors = 0
+        self._scheduler = LaneScheduler(lanes, self._stop)
+        self._handoff = Handoff()
+        self._processed = self._errors = self._consecutive_errors = self._inference_errors = 0
         self._count_lock = threading.Lock()  # both the preparer and the inference loop count rejected samples
         self._opened = False
         self._started: float | None = None
@@ -110,6 +114,15 @@ class Pipeline:
     def model(self) -> Predictor:
         return self._model
 
+    @property
+    def source(self) -> ThreadedSource:
+        """The first (with one source: the) source."""
+        return self.lanes[0].source
+
+    @property
+    def motion_gate(self) -> MotionGate | None:
+        return self.lanes[0].motion_gate
+
     def add_sink(self, sink: Sink) -> None:
         self._sinks.items.append(sink)
 
@@ -122,8 +135,8 @@ class Pipeline:
         self._error_hooks.items.append(hook)
 
     def swap_model(self, new_model: Predictor) -> Predictor:
-        """Replace the model between two frames; returns the old one (the caller closes it)."""
-        reason = _compatible(self._model.input_spec, new_model.input_spec)
+        """Replace the model between two frames, for every source at once; returns the old one (caller closes it)."""
+        reason = compatible_inputs(self._model.input_spec, new_model.input_spec)
         if reason:
             raise ConfigError(f"cannot swap models: {reason}")
         with self._model_lock:  # waits for the frame in flight
@@ -135,87 +148,116 @@ class Pipeline:
     def stop(self) -> None:
         """Ask the run to end after the current sample (thread- and signal-safe)."""
         self._stop.set()
+        self._scheduler.wake()
+        self._handoff.close()
 
     def open(self) -> None:
-        """Open the source now (SourceError if it cannot be), so a bad camera fails before anything else starts.
+        """Open every source now (SourceError if one cannot be), so a bad camera fails before anything else starts.
 
-        ``run`` opens it when this was not called; once opened, ``run`` (or ``source.close()``) must follow.
+        ``run`` opens them when this was not called; once opened, ``run`` (or ``close_sources()``) must follow.
         """
-        if not self._opened:
-            self.source.start()
-            self._opened = True
+        if self._opened:
+            return
+        opened: list[ThreadedSource] = []
+        try:
+            for lane in self.lanes:
+                lane.source.start()
+                opened.append(lane.source)
+        except BaseException:
+            for src in opened:
+                src.close()
+            raise
+        self._opened = True
+
+    def close_sources(self) -> None:
+        for lane in self.lanes:
+            lane.source.close()
 
     # ------------------------------------------------------------------ state
 
     def source_fault(self) -> tuple[str | None, float]:
-        """(why the source yields nothing, or None; seconds since its last sample): for /health and status."""
-        c = self.source.counters
-        stalled = c.stalled_s() if self._running else 0.0
-        limit = self.config.stall_timeout_s
-        if c.fault is None and limit is not None and stalled >= limit:
-            return f"{self.source.name} yielded no sample for {stalled:.0f} s", stalled
-        return c.fault, stalled
+        """(why a source yields nothing, or None; the longest time since a source's last sample): for /health."""
+        uptime = self._uptime()
+        faults, stalled = [], 0.0
+        for lane in self.lanes:
+            c = lane.counters(self._running, self.config.stall_timeout_s, uptime)
+            stalled = max(stalled, float(c["stalled_s"]))  # type: ignore[arg-type]
+            if c["fault"]:
+                faults.append(str(c["fault"]) if len(self.lanes) == 1 else f"{lane.name}: {c['fault']}")
+        return ("; ".join(faults) or None), stalled
+
+    def _uptime(self) -> float:
+        now = self._ended or time.monotonic()
+        return now - self._started if self._started else 0.0
 
     def stats(self) -> PipelineStats:
-        c = self.source.counters
-        now = self._ended or time.monotonic()
+        uptime = self._uptime()
+        per = {lane.name: lane.counters(self._running, self.config.stall_timeout_s, uptime) for lane in self.lanes}
+
+        def total(key: str) -> int:
+            return sum(int(c[key]) for c in per.values())  # type: ignore[call-overload]
+
         fault, stalled = self.source_fault()
-        uptime = now - self._started if self._started else 0.0
         m = self._model.manifest
         return PipelineStats(
-            captured=c.captured, processed=self._processed, dropped=c.dropped,
-            skipped_still=self.motion_gate.skipped if self.motion_gate else 0, bad_lines=c.bad_lines,
-            errors=self._errors, sink_errors=self._sinks.failures, reconnects=c.reconnects,
-            reconnect_attempts=c.reconnect_attempts, uptime_s=uptime,
+            captured=total("captured"), processed=self._processed, dropped=total("dropped"),
+            skipped_still=total("skipped_still"), bad_lines=total("bad_lines"),
+            errors=self._errors, sink_errors=self._sinks.failures, reconnects=total("reconnects"),
+            reconnect_attempts=total("reconnect_attempts"), uptime_s=uptime,
             fps=self._processed / uptime if uptime > 0 else 0.0, running=self._running,
             model=m.name, version=m.version, last_error=self._last_error, inference_errors=self._inference_errors,
-            source_stalled_s=round(stalled, 3), source_fault=fault,
+            source_stalled_s=round(stalled, 3), source_fault=fault, sources=per,
         )  # fmt: skip
 
     # ------------------------------------------------------------------ the loop
 
-    def _taking_more(self) -> bool:
-        cfg = self.config
-        return not self._stop.is_set() and (cfg.max_frames is None or self._taken < cfg.max_frames)
-
-    def _time_left(self) -> bool:
+    def _time_left(self) -> float | None:
+        """Seconds until the duration bound (None: no bound)."""
         assert self._started is not None
         limit = self.config.duration_s
-        return limit is None or time.monotonic() - self._started < limit
+        return None if limit is None else limit - (time.monotonic() - self._started)
 
     def run(self) -> PipelineStats:
-        """Process samples until done; returns the final stats. A source that fails for good raises SourceError.
+        """Process samples until done; returns the final stats. A source that fails for good raises SourceError
+        (with several sources: once the others have ended; until then it is reported in ``stats().sources``).
 
-        A pipeline runs once. Two threads besides the caller's: the source's reader, and a preparer that gates and
-        preprocesses the next sample while the caller's thread runs inference on the current one.
+        A pipeline runs once. Threads besides the caller's: each source's reader, and a preparer that takes the next
+        sample round-robin, gates and preprocesses it while the caller's thread runs inference on the current one.
         """
         self._started = time.monotonic()
         self._running = True
+        if self.config.opencv_threads is not None:
+            cv2.setNumThreads(self.config.opencv_threads)
         preparer = threading.Thread(target=self._prepare_loop, name="pipeline-prepare", daemon=True)
         try:
             self.open()
             preparer.start()
-            while not self._stop.is_set() and self._time_left():
-                try:
-                    item = self._handoff.get(timeout=0.1)
-                except queue.Empty:
+            while not self._stop.is_set():
+                left = self._time_left()
+                if left is not None and left <= 0:
+                    break
+                got, item = self._handoff.get(timeout=left)
+                if not got:
                     continue
                 if item is END:
                     break
                 if isinstance(item, BaseException):
                     raise item
-                self._process(item)
+                self._process(item)  # type: ignore[arg-type]
         finally:
-            self._stop.set()
+            self.stop()
             self._running = False
             self._ended = time.monotonic()
-            self.source.close()
+            self.close_sources()
             if preparer.is_alive():
                 preparer.join(timeout=2.0)
             for sink in self._sinks.items:
                 close = getattr(sink, "close", None)
                 if callable(close):
                     self._close_quietly(close)
+        failure = lane_failure(self.lanes)
+        if failure is not None:
+            raise failure
         return self.stats()
 
     @staticmethod
@@ -227,65 +269,65 @@ class Pipeline:
 
     # ------------------------------------------------------------------ preparer thread
 
-    def _hand_over(self, item: object) -> bool:
-        """Put ``item`` in the one-slot hand-off (waits for the inference loop); False once stopped."""
-        while not self._stop.is_set():
-            try:
-                self._handoff.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
     def _prepare_loop(self) -> None:
+        sched = self._scheduler
+        limit = self.config.stall_timeout_s
+        check_every = min(1.0, limit / 4) if limit is not None else 3600.0
+        next_check = time.monotonic() + check_every
         try:
-            while self._taking_more():
-                item = self.source.get(timeout=0.1)
-                if item is None:
-                    self._check_stall()
+            while not self._stop.is_set() and sched.live():
+                got = sched.take(timeout=max(0.0, next_check - time.monotonic()))
+                if time.monotonic() >= next_check:
+                    self._check_stalls()
+                    next_check = time.monotonic() + check_every
+                if got is None:
                     continue
-                if item is END:
-                    break
-                assert isinstance(item, Sample)
-                self._taken += 1
-                job = self._prepare(item)
-                if job is not None and not self._hand_over(job):
+                lane, sample = got
+                lane.taken += 1
+                if self.config.max_frames is not None and lane.taken >= self.config.max_frames:
+                    sched.end_lane(lane)
+                job = self._prepare(lane, sample)
+                if job is not None and not self._handoff.put(job):
                     return
         except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
-            self._hand_over(exc)
+            self._handoff.put(exc)
             return
-        self._hand_over(END)
+        self._handoff.put(END)
 
-    def _check_stall(self) -> None:
+    def _check_stalls(self) -> None:
         limit = self.config.stall_timeout_s
-        if limit is not None and self.config.fail_on_stall and self.source.counters.stalled_s() >= limit:
-            fault = self.source.counters.fault
-            raise SourceError(f"{self.source.name} yielded no sample for {limit:g} s" + (f" ({fault})" if fault
-                                                                                          else ""))
+        if limit is None or not self.config.fail_on_stall:
+            return
+        for lane in self._scheduler.live():
+            c = lane.source.counters
+            if c.stalled_s() >= limit:
+                why = f"{lane.source.name} yielded no sample for {limit:g} s" + (f" ({c.fault})" if c.fault else "")
+                self._scheduler.end_lane(lane, SourceError(why))
 
-    def _prepare(self, sample: Sample) -> _Job | None:
-        if self.motion_gate is not None and not self.motion_gate.should_infer(sample.data):
+    def _prepare(self, lane: SourceLane, sample: Sample) -> _Job | None:
+        if lane.motion_gate is not None and not lane.motion_gate.should_infer(sample.data):
             return None
         model = self._model
         prepare = getattr(model, "prepare", None)
         if prepare is None:  # a plain predictor: everything happens in predict()
-            return _Job(sample, model, None)
+            return _Job(lane, sample, model, None)
         try:
-            return _Job(sample, model, prepare(sample.data, frame_order=self.config.frame_order))
+            return _Job(lane, sample, model, prepare(sample.data, frame_order=self.config.frame_order))
         except EdgeRuntimeError as exc:
-            self._reject(sample, exc)
+            self._reject(lane, sample, exc)
             return None
 
-    def _reject(self, sample: Sample, exc: EdgeRuntimeError) -> None:
+    def _reject(self, lane: SourceLane, sample: Sample, exc: EdgeRuntimeError) -> None:
         """Count a sample the model refused; too many in a row end the run with that error."""
         with self._count_lock:
             self._errors += 1
+            lane.errors += 1
             self._inference_errors += isinstance(exc, InferenceError)
             self._consecutive_errors += 1
             in_a_row = self._consecutive_errors
             self._last_error = str(exc)
         if in_a_row <= 3 or in_a_row % 1000 == 0:
-            log.warning("sample %d skipped (%d in a row): %s", sample.index, in_a_row, exc)
+            log.warning("%s sample %d skipped (%d in a row): %s", lane.name, sample.index, in_a_row, exc)
         self._error_hooks(exc)
         limit = self.config.max_consecutive_errors
         if limit is not None and in_a_row >= limit:
@@ -302,7 +344,7 @@ class Pipeline:
                 else:  # prepared by a model swapped out since, or a plain predictor
                     pred = model.predict(job.sample.data, frame_order=self.config.frame_order)
             except EdgeRuntimeError as exc:
-                self._reject(job.sample, exc)
+                self._reject(job.lane, job.sample, exc)
                 return None
         with self._count_lock:
             self._consecutive_errors = 0
@@ -323,8 +365,10 @@ class Pipeline:
             frame=sample.data if self.config.keep_frames else None,
             capture_wait_ms=max(0.0, (started - sample.captured_at) * 1000.0 - t.preprocess_ms),
             end_to_end_ms=(ready - sample.captured_at) * 1000.0,
+            source=job.lane.name,
         )
         self._processed += 1
+        job.lane.processed += 1
         self._sinks(result)
         stages = {
             "capture_wait": result.capture_wait_ms,
@@ -335,6 +379,8 @@ class Pipeline:
             "end_to_end": result.end_to_end_ms,
         }
         self.latency.add(stages)
+        if len(self.lanes) > 1:
+            job.lane.latency.add({"end_to_end": result.end_to_end_ms})
         if self._hooks.items:
             self._hooks(stages)
 

@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from typing import Any, Literal
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from edge_runtime.package.manifest import InputSpec, Manifest
 from edge_runtime.results import Prediction
 
 log = logging.getLogger("edge_runtime.pipeline")
@@ -28,6 +29,7 @@ class FrameResult:
     frame: np.ndarray | None  # the input frame (BGR) or sensor window
     capture_wait_ms: float  # capture -> start of processing (time spent queued)
     end_to_end_ms: float  # capture -> prediction ready
+    source: str = ""  # the name of the source it came from (--source NAME=SPEC, the agent's sources:)
 
 
 Sink = Callable[[FrameResult], None]
@@ -56,6 +58,7 @@ class PipelineStats:
     inference_errors: int = 0  # of ``errors``: the model raised while running (InferenceError), not a bad input
     source_stalled_s: float = 0.0  # seconds since the source last yielded a sample (or opened)
     source_fault: str | None = None  # why the source yields nothing now (reconnecting, stalled); None when fine
+    sources: dict[str, dict[str, Any]] = field(default_factory=dict)  # per source name: its counters and fault
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -83,6 +86,11 @@ class PipelineConfig(BaseModel):
     )
     keep_frames: bool = Field(default=True, description="Pass the input frame or window to sinks.")
     latency_window: int = Field(default=10000, ge=10, description="Recent samples kept per stage for percentiles.")
+    opencv_threads: int | None = Field(
+        default=1, ge=0, description="cv2.setNumThreads for the run (None: leave OpenCV's default). OpenCV's pool "
+        "spins in sched_yield between the small resizes of each frame while other threads decode and infer: about "
+        "400 calls a frame and most of the run's system time here; 1 keeps each call on its caller's thread.",
+    )
 
 
 class Guarded:
@@ -101,3 +109,26 @@ class Guarded:
                 self.failures += 1
                 if self.failures <= 5 or self.failures % 1000 == 0:
                     log.exception("%s %r failed (%d failures so far)", self.what, fn, self.failures)
+
+
+class Predictor(Protocol):
+    """What the pipeline needs from a model (edge_runtime.api.Model provides it)."""
+
+    manifest: Manifest
+
+    @property
+    def input_spec(self) -> InputSpec: ...
+
+    def predict(self, x: np.ndarray, frame_order: str = "BGR") -> Prediction: ...
+
+    # Optional: ``prepare(x, frame_order=...)`` and ``predict_prepared(prepared)`` let the pipeline preprocess the
+    # next sample while the current one is inferred (edge_runtime.api.Model has both).
+
+
+def compatible_inputs(old: InputSpec, new: InputSpec) -> str | None:
+    """Why ``new`` cannot replace ``old`` between two frames (None: it can)."""
+    if old.kind != new.kind:
+        return f"the new model takes {new.kind} input, the running one {old.kind}"
+    if old.kind == "tensor" and tuple(old.shape) != tuple(new.shape):
+        return f"the new model's input shape {list(new.shape)} differs from {list(old.shape)}"
+    return None

@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 
 def result_record(result: FrameResult) -> dict[str, Any]:
     """The JSON form of one result: sample index and time, the prediction, latencies."""
-    record: dict[str, Any] = {"index": result.index, "timestamp": round(result.timestamp, 6)}
+    record: dict[str, Any] = {"source": result.source, "index": result.index, "timestamp": round(result.timestamp, 6)}
     record.update(result.prediction.to_dict())
     record["latency_ms"] = {
         "capture_wait": round(result.capture_wait_ms, 3),

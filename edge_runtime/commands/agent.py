@@ -28,6 +28,19 @@ from edge_runtime.sources.base import DropPolicy, ThreadedSource
 log = logging.getLogger(__name__)
 
 
+class AgentSource(BaseModel):
+    """One named input of an agent serving several sources with its one model."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(description="Labels this source's results, metrics and health (letters, digits, _ - .).")
+    source: str = Field(description="An open_source spec (camera, stream URL, file, sensor) or 'synthetic'.")
+    options: SourceOptions = Field(default_factory=SourceOptions, description="Drop policy, queue, reconnect, "
+                                   "fps_limit, loop, for this source alone.")
+    motion_gate: float | None = Field(default=None, gt=0, lt=1, description="Skip still frames of this source: "
+                                      "share of changed pixels, e.g. 0.01 (None: infer every frame).")
+
+
 class AgentConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -50,6 +63,9 @@ class AgentConfig(BaseModel):
         default=30.0, gt=0, description="A source that yields nothing this long is reported faulty (status, "
         "/health); the agent keeps retrying it and keeps taking updates.",
     )
+    sources: list[AgentSource] = Field(
+        default_factory=list, description="Several named sources served by the one model (instead of source).",
+    )
     fps: float = Field(default=30.0, gt=0, description="Frame rate of the synthetic source.")
     mqtt: dict[str, Any] = Field(description="edge_runtime.sync.mqtt.MqttSettings fields except device_id, plus "
                                              "password_file (else $EDGE_RUNTIME_MQTT_PASSWORD).")
@@ -62,7 +78,20 @@ class AgentConfig(BaseModel):
     @model_validator(mode="after")
     def _trust(self) -> AgentConfig:
         check_trust_fields(self.trust, self.trusted_keys)
+        if self.sources and "source" in self.model_fields_set:
+            raise ValueError("give either source (one input) or sources (several), not both")
+        names = [s.name for s in self.sources]
+        if len(set(names)) != len(names):
+            raise ValueError("the names of sources must differ")
         return self
+
+    def named_sources(self) -> list[AgentSource]:
+        """Every input as a named source (a lone ``source`` is named after its spec)."""
+        if self.sources:
+            return list(self.sources)
+        from edge_runtime.multisource import default_source_name
+
+        return [AgentSource(name=default_source_name(self.source), source=self.source, options=self.source_options)]
 
 
 class SyntheticSource(ThreadedSource):
@@ -101,21 +130,39 @@ def load_config(path: Path) -> AgentConfig:
         raise ConfigError(f"invalid agent config {path}: {validation_message(exc)}") from exc
 
 
-def open_agent_source(cfg: AgentConfig, model: Any) -> ThreadedSource:
+def open_agent_lanes(cfg: AgentConfig, model: Any) -> list[Any]:
+    """A named lane (edge_runtime.multisource.SourceLane) per configured source, each with its motion gate."""
+    from edge_runtime.multisource import SourceLane
+    from edge_runtime.sources.motion import MotionGate
+
+    lanes = []
+    try:
+        for entry in cfg.named_sources():
+            gate = MotionGate(entry.motion_gate) if entry.motion_gate is not None else None
+            lanes.append(SourceLane(entry.name, open_agent_source(cfg, model, entry), gate))
+    except BaseException:
+        for lane in lanes:
+            lane.source.close()
+        raise
+    return lanes
+
+
+def open_agent_source(cfg: AgentConfig, model: Any, entry: AgentSource | None = None) -> ThreadedSource:
     """The configured source for ``model``: sensor sources get their window from the model's input shape; live
     sources never give up (the agent reports the fault and keeps retrying)."""
     from edge_runtime.sources import open_source, source_kind, window_spec_for
 
     spec = model.input_spec
-    if cfg.source != "synthetic":
-        opts = cfg.source_options
+    entry = entry or cfg.named_sources()[0]
+    if entry.source != "synthetic":
+        opts = entry.options
         options = opts.model_copy(update={"reconnect": opts.reconnect.model_copy(update={"give_up": False})})
         window = None
-        if source_kind(cfg.source) == "window":
+        if source_kind(entry.source) == "window":
             if spec.kind != "tensor":
-                raise ConfigError(f"agent source {cfg.source!r} gives sensor samples; the model takes images")
+                raise ConfigError(f"agent source {entry.source!r} gives sensor samples; the model takes images")
             window = window_spec_for(spec, None, bool(model.manifest.state))
-        return open_source(cfg.source, options, window)  # type: ignore[no-any-return]
+        return open_source(entry.source, options, window)  # type: ignore[no-any-return]
     if spec.kind == "tensor":
         return SyntheticSource(tuple(d if d > 0 else 1 for d in spec.shape[1:]), cfg.fps, "window")
     h, w, _ = spec.height_width_channels
@@ -165,7 +212,7 @@ def build_agent(cfg: AgentConfig, what: str = "agent config") -> AgentParts:
     loaded), pipeline on the configured source, monitoring services. Nothing is started."""
     from edge_runtime.device_config import embedded_device_config
     from edge_runtime.monitoring.health import update_agent_check
-    from edge_runtime.monitoring.service import source_info, start_services
+    from edge_runtime.monitoring.service import start_services
     from edge_runtime.pipeline import Pipeline, PipelineConfig
     from edge_runtime.profiles import load_profile
     from edge_runtime.sync.mqtt import MqttLink
@@ -193,14 +240,24 @@ def build_agent(cfg: AgentConfig, what: str = "agent config") -> AgentParts:
     # the pipeline never gives up on model errors: the health window rolls a failing update back, and a committed
     # model that fails is reported (live statistics) while the agent keeps taking updates
     config = PipelineConfig(max_consecutive_errors=None, stall_timeout_s=cfg.stall_timeout_s, fail_on_stall=False)
-    pipeline = Pipeline(model, open_agent_source(cfg, model), sinks=[agent.observe], config=config)
+    pipeline = Pipeline(model, open_agent_lanes(cfg, model), sinks=[agent.observe], config=config)
     pipeline.add_error_hook(agent.observe_error)
     agent.attach(pipeline, lambda: _source_status(pipeline))
-    services = start_services(device, model.manifest, link=link, source=source_info(cfg.source),  # one MQTT link
+    services = start_services(device, model.manifest, link=link, source=_sources_info(cfg),  # one MQTT link
                               command_trust=agent.trust, command_state=cfg.state_dir / COMMAND_REPLAY)
     services.attach(pipeline)
     services.add_health_check(update_agent_check(lambda: (agent.machine.state.value, agent.machine.record.reason)))
     return AgentParts(cfg, link, agent, pipeline, services)
+
+
+def _sources_info(cfg: AgentConfig) -> dict[str, Any]:
+    from edge_runtime.monitoring.service import source_info
+
+    entries = cfg.named_sources()
+    info = source_info(entries[0].source)
+    if len(entries) > 1:
+        info["sources"] = {e.name: source_info(e.source) for e in entries}
+    return info
 
 
 def agent_trust(cfg: AgentConfig) -> Any:
@@ -211,7 +268,11 @@ def agent_trust(cfg: AgentConfig) -> Any:
 
 def _source_status(pipeline: Any) -> dict[str, Any]:
     fault, stalled = pipeline.source_fault()
-    return {"fault": fault, "stalled_s": round(stalled, 1)}
+    out: dict[str, Any] = {"fault": fault, "stalled_s": round(stalled, 1)}
+    if len(pipeline.lanes) > 1:
+        out["sources"] = {n: {"fault": c["fault"], "stalled_s": round(c["stalled_s"], 1), "processed": c["processed"]}
+                          for n, c in pipeline.stats().sources.items()}
+    return out
 
 
 def run(args: argparse.Namespace) -> int:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
 from edge_runtime.errors import ConfigError, InputError
-from edge_runtime.pipeline import Pipeline, PipelineConfig, PipelineStats, Sink, stop_on_signals
+from edge_runtime.pipeline import Pipeline, PipelineConfig, PipelineStats, Sink, SourceLane, stop_on_signals
 from edge_runtime.sources import DropPolicy, SourceOptions, open_source, source_kind, window_spec_for
 
 if TYPE_CHECKING:
@@ -40,9 +40,10 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
 
 def configure(p: argparse.ArgumentParser) -> None:
     add_model_arguments(p)
-    p.add_argument("--source", required=True,
+    p.add_argument("--source", required=True, action="append",
                    help="0 | /dev/video0 | rtsp://... | http://...mjpg | clip.mp4 | data.csv | data.jsonl | stdin | "
-                        "serial:/dev/ttyUSB0?baud=115200 | udp://0.0.0.0:9000")
+                        "serial:/dev/ttyUSB0?baud=115200 | udp://0.0.0.0:9000; repeat it to serve several sources "
+                        "with one model, each optionally named: --source cam1=rtsp://... (results carry the name)")
     p.add_argument("--max-frames", type=int, help="stop after N samples from the source")
     p.add_argument("--duration", type=float, help="stop after S seconds")
     p.add_argument("--drop-policy", choices=[d.value for d in DropPolicy],
@@ -154,9 +155,27 @@ def device_config(args: argparse.Namespace) -> DeviceConfig | None:
     return parse_device_config(data, Path.cwd(), what, expand=False)
 
 
+def named_sources(args: argparse.Namespace) -> list[tuple[str, str]]:
+    """(name, spec) for every --source, in order; names must differ (``--source NAME=SPEC``)."""
+    from edge_runtime.multisource import split_named_source
+
+    specs = [args.source] if isinstance(args.source, str) else list(args.source)
+    pairs = [split_named_source(text) for text in specs]
+    names = [name for name, _ in pairs]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ConfigError(f"two sources are named {', '.join(twice)}: name each one, --source NAME=SPEC")
+    if sum(spec.strip() in ("stdin", "-") for _, spec in pairs) > 1:
+        raise ConfigError("only one source can read standard input")
+    return pairs
+
+
 def check_arguments(args: argparse.Namespace) -> None:
     """Refuse bad combinations before loading anything, with one message saying what to change."""
-    kind = source_kind(args.source)
+    kinds = {source_kind(spec) for _, spec in named_sources(args)}
+    if len(kinds) > 1:
+        raise ConfigError("all --source inputs must be cameras/videos or all sensor streams: one model takes one kind")
+    kind = kinds.pop()
     if args.motion_gate is not None and kind != "frame":
         raise ConfigError("--motion-gate works with camera and video sources only")
     if args.motion_gate is not None and not 0.0 < args.motion_gate < 1.0:
@@ -209,20 +228,30 @@ def build_pipeline(args: argparse.Namespace, model, sinks: Sequence[Sink]) -> Pi
         queue_size=args.queue_size,
         fps_limit=args.fps_limit,
     )
-    source = open_source(args.source, options, window)
-    gate = MotionGate(args.motion_gate) if args.motion_gate is not None else None
+    lanes: list[SourceLane] = []
+    try:
+        for name, spec in named_sources(args):
+            gate = MotionGate(args.motion_gate) if args.motion_gate is not None else None  # one per source
+            lanes.append(SourceLane(name, open_source(spec, options, window), gate))
+    except BaseException:
+        for lane in lanes:
+            lane.source.close()
+        raise
+    specs = [spec for _, spec in named_sources(args)]
     config = PipelineConfig(max_frames=args.max_frames, duration_s=args.duration,
-                            stall_timeout_s=stall_timeout(args.source, getattr(args, "stall_timeout", None)))
-    return Pipeline(model, source, sinks, config, gate)
+                            stall_timeout_s=stall_timeout(specs, getattr(args, "stall_timeout", None)))
+    return Pipeline(model, lanes, sinks, config)
 
 
-def stall_timeout(spec: str, given: float | None) -> float | None:
-    """The stall bound for ``spec``: as given, else the default for live sources, none for files and stdin."""
+def stall_timeout(specs: str | Sequence[str], given: float | None) -> float | None:
+    """The stall bound: as given, else the default when a source is live, none for files and stdin only."""
     if given is not None:
         return given
-    s = spec.strip()
-    live = s.isdigit() or s.startswith(("/dev/", "serial:", "udp://")) or "://" in s
-    return DEFAULT_STALL_S if live else None
+    for s in [specs] if isinstance(specs, str) else specs:
+        s = s.strip()
+        if s.isdigit() or s.startswith(("/dev/", "serial:", "udp://")) or "://" in s:
+            return DEFAULT_STALL_S
+    return None
 
 
 def format_stats(stats: PipelineStats) -> str:
@@ -230,6 +259,12 @@ def format_stats(stats: PipelineStats) -> str:
     line = (f"{s.model} {s.version}: {s.processed} processed of {s.captured} captured in {s.uptime_s:.1f} s "
             f"({s.fps:.1f}/s); dropped {s.dropped}, still {s.skipped_still}, bad lines {s.bad_lines}, "
             f"errors {s.errors}, sink errors {s.sink_errors}, reconnects {s.reconnects}")  # fmt: skip
+    if len(s.sources) > 1:
+        for name, c in s.sources.items():
+            line += (f"\n  {name}: {c['processed']} processed of {c['captured']} captured ({c['fps']:.1f}/s), "
+                     f"dropped {c['dropped']}, still {c['skipped_still']}, errors {c['errors']}, "
+                     f"reconnects {c['reconnects']}, end-to-end p95 {c['end_to_end_p95_ms']:.1f} ms"
+                     + (f"; FAILED: {c['fault']}" if c["fault"] else ""))  # fmt: skip
     return line
 
 
@@ -257,11 +292,15 @@ def check_processed(stats: PipelineStats) -> None:
                                                               else ""))
 
 
-def start_monitoring(device: DeviceConfig, model: Any, source: str) -> DeviceServices:
+def start_monitoring(device: DeviceConfig, model: Any, sources: str | Sequence[tuple[str, str]]) -> DeviceServices:
     """Start the device services for this run and say where their endpoint is (stderr)."""
     from edge_runtime.monitoring.service import source_info, start_services
 
-    services = start_services(device, model.manifest, source=source_info(source, source_kind(source)))
+    pairs = [("", sources)] if isinstance(sources, str) else list(sources)
+    info = source_info(pairs[0][1], source_kind(pairs[0][1]))
+    if len(pairs) > 1:  # health names every source (URL passwords removed)
+        info["sources"] = {name: source_info(spec, source_kind(spec)) for name, spec in pairs}
+    services = start_services(device, model.manifest, source=info)
     if services.http is not None:
         host = device.http.host if device.http else "127.0.0.1"
         print(f"edge-runtime: metrics on http://{host}:{services.http.port}/metrics, health on /health",
@@ -297,14 +336,14 @@ def run(args: argparse.Namespace) -> int:
             pipeline.add_sink(sink)
         pipeline.open()  # a camera that cannot be opened ends here: one line, no summary, no services started
         if device is not None:
-            services = start_monitoring(device, model, args.source)
+            services = start_monitoring(device, model, named_sources(args))
             services.attach(pipeline)
         running = True  # from here on, Pipeline.run closes the source and the sinks
         return run_pipeline(pipeline, summary=not args.no_summary)
     finally:
         if not running:  # it never ran: release what was opened for it
             if pipeline is not None:
-                pipeline.source.close()
+                pipeline.close_sources()
             _close_sinks(sinks)
         if services is not None:
             services.close()

@@ -89,8 +89,15 @@ def _pipeline(counter: Any, gauge: Any, services: DeviceServices) -> Iterator[An
     if "requests" in d:  # `serve`: its source is requests, counted by serve_guard.ServeCounters
         return
     src = {"source": m.source_label}
+    per = d.get("sources") or {}
     for key, name, doc in _SOURCE_COUNTERS:
-        yield _counter(counter, name, doc, d.get(key) or 0, src)
+        if len(per) > 1 and all(key in c for c in per.values()):  # several sources: one sample per source name
+            fam = counter(name, doc, labels=["source"])
+            for source, c in per.items():
+                fam.add_metric([source], c.get(key) or 0)
+            yield fam
+        else:
+            yield _counter(counter, name, doc, d.get(key) or 0, src)
     age = math.nan if m.last_frame_time is None else max(0.0, time.time() - m.last_frame_time)
     yield _counter(gauge, "edge_last_frame_age_seconds", "Age of the newest processed frame (its capture time to "
                    "now); NaN before the first frame.", age, src)

@@ -111,13 +111,16 @@ class SampleQueue:
         self._closed = False
         self._error: Exception | None = None
         self._counters = counters
+        # called (outside the lock) after every put and finish: a pipeline reading several queues waits on one
+        # condition of its own instead of polling each queue (edge_runtime.multisource.LaneScheduler)
+        self.listener: Callable[[], None] | None = None
 
     def put(self, sample: Sample, stop: threading.Event | None = None) -> bool:
         """Hand over a sample; False when the queue was closed (the consumer has gone)."""
         with self._cond:
             if self.policy is DropPolicy.BLOCK:
                 while len(self._items) >= self.maxlen and not self._closed and not (stop and stop.is_set()):
-                    self._cond.wait(0.1)
+                    self._cond.wait(1.0)  # woken by get() and discard(); the bound only re-checks stop
             if self._closed or (stop is not None and stop.is_set()):
                 return False
             while len(self._items) >= self.maxlen:
@@ -125,7 +128,9 @@ class SampleQueue:
                 self._counters.dropped += 1
             self._items.append(sample)
             self._cond.notify_all()
-            return True
+        if self.listener is not None:
+            self.listener()
+        return True
 
     def get(self, timeout: float) -> Sample | None | object:
         """A sample; None on timeout; ``END`` once the reader finished and the queue is empty.
@@ -154,6 +159,8 @@ class SampleQueue:
             self._closed = True
             self._error = self._error or error
             self._cond.notify_all()
+        if self.listener is not None:
+            self.listener()
 
     def discard(self) -> None:
         """The consumer is gone: drop what is queued and release a blocked reader."""

@@ -1,0 +1,225 @@
+"""Several sources feeding one pipeline (one loaded model): lanes, a fair scheduler and the one-slot hand-off.
+
+Each source keeps its own reader thread, bounded queue and drop policy, frame-rate limit (``fps_limit``) and motion
+gate; a :class:`SourceLane` names it. The :class:`LaneScheduler` takes the next sample round-robin over the lanes
+that have one, so a fast source (a file read as fast as it decodes) cannot starve a slow one (a 5 fps camera), and
+waits on one condition that every lane's queue signals -- no polling. A lane that fails for good (a camera past
+its reconnect bound, a stall) is reported and closed while the others go on.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from edge_runtime.errors import ConfigError, SourceError
+from edge_runtime.latency import LatencyRecorder
+from edge_runtime.sources.base import END, Sample, ThreadedSource
+from edge_runtime.sources.motion import MotionGate
+
+log = logging.getLogger("edge_runtime.pipeline")
+
+_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-.")
+
+
+def check_source_name(name: str) -> str:
+    """A source name labels results, metrics and health: letters, digits, ``_ - .``, at most 64 characters."""
+    if not name or len(name) > 64 or not set(name) <= _NAME_CHARS or not name[0].isalnum():
+        raise ConfigError(f"source name {name!r}: use 1-64 letters, digits, '_', '-' or '.', starting with a letter "
+                          "or digit")
+    return name
+
+
+def default_source_name(spec: str) -> str:
+    """A name for a source given none: the last part of its path or URL (``clip.mp4``, ``0``), cleaned."""
+    tail = spec.strip().rstrip("/").rsplit("/", 1)[-1].split("?", 1)[0] or spec
+    cleaned = "".join(ch if ch in _NAME_CHARS else "_" for ch in tail)[:64].lstrip("_-.")
+    return cleaned or "source"
+
+
+def split_named_source(text: str) -> tuple[str, str]:
+    """``NAME=SPEC`` -> (NAME, SPEC); a plain SPEC gets its default name. ``=`` inside a URL or a serial spec's
+    query (``serial:/dev/ttyUSB0?baud=115200``) is no name: a name has only letters, digits and ``_ - .``."""
+    head, sep, rest = text.partition("=")
+    if sep and head and set(head) <= _NAME_CHARS and rest.strip():
+        return check_source_name(head), rest.strip()
+    return default_source_name(text), text.strip()
+
+
+@dataclass
+class SourceLane:
+    """One named source of a pipeline with its own motion gate; the counters the pipeline keeps for it."""
+
+    name: str
+    source: ThreadedSource
+    motion_gate: MotionGate | None = None
+    taken: int = 0
+    processed: int = 0
+    errors: int = 0
+    done: bool = False
+    error: BaseException | None = None  # why the lane ended early (SourceError, a crashed reader)
+    latency: LatencyRecorder = field(default_factory=lambda: LatencyRecorder(2000))
+
+    def __post_init__(self) -> None:
+        check_source_name(self.name)
+        if self.motion_gate is not None and self.source.kind != "frame":
+            raise ConfigError(f"source {self.name}: the motion gate works on camera/video frames, not sensor "
+                              "windows")
+
+    def counters(self, running: bool, stall_limit: float | None, uptime_s: float) -> dict[str, object]:
+        """This lane's share of the pipeline's stats (PipelineStats.sources[name])."""
+        c = self.source.counters
+        stalled = c.stalled_s() if running and not self.done else 0.0
+        fault = c.fault
+        if self.error is not None:
+            fault = str(self.error)
+        elif fault is None and stall_limit is not None and stalled >= stall_limit and not self.done:
+            fault = f"{self.name} yielded no sample for {stalled:.0f} s"
+        e2e = self.latency.summary().get("end_to_end", {})
+        return {
+            "captured": c.captured, "processed": self.processed, "dropped": c.dropped,
+            "skipped_still": self.motion_gate.skipped if self.motion_gate else 0, "bad_lines": c.bad_lines,
+            "errors": self.errors, "reconnects": c.reconnects, "reconnect_attempts": c.reconnect_attempts,
+            "fps": round(self.processed / uptime_s, 3) if uptime_s > 0 else 0.0, "fault": fault,
+            "stalled_s": round(stalled, 3), "done": self.done, "end_to_end_p95_ms": round(e2e.get("p95", 0.0), 3),
+        }  # fmt: skip
+
+
+def check_lanes(lanes: Sequence[SourceLane]) -> None:
+    if not lanes:
+        raise ConfigError("a pipeline needs at least one source")
+    names = [lane.name for lane in lanes]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise ConfigError(f"source names must differ: {', '.join(dupes)} given twice (name them: --source NAME=SPEC)")
+    kinds = {lane.source.kind for lane in lanes}
+    if len(kinds) > 1:
+        raise ConfigError("all sources of one pipeline must give the same kind of sample (frames or windows)")
+
+
+class LaneScheduler:
+    """Round-robin over the lanes' queues, waiting on one shared condition that every queue's put signals."""
+
+    def __init__(self, lanes: Sequence[SourceLane], stop: threading.Event) -> None:
+        self.lanes = list(lanes)
+        self._stop = stop
+        self._cond = threading.Condition()
+        self._signals = 0
+        self._next = 0
+        for lane in self.lanes:
+            lane.source.queue.listener = self.wake
+
+    def wake(self) -> None:
+        """A queue got a sample or finished (reader threads), or the run stops: re-check the lanes."""
+        with self._cond:
+            self._signals += 1
+            self._cond.notify()
+
+    def live(self) -> list[SourceLane]:
+        return [lane for lane in self.lanes if not lane.done]
+
+    def end_lane(self, lane: SourceLane, error: BaseException | None = None) -> None:
+        """Stop taking from ``lane``; an ``error`` is reported (stats, log) and kept for the end of the run."""
+        if lane.done:
+            return
+        lane.done = True
+        if error is not None:
+            lane.error = error
+            if len(self.lanes) > 1:
+                log.warning("source %s failed; the other sources go on: %s", lane.name, error)
+        lane.source.close()
+
+    def _poll(self) -> tuple[SourceLane, Sample] | None:
+        """The next lane in turn that has a sample (ending lanes whose queue finished)."""
+        n = len(self.lanes)
+        for step in range(n):
+            i = (self._next + step) % n
+            lane = self.lanes[i]
+            if lane.done:
+                continue
+            try:
+                item = lane.source.get(0)
+            except Exception as exc:  # noqa: BLE001 - the reader failed: that lane ends, the others go on
+                self.end_lane(lane, exc)
+                continue
+            if item is None:
+                continue
+            if item is END:
+                self.end_lane(lane)
+                continue
+            assert isinstance(item, Sample)
+            self._next = (i + 1) % n
+            return lane, item
+        return None
+
+    def take(self, timeout: float) -> tuple[SourceLane, Sample] | None:
+        """The next (lane, sample); None after ``timeout`` seconds without one, when stopped or every lane ended."""
+        deadline = time.monotonic() + timeout
+        while not self._stop.is_set() and self.live():
+            with self._cond:
+                seen = self._signals
+            got = self._poll()
+            if got is not None or not self.live():  # (the poll ends lanes whose queue finished)
+                return got
+            with self._cond:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return None
+                if self._signals == seen:  # nothing arrived since the poll: sleep until a queue signals
+                    self._cond.wait(left)
+        return None
+
+
+class Handoff:
+    """A one-slot hand-off between the preparer and the inference thread, woken by puts, takes and close."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._item: object = None
+        self._full = False
+        self._closed = False
+
+    def put(self, item: object) -> bool:
+        """Wait for the slot to be free; False once closed."""
+        with self._cond:
+            while self._full and not self._closed:
+                self._cond.wait()
+            if self._closed:
+                return False
+            self._item, self._full = item, True
+            self._cond.notify_all()
+            return True
+
+    def get(self, timeout: float | None) -> tuple[bool, object]:
+        """(True, item), or (False, None) after ``timeout`` seconds or once closed and empty."""
+        with self._cond:
+            if not self._full and not self._closed:
+                self._cond.wait(timeout)
+            if not self._full:
+                return False, None
+            item, self._item, self._full = self._item, None, False
+            self._cond.notify_all()
+            return True, item
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+
+def lane_failure(lanes: Sequence[SourceLane]) -> BaseException | None:
+    """The error to end the run with, once every lane ended: the first lane's that failed (None: none did).
+
+    A SourceError from one of several lanes is re-worded to name the source; a crash is re-raised as it is."""
+    failed = [lane for lane in lanes if lane.error is not None]
+    if not failed:
+        return None
+    first = failed[0].error
+    assert first is not None
+    if len(lanes) == 1 or not isinstance(first, SourceError):
+        return first
+    names = ", ".join(f"{lane.name} ({lane.error})" for lane in failed)
+    return SourceError(f"{len(failed)} of {len(lanes)} sources failed: {names}")
