@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from converters.emulate import SCRIPTS, EmulationError, compare_outputs, run_golden_emulated
+from tests.model_factory import trust_args
 
 pytestmark = pytest.mark.emulation
 
@@ -77,6 +78,7 @@ def test_missing_host_tools_end_in_one_line_that_says_what_to_install(tiny_onnx_
             "edge_runtime.cli",
             "verify",
             str(tiny_onnx_package.root),
+            *trust_args(),
             "--emulate",
             "raspberry-pi-4",
         ],

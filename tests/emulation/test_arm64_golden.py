@@ -13,6 +13,7 @@ import sys
 import pytest
 
 from converters.emulate import run_golden_emulated
+from tests.model_factory import trust_args
 
 pytestmark = pytest.mark.emulation
 
@@ -45,7 +46,8 @@ def test_int8_tflite_classifier_matches_x86_on_jetson_nano(arm64_env, tiny_tflit
 
 def test_verify_emulate_cli_passes_the_demo_package_on_raspberry_pi_4(arm64_env, demo_package) -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "edge_runtime.cli", "verify", str(demo_package.root), "--emulate", "raspberry-pi-4"],
+        [sys.executable, "-m", "edge_runtime.cli", "verify", str(demo_package.root), *trust_args(), "--emulate",
+         "raspberry-pi-4"],
         capture_output=True,
         text=True,
         timeout=600,
