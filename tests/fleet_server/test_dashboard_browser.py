@@ -44,7 +44,8 @@ def _seed(port: int) -> None:
         state = {"schema": "state/1", "device": dev, "online": dev != "cam-c", "ts": now, "model": f"sim-{version}"}
         pub.client.publish(f"edge/devices/{dev}/state", json.dumps(state), qos=1, retain=True).wait_for_publish(10)
     drift = {"schema": "event/1", "type": "drift", "device": "cam-b", "ts": now - 60, "model": "sim",
-             "version": "1.1.0", "feature": "brightness", "scores": {"psi": 0.4}}
+             "version": "1.1.0", "feature": "brightness", "reference": {"kind": "device"},
+             "scores": {"d": 6.2}, "thresholds": {"raise": 3.0, "clear": 2.0}}  # as edge_runtime/schemas/event.json
     pub.send("cam-b", [drift], kind="event")
     pub.close()
 
