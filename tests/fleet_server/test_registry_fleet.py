@@ -12,7 +12,7 @@ import pytest
 
 from edge_runtime.package import generate_keypair, load_private_key
 from tests.fleet_server.conftest import FleetServer, add_user, cli
-from tests.integration.helpers import wait_until
+from tests.integration.helpers import stop_all, wait_until
 from tests.model_factory import classifier_package
 from tests.mqtt_broker import Mosquitto
 from tests.update.harness import device_config, spawn_agent
@@ -102,9 +102,6 @@ def test_promote_to_a_group_supersedes_a_canary_document_and_revert_brings_the_f
         r = cli("registry", "promote", "tiny", "9.9.9", env=env)
         assert r.returncode == 2 and "not registered" in r.stderr and "Traceback" not in r.stderr
     finally:
-        for a in agents:
-            a.terminate()
-        for a in agents:
-            a.wait(30)
+        stop_all(agents)
         server.stop()
         broker.stop()

@@ -10,7 +10,7 @@ import pytest
 
 from edge_runtime.package import generate_keypair, load_private_key
 from tests.fleet_server.conftest import FleetServer, add_user, cli
-from tests.integration.helpers import wait_until
+from tests.integration.helpers import stop_all, wait_until
 from tests.model_factory import classifier_package
 from tests.mqtt_broker import Mosquitto
 from tests.update.harness import device_config, spawn_agent
@@ -93,9 +93,6 @@ def test_a_rollout_survives_a_server_kill_and_an_aborted_one_rolls_back(tmp_path
         audited = {a["action"] for a in server.get("/api/v1/audit")[1]["items"]}
         assert {"rollout", "rollout_pause", "rollout_resume", "rollout_abort"} <= audited
     finally:
-        for a in agents:
-            a.terminate()
-        for a in agents:
-            a.wait(30)
+        stop_all(agents)
         server.stop()
         broker.stop()

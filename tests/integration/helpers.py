@@ -80,3 +80,15 @@ def reap(proc: subprocess.Popen) -> None:
     if proc.poll() is None:
         proc.kill()
         proc.communicate()
+
+
+def stop_all(procs: list[subprocess.Popen], timeout: float = 30.0) -> None:
+    """SIGTERM every process first (they shut down side by side), then wait for each; kill what does not stop."""
+    for proc in procs:
+        if proc.poll() is None:
+            proc.terminate()
+    for proc in procs:
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            reap(proc)
