@@ -22,6 +22,7 @@ class Server:
     engine: Any
     actions: Actions
     ingest: Any | None = None  # fleet.server.ingest.Ingest when connected to a broker
+    retrain: Any | None = None  # fleet.retrain.runner.RetrainRunner when the server has retrain policies
 
 
 def server(request: Request) -> Server:
