@@ -9,6 +9,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from edge_runtime.errors import ConfigError, validation_message
+from fleet.server.rollout_judge import Thresholds
 
 _STRICT = ConfigDict(extra="forbid")
 
@@ -73,6 +74,9 @@ class Canary(BaseModel):
     waves: int = Field(default=1, ge=1, le=100, description="The other members in this many waves.")
     window_s: float = Field(default=60, ge=0, le=86400, description="Seconds the canaries are watched.")
     timeout_s: float = Field(default=300, gt=0, le=86400, description="Time each stage's devices have to update.")
+    thresholds: Thresholds = Field(default_factory=Thresholds, description="How much worse than the control group "
+                                   "the canaries may be (a model re-trained on shifted data is often less confident "
+                                   "than the old one is confidently wrong: max_confidence_drop).")
 
 
 class RetrainPolicy(BaseModel):

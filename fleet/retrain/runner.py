@@ -305,7 +305,7 @@ class RetrainRunner:
             c = pol.canary
             plan = ro.RolloutPlan(name=run.model, version=run.candidate, target=pol.target, canaries=c.canaries,
                                   canary_percent=c.canary_percent, waves=c.waves, window_s=c.window_s,
-                                  timeout_s=c.timeout_s)
+                                  timeout_s=c.timeout_s, thresholds=c.thresholds)
             rid = ro.create(self.engine, User(0, f"retrain:{run.id}", "operator"), plan)["id"]
         with self.engine.begin() as conn:
             conn.execute(update(t.retrain_runs).where(t.retrain_runs.c.id == run.id).values(rollout_id=rid))

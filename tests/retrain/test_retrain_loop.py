@@ -59,7 +59,10 @@ def build_world(tmp: Path) -> dict:
                      "timeout_s": 300, "source_model": "digits.onnx", "base_data": "base.npz"},
         "triggers": {"drift_devices": 2, "new_labels": 40, "min_new_labels": 40, "cooldown_s": 0},
         "gates": {"holdout": "holdout", "tolerance": 0.05, "field_share": 0.25},
-        "canary": {"auto": True, "canaries": ["cam-1"], "window_s": 2, "timeout_s": 120},
+        # the old model is confidently wrong on inverted digits: confidence is no yardstick for this canary; nor
+        # is latency on two loaded CI cores (the rollout tests judge those)
+        "canary": {"auto": True, "canaries": ["cam-1"], "window_s": 2, "timeout_s": 120,
+                   "thresholds": {"max_confidence_drop": 1.0, "max_latency_ratio": 20}},  # 2 loaded CI cores
         "overrides": {"precision": "float32"},
     }
     (tmp / "retrain.yaml").write_text(yaml.safe_dump(policy))
@@ -95,7 +98,14 @@ def _label_uploaded(server: FleetServer, w: dict) -> int:
 
 
 def test_drift_to_retrained_model_on_every_device_and_a_worse_model_rejected(tmp_path):
+    t0, phases = time.monotonic(), {}
+
+    def mark(name: str) -> None:
+        phases[name] = round(time.monotonic() - t0, 1)
+        print(f"{phases[name]:7.1f} s  {name}", flush=True)
+
     w = build_world(tmp_path)
+    mark("world built")
     db = f"sqlite:///{tmp_path / 'fleet.db'}"
     broker = Mosquitto(tmp_path / "broker").start()
     server = FleetServer(broker.port, db, tmp_path / "fleet", extra=("--operator-key", str(w["priv"]),
@@ -119,15 +129,18 @@ def test_drift_to_retrained_model_on_every_device_and_a_worse_model_rejected(tmp
                                  "monitoring": {"monitor": monitor}}, groups=["lobby"], live_report_s=1)
             agents.append(spawn_agent(cfg, tmp_path / f"{dev}.log"))
         wait_until(lambda: _serving(server, "1.0.0"), 90)
+        mark("agents serving 1.0.0")
         # when the stream shifts (inverted digits from the next loop on), drift fires on both devices
         D.write_clip(clip, w["shifted"])
         wait_until(lambda: len({e["device"] for e in server.get("/api/v1/events?type=drift")[1]["items"]}) == 2, 90)
         first_drift = min(e["ts"] for e in server.get("/api/v1/events?type=drift")[1]["items"])
+        mark("drift from both")
         time.sleep(3)  # a few seconds of shifted samples on each device
         for dev in DEVICES:
             code, body = server.request("POST", f"/api/v1/devices/{dev}/commands/upload-samples", {"max": 40})
             assert code == 202, body
         wait_until(lambda: server.get("/api/v1/samples")[1]["total"] >= 60, 60)
+        mark("samples uploaded")
         # and the samples are labelled: the triggers (drift on 2 devices, 40 new labels) start a run by themselves
         labelled = _label_uploaded(server, w)
         rid = wait_until(lambda: (items := server.get("/api/v1/retrain/runs")[1]["items"]) and items[0]["id"], 30)
@@ -137,6 +150,7 @@ def test_drift_to_retrained_model_on_every_device_and_a_worse_model_rejected(tmp
         wait_until(lambda: (tmp_path / "fleet" / "retrain" / "runs" / str(rid) / "attempts").exists(), 60)
         server.kill()
         server.start()
+        mark("server restarted")
         # then the run trains again, passes its gates, reaches the canary and is promoted on every device
         wait_until(lambda: _run(server, rid)["state"] in ("done", "failed", "rejected", "rolled_back"), 240)
         run = _run(server, rid)
@@ -149,6 +163,7 @@ def test_drift_to_retrained_model_on_every_device_and_a_worse_model_rejected(tmp
         assert g["field"]["candidate"]["accuracy"] > g["field"]["parent"]["accuracy"], g
         assert g["holdout"]["candidate"]["accuracy"] >= g["holdout"]["parent"]["accuracy"] - 0.05, g
         wait_until(lambda: _serving(server, "1.0.1"), 60)
+        mark("run 1 done, 1.0.1 everywhere")
         lineage = server.get("/api/v1/registry/models/digits/versions/1.0.1")[1]
         assert lineage["parent"] == "1.0.0" and lineage["lineage"]["dataset_snapshot"] == run["snapshot"]
         assert "train_digits.py" in lineage["lineage"]["training_command"]
@@ -161,13 +176,14 @@ def test_drift_to_retrained_model_on_every_device_and_a_worse_model_rejected(tmp
         rid2 = json.loads(r.stdout)["id"]
         wait_until(lambda: _run(server, rid2)["state"] in ("rejected", "failed", "done", "canary"), 180)
         run2 = _run(server, rid2)
+        mark("run 2 ended")
         # then its gates reject it with the reason, and the fleet stays on 1.0.1
         assert run2["state"] == "rejected", (run2["reason"], run2.get("gates"))
         assert run2["parent"] == "1.0.1" and "holdout accuracy" in run2["reason"]
         model = server.get("/api/v1/registry/models/digits")[1]
         assert [v["version"] for v in model["versions"]] == ["1.0.0", "1.0.1"]
         assert model["aliases"]["production"]["version"] == "1.0.1" and _serving(server, "1.0.1")
-        figures = {"labelled": labelled, "first_drift": first_drift, "runs": [run, run2]}
+        figures = {"labelled": labelled, "first_drift": first_drift, "runs": [run, run2], "phases": phases}
         (tmp_path / "figures.json").write_text(json.dumps(figures, default=str))
     finally:
         stop_all(agents)
