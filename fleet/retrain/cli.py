@@ -1,4 +1,4 @@
-"""`edge-runtime retrain run | list | show | approve | cancel | label | import | worker`, through the fleet server's
+"""`edge-runtime retrain run | list | show | approve | cancel | import | teacher | worker`, through the fleet server's
 API (token in EDGE_FLEET_TOKEN). `worker` claims training jobs, runs the command here, uploads model and log."""
 
 from __future__ import annotations
@@ -38,6 +38,10 @@ def configure(p: argparse.ArgumentParser) -> None:
     im = sub.add_parser("import", help="import labels from a path on the server: class folders, CSV, COCO, YOLO")
     im.add_argument("format", choices=["folders", "csv", "coco", "yolo"])
     im.add_argument("path")
+    te = sub.add_parser("teacher", help="label unlabelled samples with a teacher model (a float ONNX on the server)")
+    te.add_argument("model", help="the student model (its preprocessing and class labels)")
+    te.add_argument("teacher", help="path of the teacher .onnx on the server")
+    te.add_argument("--min-confidence", type=float, default=0.9, help="below this probability: no label")
     wk = sub.add_parser("worker", help="train on this machine: claim jobs, run the command, upload model and log")
     wk.add_argument("--name", default=os.uname().nodename, help="worker name (default: the host name)")
     wk.add_argument("--work-dir", type=Path, help="where jobs run (default: a temporary folder)")
@@ -119,6 +123,9 @@ def run(args: argparse.Namespace) -> int:
         out = c.call("GET", f"/retrain/runs/{args.id}")
     elif cmd == "import":
         out = c.call("POST", "/labels/import", {"format": args.format, "path": args.path})
+    elif cmd == "teacher":
+        out = c.call("POST", "/labels/teacher", {"model": args.model, "teacher": args.teacher,
+                                                 "min_confidence": args.min_confidence})
     else:
         out = c.call("POST", f"/retrain/runs/{args.id}/{cmd}")
     if args.json:
@@ -129,6 +136,9 @@ def run(args: argparse.Namespace) -> int:
         _print_run(out)
     elif cmd == "import":
         print(f"{out['labelled']} labels imported")
+    elif cmd == "teacher":
+        print(f"{out['labelled']} samples labelled by teacher {out['teacher']} "
+              f"({out['below_confidence']} below the confidence floor)")
     else:
         print(f"run {out['id']}: {out['state']}")
     return 0

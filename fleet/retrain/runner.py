@@ -24,9 +24,9 @@ from fleet.retrain.policy import RetrainPolicy
 from fleet.retrain.runs import S
 from fleet.server import registry as reg
 from fleet.server import rollouts as ro
-from fleet.server.auth import User
+from fleet.server.auth import User, audit
 from fleet.server.db import tables as t
-from fleet.server.errors import ActionRefused, RegistryError
+from fleet.server.errors import ActionRefused, NotRegistered, RegistryError
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +73,26 @@ class RetrainRunner:
                 self.advance(rid)
             except (RegistryError, ActionRefused, EdgeRuntimeError, OSError, ValueError) as exc:
                 self._fail(rid, f"{type(exc).__name__}: {exc}")
+
+    def by_hand(self, user: User, model: str, note: str | None = None) -> dict[str, Any]:
+        """Start a run now (operator), under the server's policy for ``model``; audited."""
+        if not user.is_operator:
+            raise PermissionError("operator role required")
+        pol = self.policies.get(model)
+        if pol is None:
+            raise NotRegistered(f"no retrain policy for model {model!r} on this server (fleet serve --retrain)")
+        with self.engine.connect() as conn:
+            parent = triggers.parent_version(conn, model)
+        if parent is None:
+            raise NotRegistered(f"{model} has no registered version to re-train")
+        try:
+            rid = rr.create(self.engine, user.name, pol, parent, [{"trigger": "by_hand", "user": user.name,
+                                                                   "note": note}])
+        except RetrainError as exc:
+            audit(self.engine, user.name, "retrain_run", model, "refused", {"reason": str(exc)})
+            raise
+        audit(self.engine, user.name, "retrain_run", model, "done", {"run": rid})
+        return {"id": rid, "state": S.QUEUED.value, "parent": parent}
 
     def _maybe_start(self, pol: RetrainPolicy) -> None:
         with self.engine.connect() as conn:

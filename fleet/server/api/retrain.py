@@ -15,7 +15,7 @@ from fleet.retrain import labels as lab
 from fleet.retrain import runs as rr
 from fleet.retrain import training, triggers
 from fleet.server.api.registry import answer, require_csrf
-from fleet.server.auth import User, audit
+from fleet.server.auth import User
 from fleet.server.deps import Server, current_user, operator, server
 
 router = APIRouter(tags=["retrain"])
@@ -45,6 +45,15 @@ class ImportRequest(BaseModel):
 
     format: Literal["folders", "csv", "coco", "yolo"]
     path: str = Field(max_length=4000, description="A file or folder on the server.")
+
+
+class TeacherRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(max_length=64, description="The student: its production (else newest) version's "
+                       "preprocessing and class labels are used.")
+    teacher: str = Field(max_length=4000, description="Float ONNX model on the server.")
+    min_confidence: float = Field(default=0.9, gt=0, le=1, description="Lower teacher probabilities label nothing.")
 
 
 class RunRequest(BaseModel):
@@ -85,6 +94,25 @@ def import_labels(body: ImportRequest, request: Request, srv: Server = Depends(s
                                             Path(body.path)))
 
 
+@router.post("/labels/teacher")
+def teacher_labels(body: TeacherRequest, request: Request, srv: Server = Depends(server),
+                   user: User = Depends(current_user)) -> Any:
+    """Label the samples nobody labelled with a teacher model's top class, its confidence kept (operator)."""
+    from fleet.retrain.teacher import auto_label
+
+    require_csrf(user, request)
+
+    def go() -> Any:
+        with srv.engine.connect() as conn:
+            version = triggers.parent_version(conn, body.model)
+        if version is None:
+            raise rr.NotRegistered(f"no model {body.model!r} in the registry")
+        return auto_label(srv.engine, srv.settings.data_dir, user, body.model, version, Path(body.teacher),
+                          body.min_confidence)
+
+    return answer(go)
+
+
 @router.get("/retrain/runs")
 def runs(model: str | None = None, limit: int = Query(100, ge=1, le=1000), srv: Server = Depends(server),
          _u: User = Depends(current_user)) -> dict[str, Any]:
@@ -94,25 +122,11 @@ def runs(model: str | None = None, limit: int = Query(100, ge=1, le=1000), srv: 
 
 @router.post("/retrain/runs", status_code=201)
 def start_run(body: RunRequest, request: Request, srv: Server = Depends(server),
-              user: User = Depends(operator)) -> Any:
+              user: User = Depends(current_user)) -> Any:
     """Start a run by hand (operator), under the server's retrain.yaml for the model."""
     require_csrf(user, request)
     runner = _runner(srv)
-    pol = runner.policies.get(body.model)
-    if pol is None:
-        raise HTTPException(404, f"no retrain policy for model {body.model!r} on this server")
-
-    def go() -> dict[str, Any]:
-        with srv.engine.connect() as conn:
-            parent = triggers.parent_version(conn, body.model)
-        if parent is None:
-            raise rr.NotRegistered(f"{body.model} has no registered version to re-train")
-        rid = rr.create(srv.engine, user.name, pol, parent, [{"trigger": "by_hand", "user": user.name,
-                                                               "note": body.note}])
-        audit(srv.engine, user.name, "retrain_run", body.model, "done", {"run": rid})
-        return {"id": rid, "state": "queued", "parent": parent}
-
-    return answer(go)
+    return answer(lambda: runner.by_hand(user, body.model, body.note))
 
 
 @router.get("/retrain/runs/{rid}")
