@@ -3,16 +3,22 @@ trained on them by ``train_digits.py`` (the user's training command in these tes
 
 from __future__ import annotations
 
+import json
+import sys
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
+import yaml
 
+HERE = Path(__file__).parent
 CLASSES = tuple(str(i) for i in range(10))
 SIDE = 32
 # Convert options of the first package; registered as its recipe, re-run on every candidate.
 RECIPE = {"profile": "x86-laptop", "input_kind": "image", "color_order": "GRAY", "layout": "NHWC",
-          "mean": [0.0], "std": [15.9375], "labels": list(CLASSES), "max_samples": 64}
+          "mean": [0.0], "std": [15.9375], "labels": list(CLASSES), "max_samples": 64,
+          "precision": "float32"}  # int8 converts too (see tests/converters), in four times the time here
 
 
 def digits() -> tuple[np.ndarray, np.ndarray]:
@@ -66,3 +72,41 @@ def match_label(frame_bgr: np.ndarray, refs: np.ndarray, labels: np.ndarray) -> 
     g = cv2.cvtColor(frame_bgr, cv2.COLOR_BGR2GRAY).astype(np.float32) if frame_bgr.ndim == 3 else frame_bgr
     d = np.abs(refs - cv2.resize(g, (SIDE, SIDE))[None]).reshape(len(refs), -1).sum(1)
     return int(labels[int(np.argmin(d))])
+
+
+def build_world(tmp: Path, policy_update: dict[str, Any]) -> dict[str, Any]:
+    """Model 1.0.0 trained on normal digits, its signed package and recipe, base data, a fixed holdout, shifted
+    frames, references for labelling, and ``tmp/retrain.yaml`` (``policy_update`` replaces top-level sections)."""
+    from converters.options import ConvertOptions
+    from converters.pipeline import convert
+    from edge_runtime.package import generate_keypair, load_private_key
+    from tests.retrain.train_digits import onnx_model, train
+
+    imgs, y = digits()
+    normal = [frame(i) for i in imgs]
+    x = model_inputs(normal)
+    onnx_model(train(x[:600], y[:600]), tmp / "digits.onnx")
+    np.savez(tmp / "base.npz", x=x[:600], y=y[:600])
+    write_images(tmp / "calib", normal[:48])
+    write_images(tmp / "holdout", normal[1500:1600], list(y[1500:1600]))
+    priv, pub = generate_keypair(tmp / "keys" / "fleet")
+    recipe = {**RECIPE, "calibration": str(tmp / "calib")}
+    convert(ConvertOptions(**recipe, source=tmp / "digits.onnx", out=tmp / "pkg", name="digits", version="1.0.0",
+                           sign_key=load_private_key(priv), force=True), progress=lambda _s: None)
+    (tmp / "recipe.json").write_text(json.dumps(recipe))
+    shifted_ids = range(600, 900)
+    shifted = [frame(imgs[i], inverted=True) for i in shifted_ids]
+    refs = np.stack([cv2.cvtColor(f, cv2.COLOR_BGR2GRAY).astype(np.float32) for f in normal[:1500] + shifted])
+    ref_labels = np.concatenate([y[:1500], y[list(shifted_ids)]])
+    (tmp / "mode.txt").write_text("slow")
+    policy = {
+        "model": "digits", "target": "group:lobby",
+        "training": {"command": f"{sys.executable} {HERE / 'train_digits.py'} {{data}} {{model}} {{output}} "
+                                f"--mode-file {tmp / 'mode.txt'}",
+                     "timeout_s": 300, "source_model": "digits.onnx", "base_data": "base.npz"},
+        "gates": {"holdout": "holdout", "tolerance": 0.05, "field_share": 0.25},
+        **policy_update,
+    }
+    (tmp / "retrain.yaml").write_text(yaml.safe_dump(policy))
+    return {"priv": priv, "pub": pub, "normal": normal, "shifted": shifted, "refs": refs, "ref_labels": ref_labels,
+            "y": y}

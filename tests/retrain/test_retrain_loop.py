@@ -8,66 +8,21 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 import time
-from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
-import yaml
 
-from edge_runtime.package import generate_keypair, load_private_key
 from tests.fleet_server.conftest import FleetServer, add_user, cli
 from tests.integration.helpers import stop_all, wait_until
 from tests.mqtt_broker import Mosquitto
 from tests.retrain import digits as D
-from tests.retrain.train_digits import onnx_model, train
+from tests.retrain.digits import build_world
 from tests.update.harness import device_config, spawn_agent
 
 pytestmark = [pytest.mark.mqtt, pytest.mark.slow]
 DEVICES = ("cam-1", "cam-2")
-HERE = Path(__file__).parent
-
-
-def build_world(tmp: Path) -> dict:
-    """Model 1.0.0 trained on normal digits, its package, base data, fixed holdout, both clips, retrain.yaml."""
-    from converters.options import ConvertOptions
-    from converters.pipeline import convert
-
-    imgs, y = D.digits()
-    normal = [D.frame(i) for i in imgs]
-    x = D.model_inputs(normal)
-    onnx_model(train(x[:600], y[:600]), tmp / "digits.onnx")
-    np.savez(tmp / "base.npz", x=x[:600], y=y[:600])
-    D.write_images(tmp / "calib", normal[:48])
-    D.write_images(tmp / "holdout", normal[1500:1600], list(y[1500:1600]))
-    priv, pub = generate_keypair(tmp / "keys" / "fleet")
-    recipe = {**D.RECIPE, "calibration": str(tmp / "calib")}
-    convert(ConvertOptions(**recipe, source=tmp / "digits.onnx", out=tmp / "pkg", name="digits", version="1.0.0",
-                           sign_key=load_private_key(priv), force=True), progress=lambda _s: None)
-    (tmp / "recipe.json").write_text(json.dumps(recipe))
-    shifted_ids = range(600, 900)
-    shifted = [D.frame(imgs[i], inverted=True) for i in shifted_ids]
-    refs = np.stack([cv2.cvtColor(f, cv2.COLOR_BGR2GRAY).astype(np.float32) for f in normal[:1500] + shifted])
-    ref_labels = np.concatenate([y[:1500], y[list(shifted_ids)]])
-    (tmp / "mode.txt").write_text("slow")
-    policy = {
-        "model": "digits", "target": "group:lobby",
-        "training": {"command": f"{sys.executable} {HERE / 'train_digits.py'} {{data}} {{model}} {{output}} "
-                                f"--mode-file {tmp / 'mode.txt'}",
-                     "timeout_s": 300, "source_model": "digits.onnx", "base_data": "base.npz"},
-        "triggers": {"drift_devices": 2, "new_labels": 40, "min_new_labels": 40, "cooldown_s": 0},
-        "gates": {"holdout": "holdout", "tolerance": 0.05, "field_share": 0.25},
-        # the old model is confidently wrong on inverted digits: confidence is no yardstick for this canary; nor
-        # is latency on two loaded CI cores (the rollout tests judge those)
-        "canary": {"auto": True, "canaries": ["cam-1"], "window_s": 2, "timeout_s": 120,
-                   "thresholds": {"max_confidence_drop": 1.0, "max_latency_ratio": 20}},  # 2 loaded CI cores
-        "overrides": {"precision": "float32"},
-    }
-    (tmp / "retrain.yaml").write_text(yaml.safe_dump(policy))
-    return {"priv": priv, "pub": pub, "normal": normal, "shifted": shifted, "refs": refs, "ref_labels": ref_labels,
-            "y": y}
 
 
 def _run(server: FleetServer, rid: int) -> dict:
@@ -104,7 +59,12 @@ def test_drift_to_retrained_model_on_every_device_and_a_worse_model_rejected(tmp
         phases[name] = round(time.monotonic() - t0, 1)
         print(f"{phases[name]:7.1f} s  {name}", flush=True)
 
-    w = build_world(tmp_path)
+    w = build_world(tmp_path, {
+        "triggers": {"drift_devices": 2, "new_labels": 40, "min_new_labels": 40, "cooldown_s": 0},
+        # the old model is confidently wrong on inverted digits: confidence is no yardstick for this canary; nor
+        # is latency on two loaded CI cores (the rollout tests judge those)
+        "canary": {"auto": True, "canaries": ["cam-1"], "window_s": 2, "timeout_s": 120,
+                   "thresholds": {"max_confidence_drop": 1.0, "max_latency_ratio": 20}}})
     mark("world built")
     db = f"sqlite:///{tmp_path / 'fleet.db'}"
     broker = Mosquitto(tmp_path / "broker").start()

@@ -140,15 +140,6 @@ def run_log(rid: int, srv: Server = Depends(server), _u: User = Depends(current_
     return training.tail(_runner(srv).run_dir(rid).log)
 
 
-@router.post("/retrain/runs/{rid}/{action}")
-def act(rid: int, action: Literal["approve", "cancel"], request: Request, srv: Server = Depends(server),
-        user: User = Depends(current_user)) -> Any:
-    """Approve a candidate for its canary rollout, or cancel a run (operator; audited)."""
-    require_csrf(user, request)
-    runner = _runner(srv)
-    return answer(lambda: rr.operator_event(srv.engine, user, rid, action, runner.cancel))
-
-
 # ------------------------------------------------------------------------------------------------ workers
 @router.post("/retrain/claim")
 def claim(worker: str = Query(..., min_length=1, max_length=128), srv: Server = Depends(server),
@@ -211,3 +202,13 @@ async def worker_result(rid: int, request: Request, worker: str = Query(..., max
                                                                             log_text))
     finally:
         tmp.unlink(missing_ok=True)
+
+
+# Last: its {action} segment would otherwise take the worker's /log and /result.
+@router.post("/retrain/runs/{rid}/{action}")
+def act(rid: int, action: Literal["approve", "cancel"], request: Request, srv: Server = Depends(server),
+        user: User = Depends(current_user)) -> Any:
+    """Approve a candidate for its canary rollout, or cancel a run (operator; audited)."""
+    require_csrf(user, request)
+    runner = _runner(srv)
+    return answer(lambda: rr.operator_event(srv.engine, user, rid, action, runner.cancel))
