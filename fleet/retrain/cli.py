@@ -43,6 +43,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     te.add_argument("teacher", help="path of the teacher .onnx on the server")
     te.add_argument("--min-confidence", type=float, default=0.9, help="below this probability: no label")
     wk = sub.add_parser("worker", help="train on this machine: claim jobs, run the command, upload model and log")
+    wk.add_argument("--server", default=argparse.SUPPRESS, help="fleet server URL (as before the action)")
     wk.add_argument("--name", default=os.uname().nodename, help="worker name (default: the host name)")
     wk.add_argument("--work-dir", type=Path, help="where jobs run (default: a temporary folder)")
     wk.add_argument("--poll", type=float, default=2.0, help="seconds between claims when idle")

@@ -3,7 +3,8 @@
 The id is the sha256 of a canonical JSON of every (device, sample id, content sha256, label, origin, split) plus
 the parent's training data reference (path and sha256), so the same data always gives the same id. ``x`` in
 ``train.npz`` holds the model's float inputs made by the parent package's own preprocessing (the device's), ``y``
-class indices in the parent's label order; the base data's rows come first.
+class indices in the parent's label order; the base data's rows come first (``snapshot.json`` beside it says how
+many, and the snapshot id, classes and label origins).
 """
 
 from __future__ import annotations
@@ -124,13 +125,14 @@ def write_train(out: Path, model: Any, classes: tuple[str, ...], snap: Snapshot,
     """``out/train.npz``: base rows then the snapshot's train split through the parent's preprocessing."""
     from edge_runtime.fsutil import atomic_write_bytes
 
-    xs, ys = [], []
+    xs, ys, base_rows = [], [], 0
     if snap.base is not None:
         with np.load(snap.base["path"], allow_pickle=False) as z:
             if "x" not in z.files or "y" not in z.files:
                 raise RetrainError(f"base data {snap.base['path']}: needs arrays x and y")
             xs.append(np.asarray(z["x"], np.float32))
             ys.append(np.asarray(z["y"], np.int64))
+            base_rows = len(ys[0])
     unreadable, new = 0, 0
     for e in snap.train:
         frame = read_image(sample_dir / e["sha256"][:2] / f"{e['sha256']}.{e['ext']}")
@@ -147,4 +149,7 @@ def write_train(out: Path, model: Any, classes: tuple[str, ...], snap: Snapshot,
     np.savez(buf, x=x, y=y)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out / "train.npz", buf.getvalue())
+    doc = {"snapshot": snap.id, "classes": list(classes), "base_rows": base_rows, "new_rows": new,
+           "origins": snap.counts["origins"]}
+    atomic_write_bytes(out / "snapshot.json", json.dumps(doc, indent=1).encode())
     return {"rows": int(len(y)), "new": new, "unreadable": unreadable}

@@ -9,6 +9,7 @@ import time
 import cv2
 import numpy as np
 import pytest
+import yaml
 from sqlalchemy import insert, select
 
 from edge_runtime.errors import ConfigError
@@ -181,3 +182,12 @@ def test_retrain_yaml_paths_are_relative_to_it_and_mistakes_are_one_line(tmp_pat
     with pytest.raises(ConfigError) as exc:
         load_policy(f)
     assert "trigers" in str(exc.value) and "\n" not in str(exc.value)
+
+
+def test_the_readme_retrain_yaml_is_a_valid_policy():
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    block = text.split("**Re-training", 1)[1].split("```yaml\n", 1)[1].split("```", 1)[0]
+    pol = RetrainPolicy.model_validate(yaml.safe_load(block))
+    assert pol.triggers.drift_devices == 2 and pol.training.where == "server" and not pol.canary.auto

@@ -9,6 +9,7 @@ first attempt sleeps 60 s, so a test can kill the server while it trains; each a
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -53,7 +54,7 @@ def train(x: np.ndarray, y: np.ndarray, worse: bool = False) -> list[tuple[np.nd
     # one BLAS thread: a pool per core on a loaded machine made this 3x slower here
     with warnings.catch_warnings(), threadpool_limits(1):
         warnings.simplefilter("ignore")  # ConvergenceWarning: the iteration bound is the point
-        clf = MLPClassifier(hidden_layer_sizes=(32,), max_iter=120, random_state=0).fit(x, y)
+        clf = MLPClassifier(hidden_layer_sizes=(64,), max_iter=200, random_state=0).fit(x, y)
     if len(clf.classes_) != 10:
         raise SystemExit(f"training data holds classes {clf.classes_.tolist()}, not all ten")
     return list(zip(clf.coefs_, clf.intercepts_, strict=True))
@@ -75,6 +76,10 @@ def main() -> int:
         time.sleep(60)
     with np.load(a.data / "train.npz") as z:
         x, y = z["x"], z["y"]
+    base = json.loads((a.data / "snapshot.json").read_text())["base_rows"]
+    if base and len(y) > base:  # the recent samples are few: repeat them so they weigh like the base data
+        reps = max(1, base // (len(y) - base) // 2)
+        x, y = np.concatenate([x] + [x[base:]] * reps), np.concatenate([y] + [y[base:]] * reps)
     assert a.model.is_file(), f"no parent model at {a.model}"
     onnx_model(train(x, y, mode == "worse"), a.output)
     print(f"trained on {len(y)} samples ({np.bincount(y, minlength=10).tolist()}), wrote {a.output}", flush=True)
