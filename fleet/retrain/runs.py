@@ -70,7 +70,7 @@ def transition(conn: Any, run: Any, event: str, user: str, figures: dict[str, An
     done = conn.execute(update(t.retrain_runs).where(t.retrain_runs.c.id == run.id,
                                                      t.retrain_runs.c.state == run.state,
                                                      t.retrain_runs.c.updated == run.updated)
-                        .values(state=nxt.value, updated=now, stage_started=now, acted=False, **values))
+                        .values(state=nxt.value, updated=now, stage_started=now, **values))
     if done.rowcount != 1:
         raise RetrainError(f"run {run.id} changed meanwhile; try again")
     conn.execute(insert(t.retrain_steps).values(run_id=run.id, ts=now, user=user, event=event,
@@ -88,7 +88,7 @@ def create(engine: Any, user: str, policy: RetrainPolicy, parent: str, reasons: 
         if active is not None:
             raise RetrainError(f"run {active.id} of {policy.model} is still going: one run per model at a time")
         rid = conn.execute(insert(t.retrain_runs).values(
-            model=policy.model, parent=parent, state=S.QUEUED.value, acted=False, reasons=reasons,
+            model=policy.model, parent=parent, state=S.QUEUED.value, reasons=reasons,
             policy=policy.model_dump(mode="json"), attempt=0, created_by=user, created=now, updated=now,
             stage_started=now)).inserted_primary_key[0]
         conn.execute(insert(t.retrain_steps).values(run_id=rid, ts=now, user=user, event="create", from_state="-",

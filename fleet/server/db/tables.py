@@ -237,7 +237,6 @@ retrain_runs = Table(
     Column("id", Integer, primary_key=True, autoincrement=True),
     Column("model", String(64), nullable=False), Column("parent", String(64), nullable=False),
     Column("state", String(24), nullable=False),
-    Column("acted", Boolean, nullable=False, default=False, comment="the current state's entry action was done"),
     Column("reasons", JSON, nullable=False, comment="why it started: each trigger with its figures"),
     Column("policy", JSON, nullable=False, comment="the retrain.yaml it runs under"),
     Column("snapshot", String(64), comment="dataset snapshot id (sha256)"),

@@ -35,7 +35,6 @@ def upgrade() -> None:
     sa.Column('model', sa.String(length=64), nullable=False),
     sa.Column('parent', sa.String(length=64), nullable=False),
     sa.Column('state', sa.String(length=24), nullable=False),
-    sa.Column('acted', sa.Boolean(), nullable=False, comment="the current state's entry action was done"),
     sa.Column('reasons', sa.JSON(), nullable=False, comment='why it started: each trigger with its figures'),
     sa.Column('policy', sa.JSON(), nullable=False, comment='the retrain.yaml it runs under'),
     sa.Column('snapshot', sa.String(length=64), nullable=True, comment='dataset snapshot id (sha256)'),
