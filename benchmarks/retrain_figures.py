@@ -52,7 +52,7 @@ def scenario(tmp: Path) -> dict[str, Any]:
     try:
         s.start()
         first_drift = s.shift()
-        time.sleep(1)
+        time.sleep(10)  # the newest 100 samples of each device then show the shifted stream
         s.upload(per_device=100, total=150)
         uploaded = s.server.get("/api/v1/samples?limit=500")[1]["items"]
         labelled = s.label_uploaded()
