@@ -125,9 +125,10 @@ def main() -> int:
             r = run(transport, args.devices, args.rounds, Path(work))
         over_http = r["downloads"].get("full", 0) + r["downloads"].get("partial", 0)
         want = args.devices * args.rounds
-        check = ("ok" if over_http >= want else "MISS") if transport == "http" else "-"
-        print(f"{transport}: {args.devices} devices, package {r['size']} bytes, {args.rounds} rounds; "
-              f"package requests over HTTP {r['downloads']} ({check}: {want} downloads expected)")
+        seen = f"package requests over HTTP {r['downloads']}"
+        if transport == "http":
+            seen += f" ({'ok' if over_http >= want else 'MISS'}: at least {want} downloads expected)"
+        print(f"{transport}: {args.devices} devices, package {r['size']} bytes, {args.rounds} rounds; {seen}")
         for what in ("promote", "revert"):
             v = r[what]
             print(f"  {what} -> whole fleet serving: median {statistics.median(v):.2f} s, "
