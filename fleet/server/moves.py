@@ -116,6 +116,8 @@ def _claim(conn: Any, actions: Any, user: User, name: str, version: str | None, 
     busy = pending_move(conn, name, alias, but=user.name)
     if busy is not None:
         raise MoveConflict(busy_reason(busy))
+    conn.execute(update(h).where(h.c.name == name, h.c.alias == alias, h.c.state == "publishing")
+                 .values(state="failed", error="abandoned: the server publishing it stopped before the outcome"))
     # a rollout's own final move is not held up by another rollout (two at PROMOTING would wait on each other);
     # user names cannot contain ':', so no operator passes for a rollout
     job = active_rollout(conn, name) if alias == PRODUCTION and not user.name.startswith("rollout:") else None
