@@ -187,6 +187,9 @@ class SampleUploader:
         ack = self._wait_ack(sid, lambda a: True)
         sent = self._sent.setdefault(sid, set())
         while ack is not None:
+            if ack.get("retry"):
+                log.info("sample %s: the server asks to offer again later: %s", sid, ack.get("error"))
+                return False
             if self._finished(sid, ack):
                 self._sent.pop(sid, None)
                 return True
