@@ -44,7 +44,7 @@ log = logging.getLogger(__name__)
 METRICS_SCHEMA = "metrics/1"
 EVENT_SCHEMA = "event/1"
 KNOWN_EVENTS = ("drift", "drift_cleared", "drift_baseline_learned", "model_changed", "samples_uploaded",
-                "accuracy_decay", "accuracy_recovered", "policy_applied", "policy_rejected", "sample_refused")
+                "accuracy_decay", "accuracy_recovered", "policy_applied", "policy_rejected")
 
 
 def _profile_budget_ms(manifest: Manifest | None) -> float:
