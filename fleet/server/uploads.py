@@ -60,6 +60,8 @@ class Uploads:
         self.root = Path(store.sample_dir) / "partial"
         self.max_open, self.max_partial_bytes = max_open, max_partial_bytes
         self.counters = {"offers": 0, "chunks": 0, "duplicate_chunks": 0, "completed": 0, "refused": 0}
+        self._used: int | None = None  # bytes of partial chunks on disk (scanned now and then, counted between)
+        self._scanned = 0.0
 
     def is_upload(self, topic: str) -> bool:
         return topic.startswith(f"{self.prefix}/devices/") and topic.endswith("/samples/upload") \
@@ -86,14 +88,20 @@ class Uploads:
             if kind == "chunk":
                 return self._chunk(device, sid, doc, parsed, now)
             raise Refused("type is offer or chunk")
+        except OSError as exc:  # the server's disk (full, unwritable): not the device's fault
+            return self._refused(parsed, sid, Refused(f"the server cannot keep the upload now: {exc}", retry=True))
         except (Refused, ValueError) as exc:
-            self.counters["refused"] += 1
-            retry = isinstance(exc, Refused) and exc.retry
-            if not retry:
-                parsed.rejected.append(f"sample upload: {str(exc)[:300]}")
-            ack = None if parsed.device is None or sid is None else \
-                {"schema": SCHEMA, "sample_id": sid, "error": str(exc)[:300], "retry": retry}
-            return Outcome(parsed, ack, sid)
+            return self._refused(parsed, sid, exc)
+
+    def _refused(self, parsed: Parsed, sid: str | None, exc: ValueError) -> Outcome:
+        """Counted; a device's fault also becomes a ``rejected`` row; the device is told when it can be."""
+        self.counters["refused"] += 1
+        retry = isinstance(exc, Refused) and exc.retry
+        if not retry:
+            parsed.rejected.append(f"sample upload: {str(exc)[:300]}")
+        ack = None if parsed.device is None or sid is None else \
+            {"schema": SCHEMA, "sample_id": sid, "error": str(exc)[:300], "retry": retry}
+        return Outcome(parsed, ack, sid)
 
     def _doc(self, payload: bytes) -> dict[str, Any]:
         if len(payload) > MAX_MESSAGE:
@@ -170,6 +178,7 @@ class Uploads:
             if self._partial_bytes() + len(data) > self.max_partial_bytes:
                 raise Refused("the server's partial-upload space is full (try later)", retry=True)
             atomic_write_bytes(path, data)
+            self._used = (self._used or 0) + len(data)
         have = self._have(d)
         if len(have) < n:
             return Outcome(parsed, self._answer(sid, have=have), sid)
@@ -221,7 +230,13 @@ class Uploads:
         return sorted(int(p.name[1:]) for p in d.glob("c[0-9]*") if p.name[1:].isdigit())
 
     def _partial_bytes(self) -> int:
-        return sum(p.stat().st_size for p in self.root.glob("*/*/c*")) if self.root.exists() else 0
+        """Partial chunk bytes on disk: a scan at most every 30 s (finished and dropped uploads free space),
+        counted up by each chunk written in between, so a flood of chunks costs no scan per message."""
+        now = time.monotonic()
+        if self._used is None or now - self._scanned > 30:
+            self._used = sum(p.stat().st_size for p in self.root.glob("*/*/c*")) if self.root.exists() else 0
+            self._scanned = now
+        return self._used
 
     def _make_room(self, device: str) -> None:
         """At most ``max_open`` partial uploads per device: the least recently touched goes first."""
