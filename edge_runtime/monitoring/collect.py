@@ -181,11 +181,13 @@ class PolicyStore:
         self.dir.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         self.docs: dict[str, PolicyDocument] = {}
-        self.replay = {s: SequenceStore(self._path(s, "seq")) for s in self.scopes}
         self.counters = {"accepted": 0, "rejected": 0, "unchanged": 0}
         self.last_rejected: dict[str, str] = {}
         for scope in self.scopes:
             self._load(scope)
+        # the kept (signed) document is a floor for its sequence: deleting the replay files lets nothing older in
+        self.replay = {s: SequenceStore(self._path(s, "seq"), floor=self.docs[s].sequence if s in self.docs else 0)
+                       for s in self.scopes}
 
     def _path(self, scope: str, ext: str) -> Path:
         return self.dir / f"policy-{scope.replace(':', '-')}.{ext}"

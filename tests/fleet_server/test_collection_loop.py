@@ -2,7 +2,7 @@
 `edge-runtime run --config` on an MJPEG camera, and a collection policy pushed with `edge-runtime fleet policy set`.
 Samples are kept by rule (low confidence), per-class quotas and near-duplicate suppression hold, the stored image
 is the redacted (downscaled) one, uploads survive a kill -9 of the server mid-sample without re-sending chunks
-that had landed, and a forged policy is refused and reported."""
+that had landed, a forged policy is refused and reported, and one set through the server's API is followed."""
 
 from __future__ import annotations
 
@@ -143,11 +143,17 @@ def test_policy_pushed_samples_selected_redacted_and_uploaded_through_a_server_r
         ev = wait_until(lambda: server.get("/api/v1/events?device=cam-1&type=policy_rejected")[1]["items"], 30,
                         device)
         assert ev[0]["data"]["code"] == "untrusted_key", ev
+        kept_file = tmp_path / "collect" / "policy-group-lobby.json"
+        assert json.loads(json.loads(kept_file.read_text())["document"])["policy"]["class_quota"] == QUOTA
+        # when an operator sets the group's policy through the server's API, it is signed there and followed
+        code, body = server.request("PUT", "/api/v1/policies/groups/lobby", {**policy, "upload": False})
+        assert code == 202 and body["scope"] == "group:lobby", body
+        wait_until(lambda: json.loads(json.loads(kept_file.read_text())["document"])["sequence"]
+                   == body["sequence"], 30, device)
+        audit = server.get("/api/v1/audit")[1]["items"]
+        assert (audit[0]["user"], audit[0]["action"], audit[0]["outcome"]) == ("olga", "set_policy", "done")
         _, err = terminate(device)
         assert device.returncode == 0, err
-        # the policy it keeps (for an offline restart) is still the operator's
-        kept_policy = json.loads((tmp_path / "collect" / "policy-group-lobby.json").read_text())
-        assert json.loads(kept_policy["document"])["policy"]["class_quota"] == QUOTA
     finally:
         engine.dispose()
         if device is not None:

@@ -200,3 +200,35 @@ def test_a_failing_redaction_drops_the_sample(tmp_path) -> None:  # noqa: ANN001
         assert len(list((tmp_path / "s").glob("*.png"))) == 1
     finally:
         store.close()
+
+
+def test_the_daily_upload_budget_survives_a_restart(tmp_path) -> None:  # noqa: ANN001
+    from edge_runtime.monitoring.collect import UploadRule
+    from edge_runtime.sync.uploader import SampleUploader
+
+    class Offline:  # the budget is spent before anything is published: no broker needed to count it
+        topics, connected = Topics(), False
+
+    store = SampleStore(SampleConfig(directory=tmp_path / "s"))
+    rule = UploadRule(bytes_per_s=1 << 30, bytes_per_day=5000)
+    try:
+        up = SampleUploader(store, Offline(), "cam-1", tmp_path / "budget.json", lambda: rule)
+        assert up._spend(3000, rule) and not up._spend(3000, rule)
+        up._save_day()
+        again = SampleUploader(store, Offline(), "cam-1", tmp_path / "budget.json", lambda: rule)
+        assert again._day_bytes == 3000 and not again._spend(2001, rule) and again._spend(2000, rule)
+    finally:
+        store.close()
+
+
+def test_deleted_replay_state_does_not_let_an_older_policy_back_in(keys, tmp_path) -> None:  # noqa: ANN001
+    good, _, trust = keys
+    _, first = sign_policy("fleet", CollectionPolicy(), good)
+    time.sleep(0.001)
+    _, second = sign_policy("fleet", CollectionPolicy(upload=True), good)
+    PolicyStore(tmp_path, (), trust, Topics()).offer("fleet", second)
+    for p in tmp_path.glob("policy-fleet.seq*"):
+        p.unlink()
+    with pytest.raises(PolicyRejected) as exc:
+        PolicyStore(tmp_path, (), trust, Topics()).offer("fleet", first)
+    assert exc.value.code == "stale"
