@@ -65,9 +65,25 @@ def _signer(archive: Path) -> str:
         raise RegistryError("the package's signature.json is malformed") from None
 
 
+def _recorded(manifest: Any) -> dict[str, Any]:
+    """What the package's recorded recipe (the manifest's provenance block) says, in LineageExtra's terms."""
+    prov = manifest.provenance
+    if prov is None:
+        return {}
+    val = prov.inputs.get("validation")
+    return {"recipe": prov.model_dump(mode="json"),
+            "git_commit": prov.git.commit if prov.git else None, "git_dirty": prov.git.dirty if prov.git else None,
+            "validation_sha256": val.sha256 if val else None}  # fmt: skip
+
+
 def lineage_of(manifest: Any, extra: LineageExtra) -> dict[str, Any]:
-    """The lineage record: the manifest's own provenance fields plus what the operator added."""
+    """The lineage record: the manifest's own provenance (its recorded recipe included) plus what the operator
+    added, which overrides the recipe's git and validation fields where given."""
     q = manifest.quantization
+    added = extra.model_dump(mode="json", exclude={"parent"})
+    recorded = _recorded(manifest)
+    merged = {k: (v if v not in (None, {}) else recorded.get(k, v)) for k, v in added.items()}
+    model_file = next((f.sha256 for f in manifest.files if f.path == manifest.model_file), None)
     return {
         "source": manifest.source.model_dump(mode="json") if manifest.source else None,
         "calibration": {"method": q.calibration_method, "samples": q.calibration_samples,
@@ -75,7 +91,10 @@ def lineage_of(manifest: Any, extra: LineageExtra) -> dict[str, Any]:
         "quantization": {"precision": q.precision, "method": q.method, "remedies": list(q.remedies)},
         "guard": manifest.accuracy.model_dump(mode="json") if manifest.accuracy else None,
         "tools": dict(manifest.tools), "created": manifest.created,
-        **extra.model_dump(mode="json", exclude={"parent"}),
+        "model_file": {"path": manifest.model_file, "sha256": model_file},
+        "mlflow": manifest.provenance.mlflow.model_dump(mode="json") if manifest.provenance and
+        manifest.provenance.mlflow else None,
+        **merged,
     }
 
 
