@@ -1,5 +1,5 @@
-"""Server side of chunked sample uploads (fleet/server/uploads.py) on a real SQLite store: reassembly, resume
-after a restart from the chunks on disk, idempotent duplicates, and hostile input refused and counted."""
+"""Server side of chunked sample uploads (fleet/server/uploads.py) on a real store (SQLite, and PostgreSQL for
+reassembly): resume after a restart from the chunks on disk, idempotent duplicates, hostile input refused."""
 
 from __future__ import annotations
 
@@ -60,7 +60,10 @@ def rejected(store: Store) -> list[str]:
         return [r[0] for r in conn.execute(select(t.rejected.c.reason))]
 
 
-def test_chunks_reassemble_resume_after_a_restart_and_land_once(store: Store) -> None:
+def test_chunks_reassemble_resume_after_a_restart_and_land_once(db_url: str, tmp_path: Path) -> None:
+    engine = make_engine(db_url)
+    migrate(engine)
+    store = Store(engine, tmp_path / "samples", sample_max_bytes=1 << 20)
     data = os.urandom(3 * CB + 100)
     up = Uploads(store, "edge")
     assert send(up, store, offer("s1", data))["have"] == []  # type: ignore[index]
@@ -83,6 +86,7 @@ def test_chunks_reassemble_resume_after_a_restart_and_land_once(store: Store) ->
     assert send(up, store, offer("s1", data))["complete"] is True  # type: ignore[index]
     assert send(up, store, chunk("s1", data, 0))["complete"] is True  # type: ignore[index]
     assert len(rows(store)) == 1 and up.counters["duplicate_chunks"] == 2
+    engine.dispose()
 
 
 def test_hostile_uploads_are_refused_and_counted(store: Store) -> None:
