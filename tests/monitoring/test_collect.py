@@ -232,3 +232,26 @@ def test_deleted_replay_state_does_not_let_an_older_policy_back_in(keys, tmp_pat
     with pytest.raises(PolicyRejected) as exc:
         PolicyStore(tmp_path, (), trust, Topics()).offer("fleet", first)
     assert exc.value.code == "stale"
+
+
+@pytest.mark.parametrize(("device_allows", "policy_allows"), [(False, True), (True, False), (True, True)])
+def test_samples_are_marked_for_upload_only_when_device_and_policy_both_opt_in(
+        tmp_path, device_allows: bool, policy_allows: bool) -> None:  # noqa: ANN001
+    from edge_runtime.monitoring.config import MonitorConfig
+    from edge_runtime.monitoring.monitor import Monitor
+    from tests.monitoring.helpers import frame_result
+
+    cfg = MonitorConfig(period_s=3600, system=False, samples=SampleConfig(
+        directory=tmp_path / "s", low_confidence=None, upload=device_allows))
+    mon = Monitor(cfg, None)
+    try:
+        mon.set_policy(CollectionPolicy(upload=policy_allows, low_confidence=0.5, random_rate=0.0,
+                                        redact=(Redaction(kind="grayscale"),)), cfg.samples.upload)
+        for i, photo in enumerate(_photos()):
+            mon(frame_result(i, photo, confidence=0.2 if i % 2 else 0.9))
+            mon.samples.flush()  # type: ignore[union-attr]
+        kept = mon.samples.list()  # type: ignore[union-attr]
+        assert [m["frame_index"] for m in kept] == [1, 3, 5] and all(len(m["shape"]) == 2 for m in kept)
+        assert [m.get("upload") for m in kept] == ["pending" if device_allows and policy_allows else None] * 3
+    finally:
+        mon.close()
