@@ -25,6 +25,7 @@ from fleet.server.db.engine import make_engine, migrate
 from tests.fleet_server.conftest import FleetServer, cli
 from tests.integration.helpers import CLI, reap, terminate, wait_until, write_config
 from tests.model_factory import trust_args
+from tests.monitoring.schemas import validate
 from tests.mqtt_broker import Mosquitto
 from tests.sources.media import MjpegServer
 from tests.sync.subscriber import Subscriber
@@ -132,6 +133,8 @@ def test_policy_pushed_samples_selected_redacted_and_uploaded_through_a_server_r
             metas = [r[0] for r in conn.execute(select(t.samples.c.meta).where(t.samples.c.device == "cam-1"))]
         assert all(m["model"] == "tiny" and m["version"] == "1.0.0" and m["phash"] and m["class"] for m in metas)
         # and no chunk that had landed before the kill was sent again (the server answered from its disk)
+        for _, payload, _ in watch.snapshot():  # every upload message and answer as its schema promises
+            validate(json.loads(payload), "sample-upload.json")
         sent = _chunks_sent(watch.snapshot())
         landed = [(sid, i) for sid, have in before.items() for i in have]
         assert landed and all(sent[k] == 1 for k in landed), {k: sent[k] for k in landed}

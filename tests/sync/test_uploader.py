@@ -23,6 +23,7 @@ from fleet.server.db.engine import make_engine, migrate
 from fleet.server.ingest import Ingest, IngestConfig
 from fleet.server.store import Store
 from tests.integration.helpers import wait_until
+from tests.monitoring.schemas import validate
 from tests.sync.subscriber import Subscriber
 
 pytestmark = pytest.mark.mqtt
@@ -70,6 +71,8 @@ def test_a_device_restart_mid_sample_resends_nothing_that_landed(broker, tmp_pat
             row = conn.execute(select(t.samples)).one()._mapping
         data = (tmp_path / "samples" / meta["file"]).read_bytes()
         assert row["sha256"] == hashlib.sha256(data).hexdigest() and row["bytes"] == len(data)
+        for _, payload, _ in watch.snapshot():  # every upload message and answer as its schema promises
+            validate(json.loads(payload), "sample-upload.json")
         sent: dict[int, int] = {}
         for tp, p, _ in watch.snapshot():
             doc = json.loads(p)
