@@ -74,6 +74,8 @@ class Redaction(BaseModel):
     kind: Literal["blur_faces", "downscale", "grayscale", "command"] = Field(description="What to do.")
     max_side: int = Field(default=320, ge=16, le=8192, description="downscale: longest side in pixels.")
     min_score: float = Field(default=0.5, gt=0, lt=1, description="blur_faces: face detector score threshold.")
+    tile_levels: int = Field(default=1, ge=0, le=3, description="blur_faces: also search overlapping tiles of 1/2, "
+                             "1/4 ... of the short side, this many levels (smaller faces, more time; 0: whole frame).")
     argv: tuple[str, ...] = Field(default=(), max_length=32, description="command: the program and its arguments "
                                   "(image on stdin, the redacted image on stdout, PNG or JPEG).")
     timeout_s: float = Field(default=5.0, gt=0, le=60, description="command: time limit.")

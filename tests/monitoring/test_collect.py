@@ -255,3 +255,17 @@ def test_samples_are_marked_for_upload_only_when_device_and_policy_both_opt_in(
         assert [m.get("upload") for m in kept] == ["pending" if device_allows and policy_allows else None] * 3
     finally:
         mon.close()
+
+
+def test_blur_faces_finds_a_small_face_in_a_large_frame_through_tiles() -> None:
+    import cv2
+
+    face = cv2.resize(np.ascontiguousarray(skimage_data.astronaut()[:, :, ::-1]), (256, 256))  # face ~55 px
+    frame = np.full((720, 1280, 3), 40, np.uint8)
+    frame[300:556, 800:1056] = face
+    region = (slice(300 + 45, 300 + 95), slice(800 + 90, 800 + 135))  # eyes to mouth
+    detail = lambda a: float(np.abs(np.diff(a.astype(np.float32), axis=1)).mean())  # noqa: E731
+    whole = Redactor([Redaction(kind="blur_faces", tile_levels=0)])(frame)
+    tiled = Redactor([Redaction(kind="blur_faces", tile_levels=1)])(frame)
+    assert detail(whole[region]) > 0.8 * detail(frame[region])  # too small for one look at the whole frame
+    assert detail(tiled[region]) < 0.4 * detail(frame[region])
