@@ -6,6 +6,8 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from edge_runtime.errors import EdgeRuntimeError
+from edge_runtime.monitoring.collect import CollectionPolicy
 from edge_runtime.sync.commands import new_command, sign_command
 from edge_runtime.sync.topics import Topics
 from fleet.server.auth import User, audit
@@ -55,6 +57,25 @@ class Actions:
         if self.link is None:
             raise ActionRefused("the server has no broker connection: actions refused")
         return self.link, self.key
+
+    def set_policy(self, user: User, scope: str, policy: CollectionPolicy) -> dict[str, Any]:
+        """Sign ``policy`` for ``scope`` (fleet or group:NAME) and publish it retained; audited."""
+        from fleet.policy import publish_policy
+
+        try:
+            if not user.is_operator:
+                raise PermissionError("operator role required")
+            link, key = self.signing_link()
+            try:
+                doc = publish_policy(link, self.topics, scope, policy, key)
+            except EdgeRuntimeError as exc:
+                raise ActionRefused(str(exc)) from None
+        except (PermissionError, ActionRefused) as exc:
+            audit(self.engine, user.name, "set_policy", scope, "refused", {"reason": str(exc)})
+            raise
+        audit(self.engine, user.name, "set_policy", scope, "done",
+              {"sequence": doc.sequence, "policy": policy.model_dump(mode="json")})
+        return {"scope": scope, "sequence": doc.sequence, "upload": policy.upload}
 
     def request_samples(self, user: User, device: str, max_samples: int = 10) -> dict[str, Any]:
         """Ask ``device`` to upload up to ``max_samples`` of its kept samples (they arrive through ingest)."""
