@@ -181,6 +181,9 @@ def _options(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     fields.update(_detection(args))
     fields.update(_pruning(args))
     fields.update(_inputs(args))
+    given = {"sign_key": args.sign_key, "passphrase_file": args.passphrase_file, "decoding": args.decoding,
+             "anchors": args.anchors}  # fmt: skip
+    fields["given_files"] = {k: v for k, v in given.items() if v is not None}
     if args.sign_key is not None:  # loaded (and its passphrase checked) before any conversion work
         from edge_runtime.package.signing import load_private_key, read_passphrase
 

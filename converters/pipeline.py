@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 
 from converters import calibration as cal
-from converters import packager
+from converters import packager, recipe
 from converters.build import build_target, packaged_specs
 from converters.context import Progress, open_context
 from converters.options import ConvertOptions, Plan, plan
@@ -57,7 +57,7 @@ def run_stages(opts: ConvertOptions, p: Plan, work: Path, say: Progress) -> Pack
     )
     qbuild = cal.InputBuilder(pspecs, ctx.vbuild.frame_order, ctx.vbuild.source)
     golden = packager.golden_pairs(qm, qbuild, ctx.valid, opts.golden_count)
-    tools = {**ctx.fm.tool_versions, **qm.tool_versions, "edge-runtime": _own_version()}
+    tools = {**recipe.tool_versions(), **ctx.fm.tool_versions, **qm.tool_versions, "edge-runtime": _own_version()}
     quant = QuantizationInfo(
         precision=qm.precision,
         method=qm.method,
@@ -86,6 +86,7 @@ def run_stages(opts: ConvertOptions, p: Plan, work: Path, say: Progress) -> Pack
         extra_files=opts.extra_files,
         state=opts.state,
         pruning=pruning,
+        provenance=recipe.record(opts, p.name, ctx.fm.source_sha256),
     )
     say(f"writing package {opts.out}")
     return packager.write(parts, Path(opts.out), p.key, opts.force, opts.archive)

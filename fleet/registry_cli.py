@@ -35,6 +35,11 @@ def configure(p: argparse.ArgumentParser) -> None:
     rg.add_argument("--git", type=Path, metavar="REPO", help="record this repository's commit and dirty flag")
     rg.add_argument("--training-command", help="the re-training command that produced the source model")
     rg.add_argument("--dataset-snapshot", help="the dataset snapshot id it was trained on")
+    rp = sub.add_parser("reproduce", help="re-run a version's recorded conversion here: identical model bytes "
+                        "(exit 0), or which input or tool differs (exit 1)")
+    rp.add_argument("name")
+    rp.add_argument("version")
+    rp.add_argument("-q", "--quiet", action="store_true", help="no conversion progress on stderr")
     pr = sub.add_parser("promote", help="move an alias to a version and publish it to the alias's target")
     pr.add_argument("name")
     pr.add_argument("version")
@@ -129,8 +134,24 @@ def _print_lineage(chain: list[dict[str, Any]]) -> None:
         print(f"  calibration {cal.get('method') or '-'} samples {cal.get('samples')} "
               f"fingerprint {cal.get('fingerprint') or '-'}; validation {lin.get('validation_sha256') or '-'}")
         print(f"  git {lin.get('git_commit') or '-'}{' (dirty)' if lin.get('git_dirty') else ''}  "
-              f"recipe {len(lin.get('recipe') or {})} options  tools "
+              f"recipe {len((lin.get('recipe') or {}).get('options', lin.get('recipe') or {}))} options  tools "
               + ", ".join(f"{k} {val}" for k, val in sorted((lin.get("tools") or {}).items())))
+
+
+def _reproduce(args: argparse.Namespace) -> int:
+    import sys
+
+    from fleet.reproduce import reproduce
+
+    doc = _call(args, "GET", f"/registry/models/{urllib.parse.quote(args.name)}/versions/"
+                             f"{urllib.parse.quote(args.version)}")  # fmt: skip
+    say = (lambda s: None) if args.quiet else (lambda s: print(f"reproduce: {s}", file=sys.stderr, flush=True))
+    report = reproduce(doc, say)
+    if args.json:
+        print(json.dumps(report.as_dict(), indent=1))
+    else:
+        print("\n".join(report.lines()))
+    return 0 if report.identical else 1
 
 
 def _rollouts(args: argparse.Namespace) -> Any:
@@ -185,6 +206,8 @@ def run(args: argparse.Namespace) -> int:
                     {"Content-Type": "application/octet-stream", "X-Lineage": extra})
         if not args.json:
             print(f"registered {out['name']} {out['version']} (sha256 {out['sha256'][:12]}, {out['size']} bytes)")
+    elif cmd == "reproduce":
+        return _reproduce(args)
     elif cmd in ("rollout", "rollouts", "pause", "resume", "abort"):
         out = _rollouts(args)
     else:

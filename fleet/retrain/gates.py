@@ -19,34 +19,12 @@ from fleet.retrain.snapshot import IMAGE_SUFFIXES, read_image
 
 
 def convert_candidate(recipe: dict[str, Any], *, source: Path, output: Path, calibration: Path | None,
-                      overrides: dict[str, Any]) -> Any:
-    """Re-run the parent's conversion on the new source model (converters.recipe when it is there)."""
-    try:
-        from converters.recipe import convert_with_recipe  # type: ignore[import-not-found]
-    except ImportError:
-        convert_with_recipe = _convert_with_recipe
-    return convert_with_recipe(recipe, source=source, output=output, calibration=calibration, overrides=overrides)
+                      overrides: dict[str, Any]) -> Path:
+    """Re-run the parent's recorded conversion (converters.recipe) on the new source model; the package folder."""
+    from converters.recipe import convert_with_recipe
 
-
-def _convert_with_recipe(recipe: dict[str, Any], *, source: Path, output: Path, calibration: Path | None = None,
-                         validation: Path | None = None, overrides: dict[str, Any] | None = None) -> Any:
-    """The recipe's convert options with the new source, output and data (the registry records them all)."""
-    from converters.options import ConvertOptions
-    from converters.pipeline import convert
-
-    opts: dict[str, Any] = {k: v for k, v in recipe.items() if k not in ("source", "out", "archive", "force")}
-    opts.update(source=source, out=output, force=True)
-    if calibration is not None:
-        opts["calibration"] = calibration
-    if validation is not None:
-        opts["validation"] = validation
-    opts.update(overrides or {})
-    if "calibration" not in opts:
-        raise RetrainError("the parent's recipe names no calibration data and the snapshot has too few samples")
-    try:
-        return convert(ConvertOptions.model_validate(opts), progress=lambda _s: None)
-    except ValueError as exc:  # pydantic's ValidationError is a ValueError
-        raise RetrainError(f"the parent's recipe does not validate: {str(exc).splitlines()[0]}") from None
+    return convert_with_recipe(recipe, source=source, output=output, calibration=calibration, overrides=overrides,
+                               progress=lambda _s: None)
 
 
 def holdout_items(root: Path) -> list[tuple[Path, str]]:

@@ -150,15 +150,15 @@ class RetrainRunner:
     def parent_package(self, run: Any) -> Path:
         return reg.package_path(self.data_dir, self.parent_row(run).sha256)
 
-    def sign_key(self, pol: RetrainPolicy) -> Any:
+    def sign_key(self, pol: RetrainPolicy) -> Path:
         path = pol.sign_key or self.operator_key
         if path is None:
             raise RetrainError("no key to sign the candidate with (policy sign_key or fleet serve --operator-key)")
-        return load_private_key(path)
+        return Path(path)
 
     def trust(self, pol: RetrainPolicy) -> TrustStore:
         """The candidate is checked against the key it was signed with (the parent was checked at registration)."""
-        return TrustStore.from_keys([self.sign_key(pol).public_key()], [RELEASE])
+        return TrustStore.from_keys([load_private_key(self.sign_key(pol)).public_key()], [RELEASE])
 
     def parent_source(self, run: Any, pol: RetrainPolicy) -> Path:
         """The source model the parent came from: the model its own run trained, else the policy's first one."""
@@ -246,7 +246,8 @@ class RetrainRunner:
         pol, rd = self.policy(run), self.run_dir(run.id)
         recipe = dict(self.parent_row(run).lineage.get("recipe") or {})
         if not recipe:
-            raise RetrainError(f"{run.model} {run.parent} has no recorded recipe (registry register --recipe)")
+            raise RetrainError(f"{run.model} {run.parent} has no recorded recipe (a package from `convert` carries "
+                               "one; else registry register --recipe)")
         key = self.sign_key(pol)
         calib = self._calibration(run)
         version = self._candidate_version(run)
@@ -295,9 +296,9 @@ class RetrainRunner:
         pol, rd = self.policy(run), self.run_dir(run.id)
         upload = rd.root / "register.erpkg"
         shutil.copyfile(rd.root / "candidate.erpkg", upload)  # register moves its upload into the store
-        recipe = dict(self.parent_row(run).lineage.get("recipe") or {})
-        extra = reg.LineageExtra(parent=run.parent, recipe={**recipe, **{k: str(v) for k, v in pol.overrides.items()}},
-                                 training_command=pol.training.command, dataset_snapshot=run.snapshot)
+        # the candidate's own recorded recipe (its conversion's provenance) is the lineage's recipe
+        extra = reg.LineageExtra(parent=run.parent, training_command=pol.training.command,
+                                 dataset_snapshot=run.snapshot)
         doc = reg.register(self.engine, self.data_dir, User(0, f"retrain:{run.id}", "operator"), upload, extra)
         event = "registered_auto" if pol.canary.auto else "registered"
         self._move(run, event, {"version": doc["version"], "sha256": doc["sha256"]})

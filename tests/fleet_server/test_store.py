@@ -4,26 +4,16 @@ from __future__ import annotations
 
 import time
 
+from alembic.script import ScriptDirectory
 from sqlalchemy import func, select
 
 from fleet.server.db import tables as t
-from fleet.server.db.engine import current_revision, make_engine, migrate
+from fleet.server.db.engine import MIGRATIONS, current_revision, make_engine, migrate
 from fleet.server.loadgen import batch_payload, metric_record
 from fleet.server.records import parse
 from fleet.server.rollup import Maintenance
 from fleet.server.settings import Retention
 from fleet.server.store import Store
-
-
-def _script_head() -> str:
-    from alembic.config import Config
-    from alembic.script import ScriptDirectory
-
-    from fleet.server.db.engine import MIGRATIONS
-
-    cfg = Config()
-    cfg.set_main_option("script_location", str(MIGRATIONS))
-    return str(ScriptDirectory.from_config(cfg).get_current_head())
 
 
 def _items(device: str, first: int, n: int, ts: float, version: str = "1.0.0"):
@@ -37,7 +27,7 @@ def test_migrations_run_once_and_writes_are_idempotent_on_the_record_key(db_url,
     engine = make_engine(db_url)
     migrate(engine)
     migrate(engine)
-    assert current_revision(engine) == _script_head()  # the newest revision in migrations/versions
+    assert current_revision(engine) == ScriptDirectory(str(MIGRATIONS)).get_current_head()  # one head, reached
     store = Store(engine, tmp_path / "samples")
     now = time.time()
     # when the same batch arrives three times, and an overlapping one once

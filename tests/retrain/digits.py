@@ -3,7 +3,6 @@ trained on them by ``train_digits.py`` (the user's training command in these tes
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -15,7 +14,7 @@ import yaml
 HERE = Path(__file__).parent
 CLASSES = tuple(str(i) for i in range(10))
 SIDE = 32
-# Convert options of the first package; registered as its recipe, re-run on every candidate.
+# Convert options of the first package (recorded in it as its recipe, re-run on every candidate).
 RECIPE = {"profile": "x86-laptop", "input_kind": "image", "color_order": "GRAY", "layout": "NHWC",
           "mean": [0.0], "std": [15.9375], "labels": list(CLASSES), "max_samples": 64,
           "precision": "float32"}  # int8 converts too (see tests/converters), in four times the time here
@@ -75,11 +74,11 @@ def match_label(frame_bgr: np.ndarray, refs: np.ndarray, labels: np.ndarray) -> 
 
 
 def build_world(tmp: Path, policy_update: dict[str, Any]) -> dict[str, Any]:
-    """Model 1.0.0 trained on normal digits, its signed package and recipe, base data, a fixed holdout, shifted
-    frames, references for labelling, and ``tmp/retrain.yaml`` (``policy_update`` replaces top-level sections)."""
+    """Model 1.0.0 trained on normal digits, its signed package (recording its recipe), base data, a fixed holdout,
+    shifted frames, references for labelling, and ``tmp/retrain.yaml`` (``policy_update`` replaces top-level sections)."""
     from converters.options import ConvertOptions
     from converters.pipeline import convert
-    from edge_runtime.package import generate_keypair, load_private_key
+    from edge_runtime.package import generate_keypair
     from tests.retrain.train_digits import onnx_model, train
 
     imgs, y = digits()
@@ -90,10 +89,9 @@ def build_world(tmp: Path, policy_update: dict[str, Any]) -> dict[str, Any]:
     write_images(tmp / "calib", normal[:48])
     write_images(tmp / "holdout", normal[1500:1600], list(y[1500:1600]))
     priv, pub = generate_keypair(tmp / "keys" / "fleet")
-    recipe = {**RECIPE, "calibration": str(tmp / "calib")}
-    convert(ConvertOptions(**recipe, source=tmp / "digits.onnx", out=tmp / "pkg", name="digits", version="1.0.0",
-                           sign_key=load_private_key(priv), force=True), progress=lambda _s: None)
-    (tmp / "recipe.json").write_text(json.dumps(recipe))
+    # the package records this conversion (its recipe) itself; the candidates are converted from it
+    convert(ConvertOptions(**RECIPE, calibration=tmp / "calib", source=tmp / "digits.onnx", out=tmp / "pkg",
+                           name="digits", version="1.0.0", sign_key=priv, force=True), progress=lambda _s: None)
     shifted_ids = range(600, 900)
     shifted = [frame(imgs[i], inverted=True) for i in shifted_ids]
     refs = np.stack([cv2.cvtColor(f, cv2.COLOR_BGR2GRAY).astype(np.float32) for f in normal[:1500] + shifted])

@@ -40,8 +40,7 @@ class Scenario:
     def start(self) -> None:
         """Server up, 1.0.0 registered with its recipe, both agents serving it on the normal clip."""
         self.server.start()
-        r = cli("registry", "register", str(self.tmp / "pkg"), "--recipe", str(self.tmp / "recipe.json"),
-                env=self.env)
+        r = cli("registry", "register", str(self.tmp / "pkg"), env=self.env)
         assert r.returncode == 0, r.stderr
         for dev in DEVICES:
             cfg = device_config(self.tmp, dev, self.broker.port, self.w["pub"], self.tmp / "pkg",

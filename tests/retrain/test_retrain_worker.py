@@ -56,8 +56,7 @@ def test_a_worker_trains_a_run_that_waits_for_approval(tmp_path):
     env = {"EDGE_FLEET_TOKEN": server.token, "EDGE_FLEET_SERVER": server.url}
     try:
         server.start()
-        assert cli("registry", "register", str(tmp_path / "pkg"), "--recipe", str(tmp_path / "recipe.json"),
-                   env=env).returncode == 0
+        assert cli("registry", "register", str(tmp_path / "pkg"), env=env).returncode == 0
         r = cli("retrain", "import", "folders", str(tmp_path / "import"), env=env)
         assert r.returncode == 0 and r.stdout.strip() == "120 labels imported", r.stderr
         # when an operator starts a run by hand, the server snapshots the data and leaves training to a worker
@@ -83,7 +82,9 @@ def test_a_worker_trains_a_run_that_waits_for_approval(tmp_path):
         assert "trained on" in cli("retrain", "show", str(rid), "--log", env=env).stdout
         version = server.get("/api/v1/registry/models/digits/versions/1.0.1")[1]
         assert version["parent"] == "1.0.0" and version["lineage"]["dataset_snapshot"] == run["snapshot"]
-        assert version["lineage"]["recipe"]["precision"] == "float32"
+        recipe = version["lineage"]["recipe"]
+        assert recipe["options"]["precision"] == "float32" and recipe["options"]["version"] == "1.0.1"
+        assert recipe["options"]["calibration"].endswith("calibration")  # the snapshot's samples calibrated it
         # when the operator approves, the run moves to its canary (this fleet has no devices: it says so)
         r = cli("retrain", "approve", str(rid), env=env)
         assert r.returncode == 0 and r.stdout.strip() == f"run {rid}: canary", r.stderr

@@ -1,7 +1,7 @@
 """labels and re-training: sample_labels, retrain_runs, retrain_steps, dataset_snapshots
 
 Revision ID: 0003_retrain
-Revises: 0002
+Revises: 0003_regdl
 Create Date: 2026-12-01 22:30:00
 
 """
@@ -12,7 +12,7 @@ import sqlalchemy as sa
 
 
 revision: str = '0003_retrain'
-down_revision: Union[str, Sequence[str], None] = '0002'
+down_revision: Union[str, Sequence[str], None] = '0003_regdl'
 branch_labels: Union[str, Sequence[str], None] = None
 depends_on: Union[str, Sequence[str], None] = None
 
