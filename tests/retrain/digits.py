@@ -75,7 +75,7 @@ def match_label(frame_bgr: np.ndarray, refs: np.ndarray, labels: np.ndarray) -> 
 
 def build_world(tmp: Path, policy_update: dict[str, Any]) -> dict[str, Any]:
     """Model 1.0.0 trained on normal digits, its signed package (recording its recipe), base data, a fixed holdout,
-    shifted frames, references for labelling, and ``tmp/retrain.yaml`` (``policy_update`` replaces top-level sections)."""
+    shifted frames, references for labelling, and ``tmp/retrain.yaml`` (``policy_update``: top-level sections)."""
     from converters.options import ConvertOptions
     from converters.pipeline import convert
     from edge_runtime.package import generate_keypair
