@@ -170,7 +170,8 @@ def _do(c: Client, job: dict[str, Any], folder: Path, name: str) -> None:
     rd = training.RunDir(folder)
     rd.data.mkdir(parents=True, exist_ok=True)
     suffix = job["model_suffix"]
-    c.call("GET", f"/retrain/runs/{job['id']}/data", to=rd.data / "train.npz")
+    for file in ("train.npz", "snapshot.json"):
+        c.call("GET", f"/retrain/runs/{job['id']}/data/{file}", to=rd.data / file)
     c.call("GET", f"/retrain/runs/{job['id']}/parent-model", to=rd.parent_model(suffix))
     print(f"run {job['id']}: training (attempt {job['attempt']})", file=sys.stderr, flush=True)
     t = training.start(job["command"], rd, suffix, job["timeout_s"], None, job["attempt"])

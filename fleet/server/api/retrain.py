@@ -148,12 +148,14 @@ def claim(worker: str = Query(..., min_length=1, max_length=128), srv: Server = 
     return {"run": _runner(srv).claim(worker)}
 
 
-@router.get("/retrain/runs/{rid}/data")
-def run_data(rid: int, srv: Server = Depends(server), _u: User = Depends(operator)) -> FileResponse:
-    path = _runner(srv).run_dir(rid).data / "train.npz"
+@router.get("/retrain/runs/{rid}/data/{name}")
+def run_data(rid: int, name: Literal["train.npz", "snapshot.json"], srv: Server = Depends(server),
+             _u: User = Depends(operator)) -> FileResponse:
+    """The run's data folder, as the training command sees it."""
+    path = _runner(srv).run_dir(rid).data / name
     if not path.is_file():
-        raise HTTPException(404, f"run {rid} has no dataset")
-    return FileResponse(path, media_type="application/octet-stream", filename="train.npz")
+        raise HTTPException(404, f"run {rid} has no {name}")
+    return FileResponse(path, media_type="application/octet-stream", filename=name)
 
 
 @router.get("/retrain/runs/{rid}/parent-model")
