@@ -118,6 +118,12 @@ def test_a_worker_trains_a_run_that_waits_for_approval(tmp_path):
         assert "no known devices" in server.get(f"/api/v1/retrain/runs/{rid}")[1]["reason"]
         r = cli("retrain", "cancel", str(rid), env=env)
         assert r.returncode == 2 and "not possible now" in r.stderr
+        # a run waiting for a worker is cancelled; the next claim finds nothing
+        r = cli("retrain", "--json", "run", "digits", env=env)
+        rid2 = json.loads(r.stdout)["id"]
+        wait_until(lambda: server.get(f"/api/v1/retrain/runs/{rid2}")[1]["state"] == "training", 60)
+        assert cli("retrain", "cancel", str(rid2), env=env).stdout.strip() == f"run {rid2}: cancelled"
+        assert server.request("POST", "/api/v1/retrain/claim?worker=gpu-box")[1] == {"run": None}
         r = cli("retrain", "import", "csv", str(tmp_path / "missing.csv"), env=env)
         assert r.returncode == 2 and "cannot read" in r.stderr
         # and a teacher (here the float source model) labels the samples nobody labelled, marked as the teacher's
