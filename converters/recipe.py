@@ -41,7 +41,8 @@ from edge_runtime.package.provenance import GitState, InputDigest, Provenance
 
 # Options that say where the output goes, not how it is made; and those recorded by other means.
 _OUTPUT = {"out", "force", "archive"}
-_SPECIAL = {"sign_key", "given_files", "extra_files", "mlflow", "calibration", "validation", "profile", "labels"}
+_SPECIAL = {"sign_key", "given_files", "extra_files", "mlflow", "mlflow_uri", "calibration", "validation", "profile",
+            "labels"}  # fmt: skip
 ALWAYS_TOOLS = ("numpy", "onnx", "onnxruntime")
 
 
@@ -80,7 +81,7 @@ def _digest(path: str | Path) -> InputDigest:
     return InputDigest(path=str(path), sha256=tree_sha256(path))
 
 
-def _profile_file(profile: str) -> Path | None:
+def profile_file(profile: str) -> Path | None:
     from edge_runtime.profiles import list_profiles
 
     p = Path(profile)
@@ -103,7 +104,7 @@ def record(opts: Any, name: str, source_sha256: str) -> Provenance:
     inputs = {"source": InputDigest(path=options["source"], sha256=source_sha256)}
     if isinstance(opts.profile, str):
         options["profile"] = opts.profile
-        pfile = _profile_file(opts.profile)
+        pfile = profile_file(opts.profile)
         if pfile is not None:
             inputs["profile"] = InputDigest(path=opts.profile, sha256=tree_sha256(pfile))
     else:
