@@ -15,6 +15,7 @@ import pytest
 from edge_runtime.cli import main
 from edge_runtime.fsutil import sha256_file
 from edge_runtime.package import generate_keypair, load_package
+from fleet.mlflow_export import EXPERIMENT
 from tests.converters.conftest import build_onnx_cnn
 from tests.fleet_server.conftest import FleetServer, add_user
 from tests.fleet_server.test_reproduce import _digits, registry
@@ -35,6 +36,8 @@ def mlflow_registry(tmp_path_factory: pytest.TempPathFactory) -> dict:
     uri = f"sqlite:///{root / 'mlflow.db'}"
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     exp = client.create_experiment("training", artifact_location=(root / "artifacts").as_uri())
+    # where export logs packages (else MLflow's default, ./mlruns of whichever folder first made the experiment)
+    client.create_experiment(EXPERIMENT, artifact_location=(root / "exports").as_uri())
     client.create_registered_model("digits")
     digits, runs = _digits(), {}
     for seed in (0, 1):
