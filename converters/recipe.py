@@ -198,7 +198,12 @@ def options_from_recipe(recipe: Mapping[str, Any], *, source: Path | str, output
     fields.update(source=Path(str(source)), out=Path(output))
     for role, given in (("calibration", calibration), ("validation", validation)):
         recorded = o.get(role)
-        fields[role] = Path(given) if given is not None else (resolve(recorded, rec) if recorded else None)
+        if given is not None:
+            fields[role] = Path(given)
+        elif isinstance(recorded, str | Path):
+            fields[role] = resolve(str(recorded), rec)
+        else:  # None, or a Dataset given in overrides
+            fields[role] = recorded
     if fields["calibration"] is None:
         raise ConversionError("the recipe records no calibration file: give calibration=PATH")
     if isinstance(o.get("labels"), str):
@@ -208,8 +213,8 @@ def options_from_recipe(recipe: Mapping[str, Any], *, source: Path | str, output
     given_files: dict[str, Path] = {}
     fields["extra_files"] = _read_extra(o.get("extra_files") or {}, rec, given_files)
     key, passphrase = o.get("sign_key"), o.get("passphrase_file")
-    fields["sign_key"] = None
-    if key is not None:
+    fields["sign_key"] = None if isinstance(key, str | Path) else key  # a key object given in overrides: as it is
+    if isinstance(key, str | Path):
         from edge_runtime.package.signing import load_private_key, read_passphrase
 
         given_files["sign_key"] = resolve(str(key), rec)
