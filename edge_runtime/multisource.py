@@ -1,4 +1,4 @@
-"""Several sources feeding one pipeline (one loaded model): lanes, a fair scheduler and the one-slot hand-off.
+"""Several sources feeding one pipeline (one loaded model): lanes and a fair scheduler.
 
 Each source keeps its own reader thread, bounded queue and drop policy, frame-rate limit (``fps_limit``) and motion
 gate; a :class:`SourceLane` names it. The :class:`LaneScheduler` takes the next sample round-robin over the lanes
@@ -171,43 +171,6 @@ class LaneScheduler:
                 if self._signals == seen:  # nothing arrived since the poll: sleep until a queue signals
                     self._cond.wait(left)
         return None
-
-
-class Handoff:
-    """A one-slot hand-off between the preparer and the inference thread, woken by puts, takes and close."""
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self._item: object = None
-        self._full = False
-        self._closed = False
-
-    def put(self, item: object) -> bool:
-        """Wait for the slot to be free; False once closed."""
-        with self._cond:
-            while self._full and not self._closed:
-                self._cond.wait()
-            if self._closed:
-                return False
-            self._item, self._full = item, True
-            self._cond.notify_all()
-            return True
-
-    def get(self, timeout: float | None) -> tuple[bool, object]:
-        """(True, item), or (False, None) after ``timeout`` seconds or once closed and empty."""
-        with self._cond:
-            if not self._full and not self._closed:
-                self._cond.wait(timeout)
-            if not self._full:
-                return False, None
-            item, self._item, self._full = self._item, None, False
-            self._cond.notify_all()
-            return True, item
-
-    def close(self) -> None:
-        with self._cond:
-            self._closed = True
-            self._cond.notify_all()
 
 
 def lane_failure(lanes: Sequence[SourceLane]) -> BaseException | None:

@@ -216,8 +216,10 @@ def load_model(args: argparse.Namespace):  # type: ignore[no-untyped-def]
                 allow_unsigned=args.allow_unsigned)
 
 
-def build_pipeline(args: argparse.Namespace, model, sinks: Sequence[Sink]) -> Pipeline:  # type: ignore[no-untyped-def]
-    """Source, motion gate and bounds from the arguments, around an already loaded model."""
+def build_pipeline(args: argparse.Namespace, model, sinks: Sequence[Sink],  # type: ignore[no-untyped-def]
+                   keep_frames: bool = True) -> Pipeline:
+    """Source, motion gate and bounds from the arguments, around an already loaded model (``keep_frames``:
+    sinks get each input frame; False when none needs it, so a preprocessed frame is freed at once)."""
     from edge_runtime.sources.motion import MotionGate
 
     spec = model.input_spec
@@ -238,7 +240,7 @@ def build_pipeline(args: argparse.Namespace, model, sinks: Sequence[Sink]) -> Pi
             lane.source.close()
         raise
     specs = [spec for _, spec in named_sources(args)]
-    config = PipelineConfig(max_frames=args.max_frames, duration_s=args.duration,
+    config = PipelineConfig(max_frames=args.max_frames, duration_s=args.duration, keep_frames=keep_frames,
                             stall_timeout_s=stall_timeout(specs, getattr(args, "stall_timeout", None)))
     return Pipeline(model, lanes, sinks, config)
 
@@ -328,7 +330,8 @@ def run(args: argparse.Namespace) -> int:
     pipeline: Pipeline | None = None
     running = False
     try:
-        pipeline = build_pipeline(args, model, ())
+        # frames reach the sinks only for those that use them: saved detections, monitoring (drift, samples)
+        pipeline = build_pipeline(args, model, (), keep_frames=bool(args.save_detections) or device is not None)
         sinks.append(JsonLinesSink(args.out, on_reader_gone=pipeline.stop))  # `run ... | head -3` ends the run
         if args.save_detections:
             sinks.append(DetectionSnapshotSink(args.save_detections, args.max_saved, clip_frames=args.clip_frames))
