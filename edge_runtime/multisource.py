@@ -15,8 +15,11 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
 from edge_runtime.errors import ConfigError, SourceError
 from edge_runtime.latency import LatencyRecorder
+from edge_runtime.sources import SourceOptions
 from edge_runtime.sources.base import END, Sample, ThreadedSource
 from edge_runtime.sources.motion import MotionGate
 
@@ -47,6 +50,36 @@ def split_named_source(text: str) -> tuple[str, str]:
     if sep and head and set(head) <= _NAME_CHARS and rest.strip():
         return check_source_name(head), rest.strip()
     return default_source_name(text), text.strip()
+
+
+class NamedSource(BaseModel):
+    """One named input of a device config's or agent config's ``sources:`` (several served by one model)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(description="Labels this source's results, metrics and health (letters, digits, _ - .).")
+    source: str = Field(description="An open_source spec (camera, stream URL, file, sensor); the agent also takes "
+                        "'synthetic'.")
+    options: SourceOptions = Field(default_factory=SourceOptions, description="Drop policy, queue, reconnect, "
+                                   "fps_limit, loop, for this source alone.")
+    motion_gate: float | None = Field(default=None, gt=0, lt=1, description="Skip still frames of this source: "
+                                      "share of changed pixels, e.g. 0.01 (None: infer every frame).")
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        try:
+            return check_source_name(v)
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
+
+
+def check_unique(entries: Sequence[NamedSource]) -> None:
+    """ValueError (inside a config validator) when two sources share a name."""
+    names = [e.name for e in entries]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ValueError(f"the names of sources must differ: {', '.join(twice)} given twice")
 
 
 @dataclass
