@@ -12,12 +12,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from edge_runtime.errors import ConfigError, SourceError
+from edge_runtime.errors import ConfigError, EdgeRuntimeError, SourceError
 from edge_runtime.latency import LatencyRecorder
 from edge_runtime.sources import SourceOptions
 from edge_runtime.sources.base import END, Sample, ThreadedSource
@@ -121,6 +122,27 @@ class SourceLane:
         }  # fmt: skip
 
 
+@dataclass(frozen=True)
+class Staged:
+    """What a reader thread made of a frame before queuing it: preprocessed by ``model``, or refused (``error``)."""
+
+    model: Any
+    prepared: Any
+    error: EdgeRuntimeError | None = None
+
+
+def stage_frame(lane: SourceLane, model: Callable[[], Any], frame_order: str, data: Any) -> Staged | None:
+    """(reader thread) None: a still frame, skipped by the lane's motion gate; else the frame preprocessed by the
+    current ``model()``, or why it refused the frame (counted by the pipeline when it takes the sample)."""
+    if lane.motion_gate is not None and not lane.motion_gate.should_infer(data):
+        return None
+    current = model()
+    try:
+        return Staged(current, current.prepare(data, frame_order=frame_order))
+    except EdgeRuntimeError as exc:
+        return Staged(current, None, exc)
+
+
 def check_lanes(lanes: Sequence[SourceLane]) -> None:
     if not lanes:
         raise ConfigError("a pipeline needs at least one source")
@@ -165,28 +187,51 @@ class LaneScheduler:
                 log.warning("source %s failed; the other sources go on: %s", lane.name, error)
         lane.source.close()
 
+    def _try(self, lane: SourceLane) -> Sample | None:
+        """The lane's next sample if one is there now (ending the lane when its queue finished or failed)."""
+        try:
+            item = lane.source.get(0)
+        except Exception as exc:  # noqa: BLE001 - the reader failed: that lane ends, the others go on
+            self.end_lane(lane, exc)
+            return None
+        if item is END:
+            self.end_lane(lane)
+            return None
+        assert item is None or isinstance(item, Sample)
+        return item
+
     def _poll(self) -> tuple[SourceLane, Sample] | None:
-        """The next lane in turn that has a sample (ending lanes whose queue finished)."""
+        """The next lane in turn that has a sample."""
         n = len(self.lanes)
         for step in range(n):
             i = (self._next + step) % n
             lane = self.lanes[i]
             if lane.done:
                 continue
-            try:
-                item = lane.source.get(0)
-            except Exception as exc:  # noqa: BLE001 - the reader failed: that lane ends, the others go on
-                self.end_lane(lane, exc)
-                continue
-            if item is None:
-                continue
-            if item is END:
-                self.end_lane(lane)
-                continue
-            assert isinstance(item, Sample)
-            self._next = (i + 1) % n
-            return lane, item
+            item = self._try(lane)
+            if item is not None:
+                self._next = (i + 1) % n
+                return lane, item
         return None
+
+    def take_ready(self, limit: int) -> list[tuple[SourceLane, Sample]]:
+        """Up to ``limit`` more samples that are ready now, at most one per lane, in turn, without waiting: the
+        rest of a batch (the lane just taken is the one before ``_next``, so it comes last and is skipped)."""
+        out: list[tuple[SourceLane, Sample]] = []
+        n = len(self.lanes)
+        start = self._next
+        for step in range(n - 1):
+            if len(out) >= limit:
+                break
+            i = (start + step) % n
+            lane = self.lanes[i]
+            if lane.done:
+                continue
+            item = self._try(lane)
+            if item is not None:
+                out.append((lane, item))
+                self._next = (i + 1) % n
+        return out
 
     def take(self, timeout: float) -> tuple[SourceLane, Sample] | None:
         """The next (lane, sample); None after ``timeout`` seconds without one, when stopped or every lane ended."""

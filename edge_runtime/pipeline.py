@@ -19,14 +19,17 @@ from typing import Any
 
 import cv2
 
+from edge_runtime.batching import BatchPlan, plan_batches
 from edge_runtime.errors import ConfigError, EdgeRuntimeError, InferenceError, SourceError
 from edge_runtime.latency import STAGES, LatencyRecorder  # noqa: F401 - STAGES re-exported: hooks get these keys
 from edge_runtime.multisource import (
     LaneScheduler,
     SourceLane,
+    Staged,
     check_lanes,
     default_source_name,
     lane_failure,
+    stage_frame,
 )
 from edge_runtime.pipeline_types import (
     FrameResult,
@@ -56,15 +59,6 @@ class _Job:
     sample: Sample
     model: Predictor | None
     prepared: Any
-
-
-@dataclass(frozen=True)
-class _Staged:
-    """What a reader thread made of a frame before queuing it: preprocessed by ``model``, or refused (``error``)."""
-
-    model: Predictor
-    prepared: Any
-    error: EdgeRuntimeError | None = None
 
 
 class Pipeline:
@@ -114,6 +108,8 @@ class Pipeline:
         self._ended: float | None = None
         self._running = False
         self._last_error: str | None = None
+        self.batch_plan = BatchPlan(1, "not started")
+        self._batches = 0  # backend calls that took several frames
 
     # ------------------------------------------------------------------ wiring
 
@@ -214,6 +210,7 @@ class Pipeline:
             fps=self._processed / uptime if uptime > 0 else 0.0, running=self._running,
             model=m.name, version=m.version, last_error=self._last_error, inference_errors=self._inference_errors,
             source_stalled_s=round(stalled, 3), source_fault=fault, sources=per,
+            batch={**self.batch_plan.to_dict(), "batches": self._batches},
         )  # fmt: skip
 
     # ------------------------------------------------------------------ the loop
@@ -239,6 +236,7 @@ class Pipeline:
             cv2.setNumThreads(self.config.opencv_threads)
         try:
             self.open()
+            self.batch_plan = plan_batches(self._model, len(self.lanes), self.config.batching)
             self._serve()
         finally:
             self.stop()
@@ -272,13 +270,17 @@ class Pipeline:
                 next_check = time.monotonic() + check_every
             if got is None:
                 continue
-            lane, sample = got
-            lane.taken += 1
-            if max_frames is not None and lane.taken >= max_frames:
-                sched.end_lane(lane)
-            job = self._job(lane, sample)
-            if job is not None:
-                self._process(job)
+            batch = [got, *sched.take_ready(self.batch_plan.size - 1)] if self.batch_plan.size > 1 else [got]
+            jobs = []
+            for lane, sample in batch:
+                lane.taken += 1
+                if max_frames is not None and lane.taken >= max_frames:
+                    sched.end_lane(lane)
+                job = self._job(lane, sample)
+                if job is not None:
+                    jobs.append(job)
+            if jobs:
+                self._process(jobs)
 
     @staticmethod
     def _close_quietly(close: Callable[[], None]) -> None:
@@ -292,18 +294,8 @@ class Pipeline:
     def _stage_in_reader(self, lane: SourceLane) -> None:
         """A source that drops nothing gates and preprocesses in its reader thread (no work lost to drops)."""
         if lane.source.queue.policy is DropPolicy.BLOCK and hasattr(self._model, "prepare"):
-            lane.source.stage = functools.partial(self._stage, lane)
+            lane.source.stage = functools.partial(stage_frame, lane, lambda: self._model, self.config.frame_order)
             lane.source.keep_data = self.config.keep_frames
-
-    def _stage(self, lane: SourceLane, data: Any) -> _Staged | None:
-        """(reader thread) None: a still frame, skipped; else the frame preprocessed, or why the model refused it."""
-        if lane.motion_gate is not None and not lane.motion_gate.should_infer(data):
-            return None
-        model = self._model
-        try:
-            return _Staged(model, model.prepare(data, frame_order=self.config.frame_order))  # type: ignore[attr-defined]
-        except EdgeRuntimeError as exc:
-            return _Staged(model, None, exc)
 
     def _check_stalls(self) -> None:
         limit = self.config.stall_timeout_s
@@ -318,7 +310,7 @@ class Pipeline:
     def _job(self, lane: SourceLane, sample: Sample) -> _Job | None:
         """The sample as staged by its reader, else gated and preprocessed here; None when skipped or refused."""
         staged = sample.staged
-        if isinstance(staged, _Staged):
+        if isinstance(staged, Staged):
             if staged.error is not None:
                 self._reject(lane, sample, staged.error)
                 return None
@@ -369,12 +361,33 @@ class Pipeline:
         self._consecutive_errors = 0
         return pred
 
-    def _process(self, job: _Job) -> None:
+    def _infer_batch(self, jobs: list[_Job]) -> list[Prediction | None]:
+        """One backend call for frames of different sources; one by one when a frame was prepared by a model
+        swapped out since, or when the batch fails (so the frame at fault is the one counted)."""
+        if len(jobs) > 1:
+            with self._model_lock:
+                model = self._model
+                if all(j.prepared is not None and j.model is model for j in jobs):
+                    try:
+                        preds = model.predict_batch([j.prepared for j in jobs])  # type: ignore[attr-defined]
+                    except EdgeRuntimeError:
+                        preds = None
+                    if preds is not None:
+                        self._consecutive_errors = 0
+                        self._batches += 1
+                        return list(preds)
+        return [self._infer(job) for job in jobs]
+
+    def _process(self, jobs: list[_Job]) -> None:
         started = time.monotonic()
-        pred = self._infer(job)
-        if pred is None:
-            return
+        preds = self._infer_batch(jobs)
         ready = time.monotonic()
+        for job, pred in zip(jobs, preds, strict=True):
+            if pred is not None:
+                self._deliver(job, pred, started, ready)
+
+    def _deliver(self, job: _Job, pred: Prediction, started: float, ready: float) -> None:
+        """The result to the sinks; counters, latencies and stage hooks."""
         sample = job.sample
         t = pred.timings
         result = FrameResult(
@@ -388,13 +401,14 @@ class Pipeline:
         )
         self._processed += 1
         job.lane.processed += 1
+        delivered = time.monotonic()
         self._sinks(result)
         stages = {
             "capture_wait": result.capture_wait_ms,
             "preprocess": t.preprocess_ms,
             "inference": t.inference_ms,
             "postprocess": t.postprocess_ms,
-            "sinks": (time.monotonic() - ready) * 1000.0,
+            "sinks": (time.monotonic() - delivered) * 1000.0,
             "end_to_end": result.end_to_end_ms,
         }
         self.latency.add(stages)

@@ -59,6 +59,10 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stall-timeout", type=float, metavar="S",
                    help=f"end with an error when a live source (camera, stream, serial, UDP) yields no sample for S "
                         f"seconds (default {DEFAULT_STALL_S:g}; files and stdin: no bound unless given)")
+    p.add_argument("--batching", choices=["auto", "on", "off"], default="auto",
+                   help="several sources on a model with a dynamic batch dimension: one backend call for the frames "
+                        "ready from different sources when timing batch 1 against batch N at the start says it pays "
+                        "(auto, default), always (on) or never (off)")
     p.add_argument("--out", help="write JSON lines to this file instead of stdout")
     p.add_argument("--save-detections", metavar="DIR", help="save annotated frames with detections into DIR")
     p.add_argument("--max-saved", type=int, default=100, help="at most this many saved files (default 100)")
@@ -267,6 +271,7 @@ def build_pipeline(args: argparse.Namespace, model, entries: Sequence[NamedSourc
         raise
     specs = [e.source for e in entries]
     config = PipelineConfig(max_frames=args.max_frames, duration_s=args.duration, keep_frames=keep_frames,
+                            batching=getattr(args, "batching", "auto"),
                             stall_timeout_s=stall_timeout(specs, getattr(args, "stall_timeout", None)))
     return Pipeline(model, lanes, (), config)
 
@@ -287,6 +292,9 @@ def format_stats(stats: PipelineStats) -> str:
     line = (f"{s.model} {s.version}: {s.processed} processed of {s.captured} captured in {s.uptime_s:.1f} s "
             f"({s.fps:.1f}/s); dropped {s.dropped}, still {s.skipped_still}, bad lines {s.bad_lines}, "
             f"errors {s.errors}, sink errors {s.sink_errors}, reconnects {s.reconnects}")  # fmt: skip
+    if s.batch.get("size", 1) > 1:
+        b = s.batch
+        line += f"\n  batching: {b['batches']} backend calls of up to {b['size']} frames ({b['reason']})"
     if len(s.sources) > 1:
         for name, c in s.sources.items():
             line += (f"\n  {name}: {c['processed']} processed of {c['captured']} captured ({c['fps']:.1f}/s), "
