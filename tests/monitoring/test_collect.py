@@ -269,3 +269,14 @@ def test_blur_faces_finds_a_small_face_in_a_large_frame_through_tiles() -> None:
     tiled = Redactor([Redaction(kind="blur_faces", tile_levels=1)])(frame)
     assert detail(whole[region]) > 0.8 * detail(frame[region])  # too small for one look at the whole frame
     assert detail(tiled[region]) < 0.4 * detail(frame[region])
+
+
+def test_the_disk_cap_evicts_samples_already_uploaded_before_those_waiting(tmp_path) -> None:  # noqa: ANN001
+    store = SampleStore(SampleConfig(directory=tmp_path / "s", low_confidence=None, max_files=2))
+    try:
+        for i, upload in enumerate(("pending", "done", "pending")):
+            store.put(_photos()[i], {"reason": "random", "ts": float(i), "frame_index": i, "upload": upload})
+            store.flush()
+        assert [(m["frame_index"], m["upload"]) for m in store.list()] == [(0, "pending"), (2, "pending")]
+    finally:
+        store.close()
