@@ -65,7 +65,7 @@ class Quotas:
         """Count samples already kept in this period (a restart must not reset the quota)."""
         self._roll(now)
         for m in kept:
-            ts, label = m.get("ts"), m.get("class")
+            ts, label = m.get("kept_at"), m.get("class")
             if isinstance(ts, (int, float)) and isinstance(label, str) and int(ts // self.period) == self._bucket:
                 self.counts[label] = self.counts.get(label, 0) + 1
 
@@ -104,6 +104,7 @@ class Selector:
 
     def offer(self, frame: np.ndarray, confidence: float | None, label: str | None, ts: float,
               now: float | None = None) -> dict[str, Any] | None:
+        """``ts``: wall-clock time (the quota periods are UTC hours or days); ``now``: monotonic (intervals)."""
         c = self.counters
         c["offered"] += 1
         now = time.monotonic() if now is None else now
@@ -129,5 +130,5 @@ class Selector:
         self.quotas.add(cls, ts)
         c["kept"] += 1
         c[reason] += 1
-        return {"reason": reason, "confidence": confidence, "class": cls,
+        return {"reason": reason, "confidence": confidence, "class": cls, "kept_at": round(ts, 3),
                 "phash": f"{h:016x}" if h is not None else None}

@@ -180,7 +180,7 @@ class Monitor:
             return
         top = p.top
         label = (top.label or str(top.index)) if top is not None else None
-        meta = selector.offer(result.frame, p.confidence, label, result.timestamp)
+        meta = selector.offer(result.frame, p.confidence, label, time.time())
         if meta is not None:
             meta.update(frame_index=result.index, ts=round(result.timestamp, 3), model=self.model,
                         version=self.version, source=self.source_label or None, redact=True,

@@ -280,3 +280,11 @@ def test_the_disk_cap_evicts_samples_already_uploaded_before_those_waiting(tmp_p
         assert [(m["frame_index"], m["upload"]) for m in store.list()] == [(0, "pending"), (2, "pending")]
     finally:
         store.close()
+
+
+def test_a_restart_does_not_reset_the_class_quota() -> None:
+    now = time.time()
+    q = Quotas(CollectionPolicy(class_quota=2))
+    q.seed([{"class": "a", "kept_at": now - 1}, {"class": "a", "kept_at": now - 2}, {"class": "b", "kept_at": now},
+            {"class": "a", "kept_at": now - 2 * 86400}], now)  # the last one is from another hour
+    assert q.full("a", now) and not q.full("b", now)
