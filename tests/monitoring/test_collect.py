@@ -283,7 +283,7 @@ def test_the_disk_cap_evicts_samples_already_uploaded_before_those_waiting(tmp_p
 
 
 def test_a_restart_does_not_reset_the_class_quota() -> None:
-    now = time.time()
+    now = 1.8e9 + 1800.0  # the middle of a UTC hour
     q = Quotas(CollectionPolicy(class_quota=2))
     q.seed([{"class": "a", "kept_at": now - 1}, {"class": "a", "kept_at": now - 2}, {"class": "b", "kept_at": now},
             {"class": "a", "kept_at": now - 2 * 86400}], now)  # the last one is from another hour
