@@ -42,8 +42,13 @@ class Actions:
     """What an operator may do; refused (and audited as refused) without an operator key or a broker."""
 
     def __init__(self, engine: Any, topics: Topics, key: Ed25519PrivateKey | None, publish: Any | None,
-                 link: Any | None = None) -> None:
+                 link: Any | None = None, public_url: str | None = None) -> None:
         self.engine, self.topics, self.key, self._publish, self.link = engine, topics, key, publish, link
+        self.public_url = public_url.rstrip("/") if public_url else None
+
+    def package_url(self, sha256: str) -> str | None:
+        """Where devices download a package over HTTP(S) (None: the server has no public URL, MQTT only)."""
+        return f"{self.public_url}/api/v1/packages/{sha256}" if self.public_url else None
 
     def signing_link(self) -> tuple[Any, Ed25519PrivateKey]:
         """The broker link and operator key that signed publications need, or ActionRefused saying which is missing."""
