@@ -245,8 +245,9 @@ def test_samples_are_marked_for_upload_only_when_device_and_policy_both_opt_in(
         directory=tmp_path / "s", low_confidence=None, upload=device_allows))
     mon = Monitor(cfg, None)
     try:
-        mon.set_policy(CollectionPolicy(upload=policy_allows, low_confidence=0.5, random_rate=0.0,
-                                        redact=(Redaction(kind="grayscale"),)), cfg.samples.upload)
+        assert mon.collection is not None
+        mon.collection.set_policy(CollectionPolicy(upload=policy_allows, low_confidence=0.5, random_rate=0.0,
+                                                   redact=(Redaction(kind="grayscale"),)), cfg.samples.upload)
         for i, photo in enumerate(_photos()):
             mon(frame_result(i, photo, confidence=0.2 if i % 2 else 0.9))
             mon.samples.flush()  # type: ignore[union-attr]
