@@ -23,7 +23,8 @@ class ConvertOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
 
-    source: Path = Field(description="Source model: .onnx, .keras/.h5, SavedModel folder, .tflite, .pkl/.joblib, .pt.")
+    source: Path = Field(description="Source model: .onnx, .keras/.h5, SavedModel folder, .tflite, .pkl/.joblib, .pt, "
+                         "or an MLflow models:/NAME@ALIAS or models:/NAME/VERSION.")
     profile: str | DeviceProfile = Field(description="Device profile name, profile YAML path, or a loaded profile.")
     calibration: Path | cal.Dataset = Field(description="Image folder, video, .npy/.npz, or a Dataset (Python API).")
     validation: Path | cal.Dataset | None = Field(
@@ -68,6 +69,9 @@ class ConvertOptions(BaseModel):
     given_files: dict[Literal["sign_key", "passphrase_file", "decoding", "anchors"], Path] = Field(
         default_factory=dict, description="Files options were read from, as given: recorded in the package's "
         "provenance so the conversion can be re-run (converters.recipe)."
+    )
+    mlflow_uri: str | None = Field(
+        default=None, description="MLflow tracking URI for a models:/ source (default: $MLFLOW_TRACKING_URI)."
     )
     mlflow: MlflowSource | None = Field(
         default=None, description="Set by the pipeline when the source was fetched from an MLflow registry."

@@ -7,6 +7,7 @@ folder so a failure leaves nothing behind.
 
 from __future__ import annotations
 
+import re
 import sys
 import tempfile
 from pathlib import Path
@@ -29,11 +30,25 @@ def _stderr(msg: str) -> None:
 def convert(opts: ConvertOptions, progress: Progress | None = None) -> Package:
     """Convert ``opts.source`` into a package at ``opts.out``; see the module docstring."""
     say = progress or _stderr
-    p = plan(opts)
-    for note in p.notes:
-        say(note)
     with tempfile.TemporaryDirectory(prefix="edge-convert-") as tmp:
+        opts = _fetched(opts, Path(tmp) / "mlflow", say)
+        p = plan(opts)
+        for note in p.notes:
+            say(note)
         return run_stages(opts, p, Path(tmp), say)
+
+
+def _fetched(opts: ConvertOptions, dest: Path, say: Progress) -> ConvertOptions:
+    """A models:/ source downloaded from its MLflow registry into ``dest`` (the options then name the file)."""
+    from converters import mlflow_source
+
+    if not mlflow_source.is_model_uri(opts.source) or opts.mlflow is not None:
+        return opts
+    uri = str(opts.source)
+    path, src = mlflow_source.fetch(uri, dest, opts.mlflow_uri)
+    say(f"fetched {uri} (version {src.version}, run {src.run_id or '-'}) from MLflow: {path.name}")
+    name = opts.name or re.sub(r"[^A-Za-z0-9._-]", "_", src.name)[:64]
+    return opts.model_copy(update={"source": path, "mlflow": src, "name": name})
 
 
 def run_stages(opts: ConvertOptions, p: Plan, work: Path, say: Progress) -> Package:

@@ -41,7 +41,8 @@ from edge_runtime.package.provenance import GitState, InputDigest, Provenance
 
 # Options that say where the output goes, not how it is made; and those recorded by other means.
 _OUTPUT = {"out", "force", "archive"}
-_SPECIAL = {"sign_key", "given_files", "extra_files", "mlflow", "calibration", "validation", "profile", "labels"}
+_SPECIAL = {"sign_key", "given_files", "extra_files", "mlflow", "mlflow_uri", "calibration", "validation", "profile",
+            "labels"}  # fmt: skip
 ALWAYS_TOOLS = ("numpy", "onnx", "onnxruntime")
 
 
@@ -80,7 +81,7 @@ def _digest(path: str | Path) -> InputDigest:
     return InputDigest(path=str(path), sha256=tree_sha256(path))
 
 
-def _profile_file(profile: str) -> Path | None:
+def profile_file(profile: str) -> Path | None:
     from edge_runtime.profiles import list_profiles
 
     p = Path(profile)
@@ -103,7 +104,7 @@ def record(opts: Any, name: str, source_sha256: str) -> Provenance:
     inputs = {"source": InputDigest(path=options["source"], sha256=source_sha256)}
     if isinstance(opts.profile, str):
         options["profile"] = opts.profile
-        pfile = _profile_file(opts.profile)
+        pfile = profile_file(opts.profile)
         if pfile is not None:
             inputs["profile"] = InputDigest(path=opts.profile, sha256=tree_sha256(pfile))
     else:
@@ -197,7 +198,12 @@ def options_from_recipe(recipe: Mapping[str, Any], *, source: Path | str, output
     fields.update(source=Path(str(source)), out=Path(output))
     for role, given in (("calibration", calibration), ("validation", validation)):
         recorded = o.get(role)
-        fields[role] = Path(given) if given is not None else (resolve(recorded, rec) if recorded else None)
+        if given is not None:
+            fields[role] = Path(given)
+        elif isinstance(recorded, str | Path):
+            fields[role] = resolve(str(recorded), rec)
+        else:  # None, or a Dataset given in overrides
+            fields[role] = recorded
     if fields["calibration"] is None:
         raise ConversionError("the recipe records no calibration file: give calibration=PATH")
     if isinstance(o.get("labels"), str):
@@ -207,8 +213,8 @@ def options_from_recipe(recipe: Mapping[str, Any], *, source: Path | str, output
     given_files: dict[str, Path] = {}
     fields["extra_files"] = _read_extra(o.get("extra_files") or {}, rec, given_files)
     key, passphrase = o.get("sign_key"), o.get("passphrase_file")
-    fields["sign_key"] = None
-    if key is not None:
+    fields["sign_key"] = None if isinstance(key, str | Path) else key  # a key object given in overrides: as it is
+    if isinstance(key, str | Path):
         from edge_runtime.package.signing import load_private_key, read_passphrase
 
         given_files["sign_key"] = resolve(str(key), rec)

@@ -95,8 +95,9 @@ def compare_after(recipe: Mapping[str, Any], tools: Mapping[str, str], manifest:
             report.tools.append((name, a, b))
 
 
-def reproduce(doc: Mapping[str, Any], say: Callable[[str], None]) -> Report:
-    """Re-run the recorded conversion of the registry version ``doc`` (the server's version document)."""
+def reproduce(doc: Mapping[str, Any], say: Callable[[str], None], mlflow_uri: str | None = None) -> Report:
+    """Re-run the recorded conversion of the registry version ``doc`` (the server's version document); an MLflow
+    source is fetched again from ``mlflow_uri`` (default $MLFLOW_TRACKING_URI)."""
     from converters.recipe import convert_with_recipe, recipe_of
     from edge_runtime.package.store import read_manifest
 
@@ -114,13 +115,13 @@ def reproduce(doc: Mapping[str, Any], say: Callable[[str], None]) -> Report:
     check_inputs(recipe, report)
     if report.missing:
         return report
-    opts = recipe["options"]
-    source = opts["source"] if str(opts["source"]).startswith("models:/") else _input_path("source", opts["source"],
-                                                                                           recipe)  # fmt: skip
+    src = recipe.get("mlflow")  # an MLflow source: exactly the version it used, wherever the alias is now
+    source = f"models:/{src['name']}/{src['version']}" if src else _input_path("source", recipe["options"]["source"],
+                                                                                recipe)  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="edge-reproduce-") as tmp:
         try:  # model bytes do not depend on the signature: no key (nor passphrase) is needed here
             out = convert_with_recipe(recipe, source=source, output=Path(tmp) / "pkg",
-                                      overrides={"sign_key": None}, progress=say)  # fmt: skip
+                                      overrides={"sign_key": None, "mlflow_uri": mlflow_uri}, progress=say)  # fmt: skip
         except EdgeRuntimeError as exc:
             if not (report.inputs or report.tools):
                 raise

@@ -117,3 +117,27 @@ def test_a_package_without_a_recipe_and_a_recipe_with_missing_data_are_refused(t
     recipe["options"]["calibration"] = str(tmp_path / "gone")
     with pytest.raises(ConversionError, match="does not exist"):
         convert_with_recipe(recipe, source=converted["source"], output=tmp_path / "x", progress=lambda s: None)
+
+
+@pytest.mark.slow
+def test_a_tflite_int8_conversion_re_runs_to_identical_model_bytes(tmp_path, digits):
+    """The TFLite converter and its int8 calibration are deterministic here (ONNX int8: the test above)."""
+    import numpy as np
+    import tensorflow as tf
+
+    from converters.pipeline import ConvertOptions, convert
+
+    tf.keras.utils.set_random_seed(0)
+    inp = tf.keras.Input((8, 8, 1), batch_size=1, name="pixels")
+    h = tf.keras.layers.Conv2D(4, 3, padding="same", activation="relu")(inp)
+    out = tf.keras.layers.Dense(10, activation="softmax", name="probs")(tf.keras.layers.Flatten()(h))
+    tf.keras.Model(inp, out).save(tmp_path / "digits.keras")
+    np.save(tmp_path / "calib.npy", (digits.x[:48].reshape(-1, 8, 8) * 255).round().astype(np.uint8))
+    first = convert(ConvertOptions(source=tmp_path / "digits.keras", profile="raspberry-pi-4", format="tflite",
+                                   calibration=tmp_path / "calib.npy", out=tmp_path / "p1", input_kind="image",
+                                   max_samples=32), progress=lambda s: None)  # fmt: skip
+    assert first.manifest.format == "tflite" and first.manifest.quantization.precision == "int8"
+    again = convert_with_recipe(recipe_of(first), source=tmp_path / "digits.keras", output=tmp_path / "p2",
+                                progress=lambda s: None)  # fmt: skip
+    assert sha256_file(again / "model.tflite") == sha256_file(first.root / "model.tflite")
+    assert "tensorflow" in first.manifest.tools or "tensorflow-cpu" in first.manifest.tools
