@@ -207,6 +207,7 @@ def test_retrain_yaml_paths_are_relative_to_it_and_mistakes_are_one_line(tmp_pat
     pol = load_policy(f)
     assert pol.training.source_model == tmp_path / "m.onnx" and pol.gates.holdout == tmp_path / "holdout"
     assert pol.canary.auto is False and pol.triggers.cooldown_s == 3600
+    assert pol.canary.thresholds.max_confidence_drop == 1.0  # off for re-trained canaries, unless given
     f.write_text(f.read_text() + "trigers: {}\n")
     with pytest.raises(ConfigError) as exc:
         load_policy(f)
