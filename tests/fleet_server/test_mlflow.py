@@ -80,6 +80,8 @@ def test_convert_from_mlflow_reproduce_after_the_alias_moved_and_export_with_lin
         server.start()
         monkeypatch.setenv("EDGE_FLEET_SERVER", server.url)
         assert registry(capsys, "register", "pkg")[0] == 0
+        rc, out, err = registry(capsys, "show", "digits", "1.0.0")
+        assert rc == 0 and f"mlflow models:/digits@production -> models:/digits/2 run {runs['2'][0]}" in out, out
         # when production moves back to version 1 in MLflow, reproduce still re-runs exactly version 2
         client.set_registered_model_alias("digits", "production", "1")
         monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
@@ -121,3 +123,13 @@ def test_without_the_mlflow_extra_both_commands_say_which_extra_in_one_line(tmp_
         assert r.returncode == 2, r.stderr
         assert r.stderr.strip().splitlines() == ["edge-runtime: error: mlflow (needed for MLflow registries) is not "
                                                  "installed: pip install 'edge-runtime[mlflow]'"], r.stderr  # fmt: skip
+
+
+def test_a_bad_models_uri_or_an_unknown_alias_is_one_line(mlflow_registry, tmp_path, capsys):
+    for uri, says in (("models:/digits", "expected models:/NAME@ALIAS or models:/NAME/VERSION"),
+                      ("models:/digits@nope", "alias nope not found")):  # fmt: skip
+        rc = main(["convert", uri, "--mlflow-uri", mlflow_registry["uri"], "--profile", "x86-laptop",
+                   "--calibration", str(mlflow_registry["root"] / "calib"), "--out", str(tmp_path / "p")])  # fmt: skip
+        err = capsys.readouterr().err.strip().splitlines()
+        assert rc == 2 and len(err) == 1 and says in err[0], err
+        assert not (tmp_path / "p").exists()
