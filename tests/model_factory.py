@@ -173,13 +173,15 @@ def classifier_package(
     corrupt_golden: bool = False,
     seed: int = 0,
     hw: tuple[int, int] = (32, 32),
+    fc_scale: float = 1.0,
 ) -> Package:
-    """An image classifier package (ONNX float32 BGR input, or TFLite int8 RGB input) with golden pairs."""
+    """An image classifier package (ONNX float32 BGR input, or TFLite int8 RGB input) with golden pairs
+    (``fc_scale``: ONNX only, see ``onnx_classifier_model``)."""
     out_dir = Path(out_dir)
     work = Path(tempfile.mkdtemp(dir=_SCRATCH.name))
     classes = len(labels)
     if fmt == "onnx":
-        model = onnx_classifier_model(work / "model.onnx", hw, classes, seed)
+        model = onnx_classifier_model(work / "model.onnx", hw, classes, seed, fc_scale=fc_scale)
         input_spec = {
             "name": "input", "shape": [1, hw[0], hw[1], 3], "dtype": "float32", "kind": "image",
             "layout": "NHWC", "color_order": "BGR", "resize": "stretch",

@@ -31,7 +31,8 @@ def create_app(settings: ServerSettings, engine: Any, ingest: Any | None = None,
             info = ingest.client.publish(topic, payload, qos=qos)
             info.wait_for_publish(10)
 
-    srv = Server(settings=settings, engine=engine, actions=Actions(engine, topics, key, publish, link), ingest=ingest)
+    actions = Actions(engine, topics, key, publish, link, settings.public_url)
+    srv = Server(settings=settings, engine=engine, actions=actions, ingest=ingest)
     jobs = [j for j in [ingest, *(background or [])] if j is not None]
     if ingest is not None:  # rollouts publish through the broker: they run where the server has one
         jobs.append(RolloutRunner(engine, srv.actions, settings.data_dir))

@@ -186,6 +186,8 @@ alias_history = Table(
     Column("version", String(64), nullable=False), Column("previous", String(64)),
     Column("target", String(200)), Column("user", String(64), nullable=False), Column("ts", Float, nullable=False),
     Column("action", String(16), nullable=False, comment="promote, revert or move"),
+    Column("state", String(16), comment="publishing, published, moved (no target) or failed; null: before 0003"),
+    Column("error", Text),
 )
 Index("ix_alias_history_name_alias", alias_history.c.name, alias_history.c.alias)
 
@@ -215,3 +217,26 @@ rollout_steps = Table(
     Column("to_state", String(16), nullable=False), Column("figures", JSON),
 )
 Index("ix_rollout_steps_rollout", rollout_steps.c.rollout_id)
+
+# One row per model, locked (UPDATE) first by every registry write that must not interleave with another on the
+# same model: alias moves and rollout creation (fleet.server.registry.lock_model).
+model_locks = Table(
+    "model_locks", metadata,
+    Column("name", String(64), primary_key=True), Column("since", Float, nullable=False),
+)
+
+# Per-device credentials for package downloads over HTTP(S) (fleet.server.device_auth): only the token's sha256.
+device_credentials = Table(
+    "device_credentials", metadata,
+    Column("device", DEVICE, primary_key=True),
+    Column("token_hash", String(64), nullable=False, unique=True),
+    Column("created", Float, nullable=False), Column("created_by", String(64), nullable=False),
+)
+
+# Which targets were sent which package (by sha256): a device may download only what it or its group was given.
+package_grants = Table(
+    "package_grants", metadata,
+    Column("sha256", String(64), primary_key=True),
+    Column("target", String(200), primary_key=True, comment="device id or group:NAME"),
+    Column("granted", Float, nullable=False),
+)
