@@ -154,3 +154,16 @@ def test_the_registry_lineage_comes_from_the_recipe_and_the_operator_overrides_i
     given = lineage_of(m, LineageExtra(git_commit="b" * 40, git_dirty=True, training_command="train.py"))
     assert (given["git_commit"], given["git_dirty"], given["training_command"]) == ("b" * 40, True, "train.py")
     assert given["recipe"] == lin["recipe"]
+
+
+def test_a_relative_recorded_path_is_found_from_another_folder_through_the_recorded_workdir(tmp_path, monkeypatch):
+    from converters.recipe import resolve
+
+    (tmp_path / "project" / "calib").mkdir(parents=True)
+    (tmp_path / "elsewhere").mkdir()
+    recipe = {"workdir": str(tmp_path / "project")}
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    assert resolve("calib", recipe) == tmp_path / "project" / "calib"
+    (tmp_path / "elsewhere" / "calib").mkdir()  # the same path from here wins: paths are as the user gave them
+    assert resolve("calib", recipe) == Path("calib")
+    assert resolve("gone", recipe) == Path("gone")  # missing everywhere: as given, for the error to name it
