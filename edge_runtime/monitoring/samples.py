@@ -60,8 +60,10 @@ class SampleStore:
                 continue
         return out
 
-    def offer(self, frame: np.ndarray | None, confidence: float | None, index: int, ts: float) -> str | None:
-        """Decide whether to keep this input; returns the reason when it was queued for writing."""
+    def offer(self, frame: np.ndarray | None, confidence: float | None, index: int, ts: float,
+              source: str = "") -> str | None:
+        """Decide whether to keep this input; returns the reason when it was queued for writing. ``source``: the
+        name of the source it came from (stored in the sample's metadata when one is given)."""
         if frame is None:
             return None
         cfg = self.config
@@ -74,7 +76,8 @@ class SampleStore:
         if reason is None or now - self._last_capture < cfg.min_interval_s:
             return None
         self._last_capture = now
-        meta = {"reason": reason, "confidence": confidence, "frame_index": index, "ts": round(ts, 3)}
+        meta = {"reason": reason, "confidence": confidence, "frame_index": index, "ts": round(ts, 3),
+                **({"source": source} if source else {})}
         try:
             self._queue.put_nowait((np.array(frame, copy=True), meta))
         except queue.Full:

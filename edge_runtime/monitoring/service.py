@@ -79,6 +79,7 @@ class DeviceServices:
         self._pipeline = pipeline
         self.monitor.pipeline_stats = pipeline.stats
         self.monitor.source_label = (self.source or {}).get("spec", "")
+        self.monitor.set_sources([lane.name for lane in pipeline.lanes])
         pipeline.add_sink(self.observe)
         pipeline.add_stage_hook(self._stage_times)
 
