@@ -28,7 +28,7 @@ from sqlalchemy import select
 from edge_runtime.fsutil import atomic_write_bytes
 from edge_runtime.sync.topics import check_segment
 from fleet.server.db import tables as t
-from fleet.server.records import MAX_SAMPLE_BYTES, Parsed
+from fleet.server.records import MAX_SAMPLE_BYTES, Parsed, sample_ext
 
 SCHEMA = "sample-upload/1"
 MAX_MESSAGE = 256 * 1024
@@ -192,14 +192,13 @@ class Uploads:
             shutil.rmtree(d, ignore_errors=True)
             raise Refused(f"sha256 of the assembled sample is {sha}, offered {offer['sha256']}")
         meta = offer["meta"]
-        ext = str(meta.get("file", "")).rpartition(".")[2][:8]
         parsed.records = 1
         parsed.sample_blob = blob
         conf = meta.get("confidence")
         parsed.add("samples", {
             "device": device, "sample_id": sid, "ts": meta.get("ts") if isinstance(meta.get("ts"), (int, float))
             else None, "received": now, "sha256": sha, "bytes": len(blob),
-            "ext": ext if ext.isalnum() else "bin", "reason": str(meta.get("reason"))[:64] if meta.get("reason")
+            "ext": sample_ext(meta.get("file")), "reason": str(meta.get("reason"))[:64] if meta.get("reason")
             else None, "confidence": float(conf) if isinstance(conf, (int, float)) else None,
             "meta": {**meta, "upload": "chunked"}})
         return Outcome(parsed, None, sid, complete=True)
