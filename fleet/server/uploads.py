@@ -139,7 +139,7 @@ class Uploads:
         d = self._dir(device, sid)
         old = self._read_offer(d)
         if old is not None and old["sha256"] != sha:
-            shutil.rmtree(d, ignore_errors=True)  # a different content under the same id: start again
+            self._drop(d)  # a different content under the same id: start again
         if not (d / "offer.json").exists():
             self._make_room(device)
             d.mkdir(parents=True, exist_ok=True)
@@ -189,7 +189,7 @@ class Uploads:
         blob = b"".join((d / f"c{i:05d}").read_bytes() for i in range(offer["chunks"]))
         sha = hashlib.sha256(blob).hexdigest()
         if sha != offer["sha256"]:
-            shutil.rmtree(d, ignore_errors=True)
+            self._drop(d)
             raise Refused(f"sha256 of the assembled sample is {sha}, offered {offer['sha256']}")
         meta = offer["meta"]
         parsed.records = 1
@@ -208,7 +208,7 @@ class Uploads:
         if not out.complete:
             return out.ack
         assert out.parsed.device is not None and out.sample_id is not None
-        shutil.rmtree(self._dir(out.parsed.device, out.sample_id), ignore_errors=True)
+        self._drop(self._dir(out.parsed.device, out.sample_id))
         if "samples" in out.parsed.rows:
             self.counters["completed"] += 1
             return self._answer(out.sample_id, complete=True)
@@ -244,7 +244,15 @@ class Uploads:
             return
         open_ = sorted((p for p in base.iterdir() if p.is_dir()), key=lambda p: p.stat().st_mtime)
         for stale in open_[:max(0, len(open_) - self.max_open + 1)]:
-            shutil.rmtree(stale, ignore_errors=True)
+            self._drop(stale)
+
+    def _drop(self, d: Path) -> None:
+        """Remove a partial upload, uncounting its chunks at once (else dropped chunks would fill the bound for
+        every device until the next scan)."""
+        freed = sum(p.stat().st_size for p in d.glob("c[0-9]*")) if d.is_dir() else 0
+        shutil.rmtree(d, ignore_errors=True)
+        if self._used is not None:
+            self._used = max(0, self._used - freed)
 
     @staticmethod
     def _answer(sid: str, have: list[int] | None = None, complete: bool = False) -> dict[str, Any]:

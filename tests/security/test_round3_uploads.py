@@ -3,12 +3,18 @@ store, driven as ingest drives it: parse, then write the batch in one transactio
 
 - A sample's file extension comes from the device: a NUL byte in it made the store raise ValueError, losing the
   whole batch (every device's records in it), and a slash made a directory inside the content-addressed store.
+- Partial chunked uploads are bounded in bytes for all devices together; chunks of uploads dropped to make room (or
+  finished) stayed counted until a rescan 30 s later, so one device cycling offers made the server answer "full"
+  to every device's upload.
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
+import math
+import os
 from pathlib import Path
 
 import pytest
@@ -19,6 +25,9 @@ from fleet.server.db.engine import make_engine, migrate
 from fleet.server.loadgen import batch_payload, metric_record
 from fleet.server.records import parse
 from fleet.server.store import Store
+from fleet.server.uploads import Uploads
+
+CB = 1024
 
 
 def _store(url: str, tmp_path: Path) -> Store:
@@ -48,4 +57,37 @@ def test_a_devices_file_extension_cannot_break_the_batch_or_the_store(tmp_path: 
     assert kept == [store.sample_path(row["sha256"], row["ext"])]  # content-addressed, one level, no new folders
     with store.engine.connect() as conn:
         assert conn.execute(select(t.metrics.c.device)).scalars().all() == ["cam-2"]
+    store.engine.dispose()
+
+
+def _offer(sid: str, data: bytes) -> bytes:
+    return json.dumps({"schema": "sample-upload/1", "type": "offer", "sample_id": sid,
+                       "sha256": hashlib.sha256(data).hexdigest(), "size": len(data), "chunk_bytes": CB,
+                       "chunks": math.ceil(len(data) / CB), "meta": {"file": f"{sid}.png"}}).encode()
+
+
+def _chunk(sid: str, data: bytes, i: int) -> bytes:
+    return json.dumps({"schema": "sample-upload/1", "type": "chunk", "sample_id": sid,
+                       "sha256": hashlib.sha256(data).hexdigest(), "index": i,
+                       "data_b64": base64.b64encode(data[i * CB:(i + 1) * CB]).decode()}).encode()
+
+
+def test_one_device_cycling_partial_uploads_cannot_fill_the_space_for_every_device(tmp_path: Path) -> None:
+    store = _store(f"sqlite:///{tmp_path / 'fleet.db'}", tmp_path)
+    up = Uploads(store, "edge", max_open=2, max_partial_bytes=8 * CB)
+    hostile = "edge/devices/cam-1/samples/upload"
+    # one device keeps at most 2 partial uploads of 3 of 4 chunks; each new offer drops its oldest, so its disk
+    # use stays at 6 KiB, under the 8 KiB bound, however many it offers
+    for n in range(12):
+        data = os.urandom(4 * CB)
+        for payload in (_offer(f"h{n}", data), *(_chunk(f"h{n}", data, i) for i in range(3))):
+            up.handle(hostile, payload, 1000.0)
+    on_disk = sum(p.stat().st_size for p in (store.sample_dir / "partial").rglob("c[0-9]*"))
+    assert on_disk <= 6 * CB
+    # so another device's upload still has room (it was refused as "full" while the dropped chunks were counted)
+    data = os.urandom(CB)
+    other = "edge/devices/cam-2/samples/upload"
+    up.handle(other, _offer("s1", data), 1000.0)
+    out = up.handle(other, _chunk("s1", data, 0), 1000.0)
+    assert out.complete, out.ack
     store.engine.dispose()
