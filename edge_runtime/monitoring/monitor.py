@@ -201,7 +201,7 @@ class Monitor:
             return
         selector = Selector(policy, self.config.samples.seed)
         selector.quotas.seed(self.samples.list(), time.time())
-        self.samples.redactor = Redactor(policy.redact) if policy.redact else None
+        self.samples.redactor = Redactor(policy.redact, self.config.samples.redact_commands) if policy.redact else None
         self.samples.max_bytes = min(self.config.samples.max_bytes, policy.max_disk_bytes)
         self._upload_allowed = upload_allowed and policy.upload
         self.selector = selector
