@@ -240,6 +240,30 @@ class Model:
         m = self.manifest
         return Prediction(m.outputs.task, decoded.classes, decoded.detections, decoded.raw, timings, m.name, m.version)
 
+    def batchable(self) -> bool:
+        """True when one backend call can take several samples: one data input, no state, and a dynamic first
+        (batch) dimension on the model file's input and every output."""
+        b = self._backend
+        if b is None or self._state or len(self._data_idx) != 1:
+            return False
+        return all(t.shape and t.shape[0] == -1 for t in (*b.inputs, *b.outputs))
+
+    def predict_batch(self, prepared: Sequence[Prepared]) -> list[Prediction]:
+        """Several prepared samples in one backend call (see :meth:`batchable`), post-processed one by one; each
+        Prediction's ``inference_ms`` is the whole call's (what each sample waited)."""
+        if len(prepared) == 1 or not self.batchable():
+            return [self.predict_prepared(p) for p in prepared]
+        with self._lock:
+            t0 = time.perf_counter()
+            outs = self._run([np.concatenate([p.tensors[0] for p in prepared], axis=0)])
+            t1 = time.perf_counter()
+            decoded = [self._post([o[i : i + 1] for o in outs], p.transform) for i, p in enumerate(prepared)]
+        post_ms = (time.perf_counter() - t1) * 1e3 / len(prepared)
+        m = self.manifest
+        return [Prediction(m.outputs.task, d.classes, d.detections, d.raw,
+                           Timings(p.preprocess_ms, (t1 - t0) * 1e3, post_ms), m.name, m.version)
+                for p, d in zip(prepared, decoded, strict=True)]  # fmt: skip
+
     def predict(self, x: Any, *, frame_order: FrameOrder = "BGR") -> Prediction:
         """A uint8 frame (image inputs; HxWxC in ``frame_order``) or an array (tensor inputs) -> Prediction."""
         return self.predict_prepared(self.prepare(x, frame_order=frame_order))

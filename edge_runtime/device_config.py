@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from edge_runtime.errors import ConfigError, validation_message
 from edge_runtime.fsutil import read_yaml
 from edge_runtime.monitoring.config import MonitorConfig
+from edge_runtime.multisource import NamedSource, check_unique
 from edge_runtime.package.signing import TrustConfig
 from edge_runtime.sync.forwarder import ForwarderConfig
 from edge_runtime.sync.mqtt_settings import MqttSettings
@@ -69,6 +70,10 @@ class DeviceConfig(BaseModel):
         default=None, description="Operator keys that may sign commands (upload_samples); none: every command is "
         "refused and reported.",
     )
+    sources: list[NamedSource] = Field(
+        default_factory=list, description="`run`: the named inputs served by the one model, each with its options "
+        "and motion gate (the agent config's schema); instead of --source.",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -86,6 +91,7 @@ class DeviceConfig(BaseModel):
         check_segment(self.device_id, "device_id")
         for g in self.groups:
             check_segment(g, "group")
+        check_unique(self.sources)
         if self.mqtt is not None and self.outbox is None:
             raise ValueError("a broker needs the outbox (records wait there while offline): set outbox.path")
         return self
@@ -162,7 +168,7 @@ def embedded_device_config(device_id: str, mqtt: MqttSettings | None, section: d
                            what: str) -> DeviceConfig:
     """A DeviceConfig for a host that already names the device and broker (the agent's config): ``section``
     holds the rest (outbox, monitor, forwarder, http); the outbox defaults to ``base/outbox.db``."""
-    for key in ("device_id", "mqtt"):
+    for key in ("device_id", "mqtt", "sources"):
         if key in section:
             raise ConfigError(f"{what}: {key} is set at the top of the file, not here")
     data = {**section, "device_id": device_id, "mqtt": mqtt.model_dump() if mqtt is not None else None}

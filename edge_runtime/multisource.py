@@ -1,4 +1,4 @@
-"""Several sources feeding one pipeline (one loaded model): lanes, a fair scheduler and the one-slot hand-off.
+"""Several sources feeding one pipeline (one loaded model): lanes and a fair scheduler.
 
 Each source keeps its own reader thread, bounded queue and drop policy, frame-rate limit (``fps_limit``) and motion
 gate; a :class:`SourceLane` names it. The :class:`LaneScheduler` takes the next sample round-robin over the lanes
@@ -12,11 +12,15 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
-from edge_runtime.errors import ConfigError, SourceError
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from edge_runtime.errors import ConfigError, EdgeRuntimeError, SourceError
 from edge_runtime.latency import LatencyRecorder
+from edge_runtime.sources import SourceOptions
 from edge_runtime.sources.base import END, Sample, ThreadedSource
 from edge_runtime.sources.motion import MotionGate
 
@@ -47,6 +51,36 @@ def split_named_source(text: str) -> tuple[str, str]:
     if sep and head and set(head) <= _NAME_CHARS and rest.strip():
         return check_source_name(head), rest.strip()
     return default_source_name(text), text.strip()
+
+
+class NamedSource(BaseModel):
+    """One named input of a device config's or agent config's ``sources:`` (several served by one model)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(description="Labels this source's results, metrics and health (letters, digits, _ - .).")
+    source: str = Field(description="An open_source spec (camera, stream URL, file, sensor); the agent also takes "
+                        "'synthetic'.")
+    options: SourceOptions = Field(default_factory=SourceOptions, description="Drop policy, queue, reconnect, "
+                                   "fps_limit, loop, for this source alone.")
+    motion_gate: float | None = Field(default=None, gt=0, lt=1, description="Skip still frames of this source: "
+                                      "share of changed pixels, e.g. 0.01 (None: infer every frame).")
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        try:
+            return check_source_name(v)
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
+
+
+def check_unique(entries: Sequence[NamedSource]) -> None:
+    """ValueError (inside a config validator) when two sources share a name."""
+    names = [e.name for e in entries]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ValueError(f"the names of sources must differ: {', '.join(twice)} given twice")
 
 
 @dataclass
@@ -86,6 +120,27 @@ class SourceLane:
             "fps": round(self.processed / uptime_s, 3) if uptime_s > 0 else 0.0, "fault": fault,
             "stalled_s": round(stalled, 3), "done": self.done, "end_to_end_p95_ms": round(e2e.get("p95", 0.0), 3),
         }  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Staged:
+    """What a reader thread made of a frame before queuing it: preprocessed by ``model``, or refused (``error``)."""
+
+    model: Any
+    prepared: Any
+    error: EdgeRuntimeError | None = None
+
+
+def stage_frame(lane: SourceLane, model: Callable[[], Any], frame_order: str, data: Any) -> Staged | None:
+    """(reader thread) None: a still frame, skipped by the lane's motion gate; else the frame preprocessed by the
+    current ``model()``, or why it refused the frame (counted by the pipeline when it takes the sample)."""
+    if lane.motion_gate is not None and not lane.motion_gate.should_infer(data):
+        return None
+    current = model()
+    try:
+        return Staged(current, current.prepare(data, frame_order=frame_order))
+    except EdgeRuntimeError as exc:
+        return Staged(current, None, exc)
 
 
 def check_lanes(lanes: Sequence[SourceLane]) -> None:
@@ -132,28 +187,51 @@ class LaneScheduler:
                 log.warning("source %s failed; the other sources go on: %s", lane.name, error)
         lane.source.close()
 
+    def _try(self, lane: SourceLane) -> Sample | None:
+        """The lane's next sample if one is there now (ending the lane when its queue finished or failed)."""
+        try:
+            item = lane.source.get(0)
+        except Exception as exc:  # noqa: BLE001 - the reader failed: that lane ends, the others go on
+            self.end_lane(lane, exc)
+            return None
+        if item is END:
+            self.end_lane(lane)
+            return None
+        assert item is None or isinstance(item, Sample)
+        return item
+
     def _poll(self) -> tuple[SourceLane, Sample] | None:
-        """The next lane in turn that has a sample (ending lanes whose queue finished)."""
+        """The next lane in turn that has a sample."""
         n = len(self.lanes)
         for step in range(n):
             i = (self._next + step) % n
             lane = self.lanes[i]
             if lane.done:
                 continue
-            try:
-                item = lane.source.get(0)
-            except Exception as exc:  # noqa: BLE001 - the reader failed: that lane ends, the others go on
-                self.end_lane(lane, exc)
-                continue
-            if item is None:
-                continue
-            if item is END:
-                self.end_lane(lane)
-                continue
-            assert isinstance(item, Sample)
-            self._next = (i + 1) % n
-            return lane, item
+            item = self._try(lane)
+            if item is not None:
+                self._next = (i + 1) % n
+                return lane, item
         return None
+
+    def take_ready(self, limit: int) -> list[tuple[SourceLane, Sample]]:
+        """Up to ``limit`` more samples that are ready now, at most one per lane, in turn, without waiting: the
+        rest of a batch (the lane just taken is the one before ``_next``, so it comes last and is skipped)."""
+        out: list[tuple[SourceLane, Sample]] = []
+        n = len(self.lanes)
+        start = self._next
+        for step in range(n - 1):
+            if len(out) >= limit:
+                break
+            i = (start + step) % n
+            lane = self.lanes[i]
+            if lane.done:
+                continue
+            item = self._try(lane)
+            if item is not None:
+                out.append((lane, item))
+                self._next = (i + 1) % n
+        return out
 
     def take(self, timeout: float) -> tuple[SourceLane, Sample] | None:
         """The next (lane, sample); None after ``timeout`` seconds without one, when stopped or every lane ended."""
@@ -171,43 +249,6 @@ class LaneScheduler:
                 if self._signals == seen:  # nothing arrived since the poll: sleep until a queue signals
                     self._cond.wait(left)
         return None
-
-
-class Handoff:
-    """A one-slot hand-off between the preparer and the inference thread, woken by puts, takes and close."""
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self._item: object = None
-        self._full = False
-        self._closed = False
-
-    def put(self, item: object) -> bool:
-        """Wait for the slot to be free; False once closed."""
-        with self._cond:
-            while self._full and not self._closed:
-                self._cond.wait()
-            if self._closed:
-                return False
-            self._item, self._full = item, True
-            self._cond.notify_all()
-            return True
-
-    def get(self, timeout: float | None) -> tuple[bool, object]:
-        """(True, item), or (False, None) after ``timeout`` seconds or once closed and empty."""
-        with self._cond:
-            if not self._full and not self._closed:
-                self._cond.wait(timeout)
-            if not self._full:
-                return False, None
-            item, self._item, self._full = self._item, None, False
-            self._cond.notify_all()
-            return True, item
-
-    def close(self) -> None:
-        with self._cond:
-            self._closed = True
-            self._cond.notify_all()
 
 
 def lane_failure(lanes: Sequence[SourceLane]) -> BaseException | None:

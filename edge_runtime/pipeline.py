@@ -7,6 +7,7 @@ stops the others or the pipeline. ``swap_model`` replaces the model between two 
 
 from __future__ import annotations
 
+import functools
 import logging
 import signal
 import threading
@@ -18,15 +19,17 @@ from typing import Any
 
 import cv2
 
+from edge_runtime.batching import BatchPlan, plan_batches
 from edge_runtime.errors import ConfigError, EdgeRuntimeError, InferenceError, SourceError
 from edge_runtime.latency import STAGES, LatencyRecorder  # noqa: F401 - STAGES re-exported: hooks get these keys
 from edge_runtime.multisource import (
-    Handoff,
     LaneScheduler,
     SourceLane,
+    Staged,
     check_lanes,
     default_source_name,
     lane_failure,
+    stage_frame,
 )
 from edge_runtime.pipeline_types import (
     FrameResult,
@@ -39,7 +42,7 @@ from edge_runtime.pipeline_types import (
     compatible_inputs,
 )
 from edge_runtime.results import Prediction
-from edge_runtime.sources.base import END, Sample, ThreadedSource
+from edge_runtime.sources.base import DropPolicy, Sample, ThreadedSource
 from edge_runtime.sources.motion import MotionGate
 
 __all__ = ["FrameResult", "Pipeline", "PipelineConfig", "PipelineStats", "Predictor", "Sink", "SourceLane",
@@ -54,7 +57,7 @@ class _Job:
 
     lane: SourceLane
     sample: Sample
-    model: Predictor
+    model: Predictor | None
     prepared: Any
 
 
@@ -99,14 +102,14 @@ class Pipeline:
             self._sinks.items.append(sink)
         self._stop = threading.Event()
         self._scheduler = LaneScheduler(lanes, self._stop)
-        self._handoff = Handoff()
         self._processed = self._errors = self._consecutive_errors = self._inference_errors = 0
-        self._count_lock = threading.Lock()  # both the preparer and the inference loop count rejected samples
         self._opened = False
         self._started: float | None = None
         self._ended: float | None = None
         self._running = False
         self._last_error: str | None = None
+        self.batch_plan = BatchPlan(1, "not started")
+        self._batches = 0  # backend calls that took several frames
 
     # ------------------------------------------------------------------ wiring
 
@@ -149,7 +152,6 @@ class Pipeline:
         """Ask the run to end after the current sample (thread- and signal-safe)."""
         self._stop.set()
         self._scheduler.wake()
-        self._handoff.close()
 
     def open(self) -> None:
         """Open every source now (SourceError if one cannot be), so a bad camera fails before anything else starts.
@@ -161,6 +163,7 @@ class Pipeline:
         opened: list[ThreadedSource] = []
         try:
             for lane in self.lanes:
+                self._stage_in_reader(lane)
                 lane.source.start()
                 opened.append(lane.source)
         except BaseException:
@@ -207,6 +210,7 @@ class Pipeline:
             fps=self._processed / uptime if uptime > 0 else 0.0, running=self._running,
             model=m.name, version=m.version, last_error=self._last_error, inference_errors=self._inference_errors,
             source_stalled_s=round(stalled, 3), source_fault=fault, sources=per,
+            batch={**self.batch_plan.to_dict(), "batches": self._batches},
         )  # fmt: skip
 
     # ------------------------------------------------------------------ the loop
@@ -221,36 +225,24 @@ class Pipeline:
         """Process samples until done; returns the final stats. A source that fails for good raises SourceError
         (with several sources: once the others have ended; until then it is reported in ``stats().sources``).
 
-        A pipeline runs once. Threads besides the caller's: each source's reader, and a preparer that takes the next
-        sample round-robin, gates and preprocesses it while the caller's thread runs inference on the current one.
+        A pipeline runs once. Threads besides the caller's: one reader per source. A reader of a source that drops
+        nothing (files, stdin: drop policy ``block``) also gates and preprocesses each frame before queuing it, so
+        that work overlaps inference with one hand-off per frame; a live source's reader queues raw frames (the
+        ones its drop policy evicts are never preprocessed) and the caller's thread prepares the one it takes.
         """
         self._started = time.monotonic()
         self._running = True
         if self.config.opencv_threads is not None:
             cv2.setNumThreads(self.config.opencv_threads)
-        preparer = threading.Thread(target=self._prepare_loop, name="pipeline-prepare", daemon=True)
         try:
             self.open()
-            preparer.start()
-            while not self._stop.is_set():
-                left = self._time_left()
-                if left is not None and left <= 0:
-                    break
-                got, item = self._handoff.get(timeout=left)
-                if not got:
-                    continue
-                if item is END:
-                    break
-                if isinstance(item, BaseException):
-                    raise item
-                self._process(item)  # type: ignore[arg-type]
+            self.batch_plan = plan_batches(self._model, len(self.lanes), self.config.batching)
+            self._serve()
         finally:
             self.stop()
             self._running = False
             self._ended = time.monotonic()
             self.close_sources()
-            if preparer.is_alive():
-                preparer.join(timeout=2.0)
             for sink in self._sinks.items:
                 close = getattr(sink, "close", None)
                 if callable(close):
@@ -260,6 +252,36 @@ class Pipeline:
             raise failure
         return self.stats()
 
+    def _serve(self) -> None:
+        """Take the next sample round-robin, infer, hand the result to the sinks; check stalls now and then."""
+        sched = self._scheduler
+        limit = self.config.stall_timeout_s
+        check_every = min(1.0, limit / 4) if limit is not None else 3600.0
+        next_check = time.monotonic() + check_every
+        max_frames = self.config.max_frames
+        while not self._stop.is_set() and sched.live():
+            left = self._time_left()
+            if left is not None and left <= 0:
+                break
+            wait = max(0.0, next_check - time.monotonic())
+            got = sched.take(timeout=wait if left is None else min(wait, left))
+            if time.monotonic() >= next_check:
+                self._check_stalls()
+                next_check = time.monotonic() + check_every
+            if got is None:
+                continue
+            batch = [got, *sched.take_ready(self.batch_plan.size - 1)] if self.batch_plan.size > 1 else [got]
+            jobs = []
+            for lane, sample in batch:
+                lane.taken += 1
+                if max_frames is not None and lane.taken >= max_frames:
+                    sched.end_lane(lane)
+                job = self._job(lane, sample)
+                if job is not None:
+                    jobs.append(job)
+            if jobs:
+                self._process(jobs)
+
     @staticmethod
     def _close_quietly(close: Callable[[], None]) -> None:
         try:
@@ -267,32 +289,13 @@ class Pipeline:
         except Exception:  # noqa: BLE001 - closing a broken sink must not hide the run's result
             log.exception("closing a sink failed")
 
-    # ------------------------------------------------------------------ preparer thread
+    # ------------------------------------------------------------------ gating and preprocessing
 
-    def _prepare_loop(self) -> None:
-        sched = self._scheduler
-        limit = self.config.stall_timeout_s
-        check_every = min(1.0, limit / 4) if limit is not None else 3600.0
-        next_check = time.monotonic() + check_every
-        try:
-            while not self._stop.is_set() and sched.live():
-                got = sched.take(timeout=max(0.0, next_check - time.monotonic()))
-                if time.monotonic() >= next_check:
-                    self._check_stalls()
-                    next_check = time.monotonic() + check_every
-                if got is None:
-                    continue
-                lane, sample = got
-                lane.taken += 1
-                if self.config.max_frames is not None and lane.taken >= self.config.max_frames:
-                    sched.end_lane(lane)
-                job = self._prepare(lane, sample)
-                if job is not None and not self._handoff.put(job):
-                    return
-        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
-            self._handoff.put(exc)
-            return
-        self._handoff.put(END)
+    def _stage_in_reader(self, lane: SourceLane) -> None:
+        """A source that drops nothing gates and preprocesses in its reader thread (no work lost to drops)."""
+        if lane.source.queue.policy is DropPolicy.BLOCK and hasattr(self._model, "prepare"):
+            lane.source.stage = functools.partial(stage_frame, lane, lambda: self._model, self.config.frame_order)
+            lane.source.keep_data = self.config.keep_frames
 
     def _check_stalls(self) -> None:
         limit = self.config.stall_timeout_s
@@ -304,13 +307,23 @@ class Pipeline:
                 why = f"{lane.source.name} yielded no sample for {limit:g} s" + (f" ({c.fault})" if c.fault else "")
                 self._scheduler.end_lane(lane, SourceError(why))
 
-    def _prepare(self, lane: SourceLane, sample: Sample) -> _Job | None:
+    def _job(self, lane: SourceLane, sample: Sample) -> _Job | None:
+        """The sample as staged by its reader, else gated and preprocessed here; None when skipped or refused."""
+        staged = sample.staged
+        if isinstance(staged, Staged):
+            if staged.error is not None:
+                self._reject(lane, sample, staged.error)
+                return None
+            if staged.model is not self._model and sample.data is None:  # staged for a model swapped out since,
+                lane.source.counters.dropped += 1  # and the frame was not kept (keep_frames=False): dropped
+                return None
+            return _Job(lane, sample, staged.model, staged.prepared)
         if lane.motion_gate is not None and not lane.motion_gate.should_infer(sample.data):
             return None
         model = self._model
         prepare = getattr(model, "prepare", None)
         if prepare is None:  # a plain predictor: everything happens in predict()
-            return _Job(lane, sample, model, None)
+            return _Job(lane, sample, None, None)
         try:
             return _Job(lane, sample, model, prepare(sample.data, frame_order=self.config.frame_order))
         except EdgeRuntimeError as exc:
@@ -319,13 +332,12 @@ class Pipeline:
 
     def _reject(self, lane: SourceLane, sample: Sample, exc: EdgeRuntimeError) -> None:
         """Count a sample the model refused; too many in a row end the run with that error."""
-        with self._count_lock:
-            self._errors += 1
-            lane.errors += 1
-            self._inference_errors += isinstance(exc, InferenceError)
-            self._consecutive_errors += 1
-            in_a_row = self._consecutive_errors
-            self._last_error = str(exc)
+        self._errors += 1
+        lane.errors += 1
+        self._inference_errors += isinstance(exc, InferenceError)
+        self._consecutive_errors += 1
+        in_a_row = self._consecutive_errors
+        self._last_error = str(exc)
         if in_a_row <= 3 or in_a_row % 1000 == 0:
             log.warning("%s sample %d skipped (%d in a row): %s", lane.name, sample.index, in_a_row, exc)
         self._error_hooks(exc)
@@ -346,16 +358,36 @@ class Pipeline:
             except EdgeRuntimeError as exc:
                 self._reject(job.lane, job.sample, exc)
                 return None
-        with self._count_lock:
-            self._consecutive_errors = 0
+        self._consecutive_errors = 0
         return pred
 
-    def _process(self, job: _Job) -> None:
+    def _infer_batch(self, jobs: list[_Job]) -> list[Prediction | None]:
+        """One backend call for frames of different sources; one by one when a frame was prepared by a model
+        swapped out since, or when the batch fails (so the frame at fault is the one counted)."""
+        if len(jobs) > 1:
+            with self._model_lock:
+                model = self._model
+                if all(j.prepared is not None and j.model is model for j in jobs):
+                    try:
+                        preds = model.predict_batch([j.prepared for j in jobs])  # type: ignore[attr-defined]
+                    except EdgeRuntimeError:
+                        preds = None
+                    if preds is not None:
+                        self._consecutive_errors = 0
+                        self._batches += 1
+                        return list(preds)
+        return [self._infer(job) for job in jobs]
+
+    def _process(self, jobs: list[_Job]) -> None:
         started = time.monotonic()
-        pred = self._infer(job)
-        if pred is None:
-            return
+        preds = self._infer_batch(jobs)
         ready = time.monotonic()
+        for job, pred in zip(jobs, preds, strict=True):
+            if pred is not None:
+                self._deliver(job, pred, started, ready)
+
+    def _deliver(self, job: _Job, pred: Prediction, started: float, ready: float) -> None:
+        """The result to the sinks; counters, latencies and stage hooks."""
         sample = job.sample
         t = pred.timings
         result = FrameResult(
@@ -369,13 +401,14 @@ class Pipeline:
         )
         self._processed += 1
         job.lane.processed += 1
+        delivered = time.monotonic()
         self._sinks(result)
         stages = {
             "capture_wait": result.capture_wait_ms,
             "preprocess": t.preprocess_ms,
             "inference": t.inference_ms,
             "postprocess": t.postprocess_ms,
-            "sinks": (time.monotonic() - ready) * 1000.0,
+            "sinks": (time.monotonic() - delivered) * 1000.0,
             "end_to_end": result.end_to_end_ms,
         }
         self.latency.add(stages)

@@ -59,6 +59,7 @@ class PipelineStats:
     source_stalled_s: float = 0.0  # seconds since the source last yielded a sample (or opened)
     source_fault: str | None = None  # why the source yields nothing now (reconnecting, stalled); None when fine
     sources: dict[str, dict[str, Any]] = field(default_factory=dict)  # per source name: its counters and fault
+    batch: dict[str, Any] = field(default_factory=dict)  # the batching plan (size, reason, timings) and batches run
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -86,6 +87,11 @@ class PipelineConfig(BaseModel):
     )
     keep_frames: bool = Field(default=True, description="Pass the input frame or window to sinks.")
     latency_window: int = Field(default=10000, ge=10, description="Recent samples kept per stage for percentiles.")
+    batching: Literal["auto", "on", "off"] = Field(
+        default="auto", description="Several sources on a model with a dynamic batch dimension: one backend call "
+        "for the frames ready from different sources, when timing batch 1 against batch N at the start shows it "
+        "pays (auto), always (on), or never (off). See edge_runtime.batching.",
+    )
     opencv_threads: int | None = Field(
         default=1, ge=0, description="cv2.setNumThreads for the run (None: leave OpenCV's default). OpenCV's pool "
         "spins in sched_yield between the small resizes of each frame while other threads decode and infer: about "

@@ -174,20 +174,24 @@ def classifier_package(
     seed: int = 0,
     hw: tuple[int, int] = (32, 32),
     fc_scale: float = 1.0,
+    dynamic_batch: bool = False,
 ) -> Package:
     """An image classifier package (ONNX float32 BGR input, or TFLite int8 RGB input) with golden pairs
-    (``fc_scale``: ONNX only, see ``onnx_classifier_model``)."""
+    (``fc_scale``: ONNX only, see ``onnx_classifier_model``; ``dynamic_batch``: the ONNX model's batch dimension is
+    dynamic, -1 in the manifest)."""
     out_dir = Path(out_dir)
     work = Path(tempfile.mkdtemp(dir=_SCRATCH.name))
     classes = len(labels)
     if fmt == "onnx":
-        model = onnx_classifier_model(work / "model.onnx", hw, classes, seed, fc_scale=fc_scale)
+        model = onnx_classifier_model(work / "model.onnx", hw, classes, seed, fc_scale=fc_scale,
+                                      batch="N" if dynamic_batch else 1)
+        n = -1 if dynamic_batch else 1
         input_spec = {
-            "name": "input", "shape": [1, hw[0], hw[1], 3], "dtype": "float32", "kind": "image",
+            "name": "input", "shape": [n, hw[0], hw[1], 3], "dtype": "float32", "kind": "image",
             "layout": "NHWC", "color_order": "BGR", "resize": "stretch",
             "normalization": {"mean": [104.0, 117.0, 123.0], "std": [58.0, 57.0, 59.0]},
         }  # fmt: skip
-        out_tensors = [{"name": "probs", "shape": [1, classes], "dtype": "float32"}]
+        out_tensors = [{"name": "probs", "shape": [n, classes], "dtype": "float32"}]
         quant = {"precision": "float32", "method": "none"}
     else:
         model = tflite_int8_classifier_model(work / "model.tflite", hw, classes)

@@ -62,15 +62,16 @@ def init(name: str, array: np.ndarray) -> onnx.TensorProto:
 
 def onnx_classifier_model(
     path: str | Path, hw: tuple[int, int] = (32, 32), classes: int = 3, seed: int = 0, layout: str = "NHWC",
-    fc_scale: float = 1.0,
+    fc_scale: float = 1.0, batch: int | str = 1,
 ) -> Path:
-    """Conv -> Relu -> GlobalAveragePool -> Gemm -> Softmax, float32 input [1,H,W,3] (NHWC) or [1,3,H,W].
+    """Conv -> Relu -> GlobalAveragePool -> Gemm -> Softmax, float32 input [1,H,W,3] (NHWC) or [1,3,H,W]
+    (``batch="N"``: a dynamic batch dimension on the input and the output).
 
     ``fc_scale`` well below 1 flattens the scores (top-1 confidence near 1/classes): a model that loads, passes its
     golden pairs and its health window, and is still worse in the field."""
     rng = np.random.default_rng(seed)
     h, w = hw
-    shape = [1, h, w, 3] if layout == "NHWC" else [1, 3, h, w]
+    shape = [batch, h, w, 3] if layout == "NHWC" else [batch, 3, h, w]
     nodes, x = [], "input"
     if layout == "NHWC":
         nodes.append(helper.make_node("Transpose", ["input"], ["nchw"], perm=[0, 3, 1, 2]))
@@ -93,7 +94,7 @@ def onnx_classifier_model(
         nodes,
         "tiny_classifier",
         [helper.make_tensor_value_info("input", TensorProto.FLOAT, shape)],
-        [helper.make_tensor_value_info("probs", TensorProto.FLOAT, [1, classes])],
+        [helper.make_tensor_value_info("probs", TensorProto.FLOAT, [batch, classes])],
         inits,
     )
     return save_onnx(graph, path)

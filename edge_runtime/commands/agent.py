@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from edge_runtime.errors import ConfigError, validation_message
 from edge_runtime.fsutil import read_yaml
+from edge_runtime.multisource import NamedSource, check_unique
 from edge_runtime.package.signing import TrustConfig, check_trust_fields
 from edge_runtime.sources import SourceOptions
 from edge_runtime.sources.base import DropPolicy, ThreadedSource
@@ -28,17 +29,7 @@ from edge_runtime.sources.base import DropPolicy, ThreadedSource
 log = logging.getLogger(__name__)
 
 
-class AgentSource(BaseModel):
-    """One named input of an agent serving several sources with its one model."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    name: str = Field(description="Labels this source's results, metrics and health (letters, digits, _ - .).")
-    source: str = Field(description="An open_source spec (camera, stream URL, file, sensor) or 'synthetic'.")
-    options: SourceOptions = Field(default_factory=SourceOptions, description="Drop policy, queue, reconnect, "
-                                   "fps_limit, loop, for this source alone.")
-    motion_gate: float | None = Field(default=None, gt=0, lt=1, description="Skip still frames of this source: "
-                                      "share of changed pixels, e.g. 0.01 (None: infer every frame).")
+AgentSource = NamedSource  # one named input of an agent serving several sources with its one model
 
 
 class AgentConfig(BaseModel):
@@ -80,9 +71,7 @@ class AgentConfig(BaseModel):
         check_trust_fields(self.trust, self.trusted_keys)
         if self.sources and "source" in self.model_fields_set:
             raise ValueError("give either source (one input) or sources (several), not both")
-        names = [s.name for s in self.sources]
-        if len(set(names)) != len(names):
-            raise ValueError("the names of sources must differ")
+        check_unique(self.sources)
         return self
 
     def named_sources(self) -> list[AgentSource]:

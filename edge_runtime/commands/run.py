@@ -22,6 +22,7 @@ from edge_runtime.sources import DropPolicy, SourceOptions, open_source, source_
 if TYPE_CHECKING:
     from edge_runtime.device_config import DeviceConfig
     from edge_runtime.monitoring.service import DeviceServices
+    from edge_runtime.multisource import NamedSource
 
 
 DEFAULT_STALL_S = 30.0
@@ -40,16 +41,17 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
 
 def configure(p: argparse.ArgumentParser) -> None:
     add_model_arguments(p)
-    p.add_argument("--source", required=True, action="append",
+    p.add_argument("--source", action="append",
                    help="0 | /dev/video0 | rtsp://... | http://...mjpg | clip.mp4 | data.csv | data.jsonl | stdin | "
                         "serial:/dev/ttyUSB0?baud=115200 | udp://0.0.0.0:9000; repeat it to serve several sources "
-                        "with one model, each optionally named: --source cam1=rtsp://... (results carry the name)")
+                        "with one model, each optionally named: --source cam1=rtsp://... (results carry the name); "
+                        "or list them under sources: in --config")
     p.add_argument("--max-frames", type=int, help="stop after N samples from the source")
     p.add_argument("--duration", type=float, help="stop after S seconds")
     p.add_argument("--drop-policy", choices=[d.value for d in DropPolicy],
                    help="when inference is slower than the source (default: block for files and stdin, newest-only "
                         "for cameras, drop-oldest for live sensors)")
-    p.add_argument("--queue-size", type=int, default=4, help="samples queued for drop-oldest/block (default 4)")
+    p.add_argument("--queue-size", type=int, help="samples queued for drop-oldest/block (default 4)")
     p.add_argument("--motion-gate", type=float, metavar="THRESH",
                    help="skip frames while the scene is still: share of changed pixels, e.g. 0.01")
     p.add_argument("--window-hop", type=int, help="sensor sources: samples between windows (default: window size)")
@@ -57,6 +59,10 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stall-timeout", type=float, metavar="S",
                    help=f"end with an error when a live source (camera, stream, serial, UDP) yields no sample for S "
                         f"seconds (default {DEFAULT_STALL_S:g}; files and stdin: no bound unless given)")
+    p.add_argument("--batching", choices=["auto", "on", "off"], default="auto",
+                   help="several sources on a model with a dynamic batch dimension: one backend call for the frames "
+                        "ready from different sources when timing batch 1 against batch N at the start says it pays "
+                        "(auto, default), always (on) or never (off)")
     p.add_argument("--out", help="write JSON lines to this file instead of stdout")
     p.add_argument("--save-detections", metavar="DIR", help="save annotated frames with detections into DIR")
     p.add_argument("--max-saved", type=int, default=100, help="at most this many saved files (default 100)")
@@ -155,34 +161,45 @@ def device_config(args: argparse.Namespace) -> DeviceConfig | None:
     return parse_device_config(data, Path.cwd(), what, expand=False)
 
 
-def named_sources(args: argparse.Namespace) -> list[tuple[str, str]]:
-    """(name, spec) for every --source, in order; names must differ (``--source NAME=SPEC``)."""
-    from edge_runtime.multisource import split_named_source
+PER_SOURCE_FLAGS = ("drop_policy", "queue_size", "fps_limit", "motion_gate")
 
-    specs = [args.source] if isinstance(args.source, str) else list(args.source)
-    pairs = [split_named_source(text) for text in specs]
-    names = [name for name, _ in pairs]
+
+def source_entries(args: argparse.Namespace, device: DeviceConfig | None) -> list[NamedSource]:
+    """Every input as a named source, in order: the --source options (with the per-source flags), else the
+    device config's ``sources:``; names must differ, one source at most reads standard input."""
+    from edge_runtime.multisource import NamedSource, split_named_source
+
+    configured = list(device.sources) if device is not None else []
+    given = [args.source] if isinstance(args.source, str) else list(args.source or [])
+    if given and configured:
+        raise ConfigError(f"give the sources either as --source or under sources: in {args.config}, not both")
+    if configured:
+        flags = [f"--{n.replace('_', '-')}" for n in PER_SOURCE_FLAGS if getattr(args, n, None) is not None]
+        if flags:
+            raise ConfigError(f"{', '.join(flags)}: with sources: in {args.config}, set it per source there "
+                              "(options:, motion_gate:)")
+        entries = configured
+    elif given:
+        options = SourceOptions(drop_policy=DropPolicy(args.drop_policy) if args.drop_policy else None,
+                                queue_size=args.queue_size or 4, fps_limit=args.fps_limit)
+        entries = [NamedSource(name=name, source=spec, options=options, motion_gate=args.motion_gate)
+                   for name, spec in map(split_named_source, given)]
+    else:
+        raise ConfigError("give a --source (or list sources: in a --config file)")
+    names = [e.name for e in entries]
     twice = sorted({n for n in names if names.count(n) > 1})
     if twice:
         raise ConfigError(f"two sources are named {', '.join(twice)}: name each one, --source NAME=SPEC")
-    if sum(spec.strip() in ("stdin", "-") for _, spec in pairs) > 1:
+    if sum(e.source.strip() in ("stdin", "-") for e in entries) > 1:
         raise ConfigError("only one source can read standard input")
-    return pairs
+    return entries
 
 
-def check_arguments(args: argparse.Namespace) -> None:
-    """Refuse bad combinations before loading anything, with one message saying what to change."""
-    kinds = {source_kind(spec) for _, spec in named_sources(args)}
-    if len(kinds) > 1:
-        raise ConfigError("all --source inputs must be cameras/videos or all sensor streams: one model takes one kind")
-    kind = kinds.pop()
-    if args.motion_gate is not None and kind != "frame":
-        raise ConfigError("--motion-gate works with camera and video sources only")
+def check_flags(args: argparse.Namespace) -> None:
+    """Refuse bad option values before anything is read or loaded, with one message saying what to change."""
     if args.motion_gate is not None and not 0.0 < args.motion_gate < 1.0:
         raise ConfigError(f"--motion-gate {args.motion_gate:g}: give the share of changed pixels, between 0 and 1 "
                           "(e.g. 0.01)")
-    if args.window_hop is not None and kind != "window":
-        raise ConfigError("--window-hop applies to sensor sources only")
     check_model_arguments(args)
     for name in ("max_frames", "queue_size", "max_saved", "window_hop"):
         value = getattr(args, name, None)
@@ -194,6 +211,24 @@ def check_arguments(args: argparse.Namespace) -> None:
             raise ConfigError(f"--{name.replace('_', '-')} must be positive")
     if args.clip_frames < 0:
         raise ConfigError("--clip-frames must be 0 (single frames) or more")
+
+
+def check_arguments(args: argparse.Namespace, entries: Sequence[NamedSource] | None = None) -> None:
+    """Refuse bad values and combinations of options and sources (default: the --source options) before the model
+    is loaded."""
+    check_flags(args)
+    if entries is None:
+        entries = source_entries(args, None) if args.source else []
+    if not entries:
+        return
+    kinds = {source_kind(e.source) for e in entries}
+    if len(kinds) > 1:
+        raise ConfigError("all sources must be cameras/videos or all sensor streams: one model takes one kind")
+    kind = kinds.pop()
+    if any(e.motion_gate is not None for e in entries) and kind != "frame":
+        raise ConfigError("--motion-gate works with camera and video sources only")
+    if args.window_hop is not None and kind != "window":
+        raise ConfigError("--window-hop applies to sensor sources only")
     if args.save_detections and kind != "frame":
         raise ConfigError("--save-detections needs a camera or video source")
 
@@ -216,31 +251,29 @@ def load_model(args: argparse.Namespace):  # type: ignore[no-untyped-def]
                 allow_unsigned=args.allow_unsigned)
 
 
-def build_pipeline(args: argparse.Namespace, model, sinks: Sequence[Sink]) -> Pipeline:  # type: ignore[no-untyped-def]
-    """Source, motion gate and bounds from the arguments, around an already loaded model."""
+def build_pipeline(args: argparse.Namespace, model, entries: Sequence[NamedSource],  # type: ignore[no-untyped-def]
+                   keep_frames: bool = True) -> Pipeline:
+    """Sources, motion gates and bounds around an already loaded model (``keep_frames``: sinks get each input
+    frame; False when none needs it, so a preprocessed frame is freed at once)."""
     from edge_runtime.sources.motion import MotionGate
 
     spec = model.input_spec
     streaming = bool(model.manifest.state)
     window = window_spec_for(spec, args.window_hop, streaming) if spec.kind == "tensor" else None
-    options = SourceOptions(
-        drop_policy=DropPolicy(args.drop_policy) if args.drop_policy else None,
-        queue_size=args.queue_size,
-        fps_limit=args.fps_limit,
-    )
     lanes: list[SourceLane] = []
     try:
-        for name, spec in named_sources(args):
-            gate = MotionGate(args.motion_gate) if args.motion_gate is not None else None  # one per source
-            lanes.append(SourceLane(name, open_source(spec, options, window), gate))
+        for e in entries:
+            gate = MotionGate(e.motion_gate) if e.motion_gate is not None else None  # one per source
+            lanes.append(SourceLane(e.name, open_source(e.source, e.options, window), gate))
     except BaseException:
         for lane in lanes:
             lane.source.close()
         raise
-    specs = [spec for _, spec in named_sources(args)]
-    config = PipelineConfig(max_frames=args.max_frames, duration_s=args.duration,
+    specs = [e.source for e in entries]
+    config = PipelineConfig(max_frames=args.max_frames, duration_s=args.duration, keep_frames=keep_frames,
+                            batching=getattr(args, "batching", "auto"),
                             stall_timeout_s=stall_timeout(specs, getattr(args, "stall_timeout", None)))
-    return Pipeline(model, lanes, sinks, config)
+    return Pipeline(model, lanes, (), config)
 
 
 def stall_timeout(specs: str | Sequence[str], given: float | None) -> float | None:
@@ -259,6 +292,9 @@ def format_stats(stats: PipelineStats) -> str:
     line = (f"{s.model} {s.version}: {s.processed} processed of {s.captured} captured in {s.uptime_s:.1f} s "
             f"({s.fps:.1f}/s); dropped {s.dropped}, still {s.skipped_still}, bad lines {s.bad_lines}, "
             f"errors {s.errors}, sink errors {s.sink_errors}, reconnects {s.reconnects}")  # fmt: skip
+    if s.batch.get("size", 1) > 1:
+        b = s.batch
+        line += f"\n  batching: {b['batches']} backend calls of up to {b['size']} frames ({b['reason']})"
     if len(s.sources) > 1:
         for name, c in s.sources.items():
             line += (f"\n  {name}: {c['processed']} processed of {c['captured']} captured ({c['fps']:.1f}/s), "
@@ -320,15 +356,18 @@ def format_services(services: DeviceServices) -> str:
 def run(args: argparse.Namespace) -> int:
     from edge_runtime.sinks import DetectionSnapshotSink, JsonLinesSink
 
-    check_arguments(args)
+    check_flags(args)
     device = device_config(args)  # a bad config file ends here, before the model is loaded
+    entries = source_entries(args, device)
+    check_arguments(args, entries)
     model = load_model(args)
     services = None
     sinks: list[Sink] = []
     pipeline: Pipeline | None = None
     running = False
     try:
-        pipeline = build_pipeline(args, model, ())
+        # frames reach the sinks only for those that use them: saved detections, monitoring (drift, samples)
+        pipeline = build_pipeline(args, model, entries, keep_frames=bool(args.save_detections) or device is not None)
         sinks.append(JsonLinesSink(args.out, on_reader_gone=pipeline.stop))  # `run ... | head -3` ends the run
         if args.save_detections:
             sinks.append(DetectionSnapshotSink(args.save_detections, args.max_saved, clip_frames=args.clip_frames))
@@ -336,7 +375,7 @@ def run(args: argparse.Namespace) -> int:
             pipeline.add_sink(sink)
         pipeline.open()  # a camera that cannot be opened ends here: one line, no summary, no services started
         if device is not None:
-            services = start_monitoring(device, model, named_sources(args))
+            services = start_monitoring(device, model, [(e.name, e.source) for e in entries])
             services.attach(pipeline)
         running = True  # from here on, Pipeline.run closes the source and the sinks
         return run_pipeline(pipeline, summary=not args.no_summary)

@@ -87,6 +87,8 @@ def run(args: argparse.Namespace) -> int:
     from edge_runtime.serve import ModelService, create_app
 
     device = device_config(args) or DeviceConfig(device_id="local")  # no config: monitor in memory, no outbox
+    if device.sources:
+        raise ConfigError(f"{args.config}: serve takes its inputs as HTTP requests; sources: is for `run`")
     service = ModelService(lambda: load_model(args))
     service.load(raise_errors=True)  # before listening: a bad package fails with one line, not a 503 forever
     source = {"kind": "http", "spec": f"http://{args.host}:{args.port}/predict"}

@@ -116,15 +116,15 @@ def _monitor_state(counter: Any, gauge: Any, services: DeviceServices) -> Iterat
     yield fam
     yield _counter(counter, "edge_monitor_records_dropped", "Metric records and events dropped before the outbox "
                    "(its writer fell behind).", m.emit_dropped)
-    active = gauge("edge_drift_active", "1 while a drift feature is in alarm against its reference.",
-                   labels=["feature", "reference"])
+    active = gauge("edge_drift_active", "1 while a drift feature is in alarm against its reference (source: "
+                   "with several sources, each has its own drift windows).", labels=["feature", "reference", "source"])
     score = gauge("edge_drift_score_ratio", "Latest drift statistic of a feature divided by its alarm threshold "
-                  "(alarm above 1).", labels=["feature", "reference"])
-    if m.drift is not None:
-        ref = m.drift.reference_kind
-        for feature, (value, on) in sorted(m.drift.exposition().items()):
-            active.add_metric([feature, ref], 1.0 if on else 0.0)
-            score.add_metric([feature, ref], value)
+                  "(alarm above 1).", labels=["feature", "reference", "source"])
+    for source, drift in m.drift_detectors():
+        ref = drift.reference_kind
+        for feature, (value, on) in sorted(drift.exposition().items()):
+            active.add_metric([feature, ref, source], 1.0 if on else 0.0)
+            score.add_metric([feature, ref, source], value)
     yield active
     yield score
     if m.field is not None:

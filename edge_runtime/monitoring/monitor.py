@@ -22,11 +22,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from edge_runtime.errors import EdgeRuntimeError
+from edge_runtime.monitoring.collector import Collection
 from edge_runtime.monitoring.config import MonitorConfig
 from edge_runtime.monitoring.drift import DriftDetector, DriftScore
 from edge_runtime.monitoring.features import image_features, output_features, tensor_features
 from edge_runtime.monitoring.field import FeedbackError, FieldAccuracy
 from edge_runtime.monitoring.metrics import StageLatencies
+from edge_runtime.monitoring.per_source import SourceShare, share_baseline
 from edge_runtime.monitoring.quality import QualityStats
 from edge_runtime.monitoring.reference import Reference, load_reference
 from edge_runtime.monitoring.samples import SampleStore
@@ -34,8 +36,6 @@ from edge_runtime.monitoring.system import SystemStats
 from edge_runtime.package.manifest import Manifest
 
 if TYPE_CHECKING:
-    from edge_runtime.monitoring.collect import CollectionPolicy
-    from edge_runtime.monitoring.collector import Selector
     from edge_runtime.pipeline import FrameResult
     from edge_runtime.sync.mqtt import MqttLink
     from edge_runtime.sync.outbox import Outbox
@@ -70,11 +70,12 @@ class Monitor:
         self.config, self.outbox = config, outbox
         self.baseline_file = config.drift.baseline_file or baseline_file
         self.device_id, self.pipeline_stats, self.on_record = device_id, pipeline_stats, on_record
+        self.shares: dict[str, SourceShare] = {}  # per source name, when one pipeline serves several
+        self._budget_ms = config.latency_budget_ms or _profile_budget_ms(manifest)
         self._use_model(manifest)
-        self.latency = StageLatencies(config.latency_budget_ms or _profile_budget_ms(manifest))
+        self.latency = StageLatencies(self._budget_ms)
         self.samples = SampleStore(config.samples) if config.samples.directory else None
-        self.selector: Selector | None = None  # set by set_policy: a signed collection policy is in force
-        self._upload_allowed = False
+        self.collection = Collection(self.samples, config.samples) if self.samples is not None else None
         self.system = SystemStats() if config.system else None
         self.link: MqttLink | None = None
         self.frames = 0
@@ -105,9 +106,27 @@ class Monitor:
         self.quality = QualityStats(labels=manifest.outputs.labels if manifest else None)
         labels = manifest.outputs.labels if manifest else None
         self.field = FieldAccuracy(config.field, labels) if config.field.enabled else None
-        self.drift = self._make_drift(manifest)
+        self.drift = self._make_drift(manifest, self.baseline_file)
+        self.shares = {name: self._share(name) for name in self.shares}
 
-    def _make_drift(self, manifest: Manifest | None) -> DriftDetector | None:
+    def set_sources(self, names: list[str]) -> None:
+        """Several sources on one pipeline: drift, quality, latency and metric records per source from now on."""
+        if len(names) > 1:
+            self.shares = {name: self._share(name) for name in names}
+
+    def _share(self, name: str) -> SourceShare:
+        baseline = share_baseline(self.baseline_file, name)
+        labels = self.manifest.outputs.labels if self.manifest else None
+        return SourceShare(name, StageLatencies(self._budget_ms), QualityStats(labels=labels),
+                           self._make_drift(self.manifest, baseline), baseline)
+
+    def drift_detectors(self) -> list[tuple[str, DriftDetector]]:
+        """(source name, detector) for each drift window: one ("", detector), or one per source."""
+        if self.shares:
+            return [(n, sh.drift) for n, sh in self.shares.items() if sh.drift is not None]
+        return [("", self.drift)] if self.drift is not None else []
+
+    def _make_drift(self, manifest: Manifest | None, baseline_file: Path | None) -> DriftDetector | None:
         """A detector on the configured reference kind; a device baseline is reloaded if it is this model's."""
         cfg = self.config.drift
         if not cfg.enabled or manifest is None:
@@ -124,14 +143,17 @@ class Monitor:
             if ref is None:
                 log.warning("drift: no fleet baseline in %s; drift is not scored", cfg.fleet_baseline)
                 return None
-        elif self.baseline_file is not None:
-            ref = load_reference(self.baseline_file, "device", manifest.name, manifest.version)
+        elif baseline_file is not None:
+            ref = load_reference(baseline_file, "device", manifest.name, manifest.version)
         return DriftDetector(cfg, ref, manifest.name, manifest.version)
 
     def set_reference(self, reference: Reference) -> None:
         """Score drift against ``reference`` from now on (a fleet baseline pushed at run time)."""
         if self.drift is not None:
             self.drift = DriftDetector(self.config.drift, reference, self.model, self.version)
+        for share in self.shares.values():
+            if share.drift is not None:
+                share.drift = DriftDetector(self.config.drift, reference, self.model, self.version)
 
     def set_model(self, manifest: Manifest) -> None:
         """Follow a model swap (OTA), on the pipeline thread between two frames: the old model's period is closed
@@ -153,65 +175,33 @@ class Monitor:
         self.last_frame_monotonic = time.monotonic()
         p = result.prediction
         t = p.timings
-        lat = self.latency
-        lat.add("capture_wait", result.capture_wait_ms)
-        lat.add("preprocess", t.preprocess_ms)
-        lat.add("inference", t.inference_ms)
-        lat.add("postprocess", t.postprocess_ms)
-        lat.add("end_to_end", result.end_to_end_ms)
-        self.quality.add(p)
+        stages = {"capture_wait": result.capture_wait_ms, "preprocess": t.preprocess_ms,
+                  "inference": t.inference_ms, "postprocess": t.postprocess_ms, "end_to_end": result.end_to_end_ms}
+        for stage, ms in stages.items():
+            self.latency.add(stage, ms)
+        share = self.shares.get(result.source) if self.shares else None
+        if share is not None:
+            share.frames += 1
+            share.period_frames += 1
+            share.add_latency(stages)
+            share.quality.add(p)
+        else:
+            self.quality.add(p)
         if self.field is not None:
             self.field.record(result.index, p)
-        if self.drift is not None:
-            self._feed_drift(result)
-        if self.samples is not None:
-            self._offer_sample(result)
+        drift = share.drift if share is not None else self.drift
+        if drift is not None and not (share.frames if share is not None else self.frames) % \
+                self.config.drift.input_every:
+            self._feed_drift(result, drift, share)
+        if self.collection is not None and self.collection.selector is not None:  # a signed policy decides
+            self.collection.offer(result, self.model, self.version, self.source_label)
+        elif self.samples is not None:
+            self.samples.offer(result.frame, p.confidence, result.index, result.timestamp, source=result.source)
         if time.monotonic() - self._period_start >= self.config.period_s:
             self.report()
 
-    def _offer_sample(self, result: FrameResult) -> None:
-        """Under a collection policy its selector decides; without one, the device's own sample config."""
-        assert self.samples is not None
-        p, selector = result.prediction, self.selector
-        if selector is None:
-            self.samples.offer(result.frame, p.confidence, result.index, result.timestamp)
-            return
-        if result.frame is None:
-            return
-        top = p.top
-        label = (top.label or str(top.index)) if top is not None else None
-        meta = selector.offer(result.frame, p.confidence, label, result.timestamp)
-        if meta is not None:
-            meta.update(frame_index=result.index, ts=round(result.timestamp, 3), model=self.model,
-                        version=self.version, source=self.source_label or None, redact=True,
-                        **({"upload": "pending"} if self._upload_allowed else {}))
-            self.samples.put(result.frame, meta)
-
-    def set_policy(self, policy: CollectionPolicy | None, upload_allowed: bool) -> None:
-        """Follow a (verified) collection policy from now on; None: back to the device's sample config. Samples
-        are marked for upload only when the policy and the device config both allow it."""
-        if self.samples is None:
-            return
-        from edge_runtime.monitoring.collector import Selector
-        from edge_runtime.monitoring.redact import Redactor
-
-        if policy is None:
-            self.selector, self._upload_allowed = None, False
-            self.samples.redactor, self.samples.max_bytes = None, self.config.samples.max_bytes
-            return
-        selector = Selector(policy, self.config.samples.seed)
-        selector.quotas.seed(self.samples.list(), time.time())
-        self.samples.redactor = Redactor(policy.redact, self.config.samples.redact_commands) if policy.redact else None
-        self.samples.max_bytes = min(self.config.samples.max_bytes, policy.max_disk_bytes)
-        self._upload_allowed = upload_allowed and policy.upload
-        self.selector = selector
-
-    def _feed_drift(self, result: FrameResult) -> None:
-        """Every ``input_every``-th frame: its features (input and answer) into the drift windows."""
-        drift = self.drift
-        assert drift is not None
-        if self.frames % self.config.drift.input_every:
-            return
+    def _feed_drift(self, result: FrameResult, drift: DriftDetector, share: SourceShare | None) -> None:
+        """Every ``input_every``-th frame (of its source): its features (input and answer) into the drift windows."""
         p = result.prediction
         feats: dict[str, float] = {}
         if result.frame is not None:
@@ -219,30 +209,31 @@ class Monitor:
                 else tensor_features(result.frame)
         feats.update(output_features(p, drift.top_classes))
         top = p.top
+        source = {"source": share.name} if share is not None else {}
         for score in drift.add(feats, top.index if top is not None else None, result.timestamp):
-            self._drift_event(score)
+            self._drift_event(score, drift, source)
         if drift.learned is not None:
-            self._baseline_learned(drift.learned)
+            self._baseline_learned(drift.learned, share.baseline_file if share else self.baseline_file, source)
             drift.learned = None
 
-    def _baseline_learned(self, ref: Reference) -> None:
-        if self.baseline_file is not None:
+    def _baseline_learned(self, ref: Reference, file: Path | None, source: dict[str, str]) -> None:
+        if file is not None:
             try:
-                ref.save(self.baseline_file)
+                ref.save(file)
             except OSError as exc:
-                log.warning("drift: cannot keep the device baseline in %s: %s", self.baseline_file, exc)
-        log.info("drift: device baseline learned from %d samples", ref.samples)
-        self.event("drift_baseline_learned", {"reference": ref.describe(),
-                                              "file": str(self.baseline_file) if self.baseline_file else None})
+                log.warning("drift: cannot keep the device baseline in %s: %s", file, exc)
+        log.info("drift: device baseline learned from %d samples %s", ref.samples, source.get("source", ""))
+        self.event("drift_baseline_learned", {**source, "reference": ref.describe(),
+                                              "file": str(file) if file else None})
 
-    def _drift_event(self, score: DriftScore) -> None:
-        assert self.drift is not None
+    def _drift_event(self, score: DriftScore, drift: DriftDetector, source: dict[str, str]) -> None:
         kind = "drift" if score.drifted else "drift_cleared"
-        if score.drifted and self.selector is not None:
-            self.selector.on_drift()
-        (log.warning if score.drifted else log.info)("%s on %s: %s", kind, score.feature, score.to_dict())
+        if score.drifted and self.collection is not None and self.collection.selector is not None:
+            self.collection.selector.on_drift()
+        (log.warning if score.drifted else log.info)("%s on %s %s: %s", kind, score.feature,
+                                                     source.get("source", ""), score.to_dict())
         cfg = self.config.drift
-        self.event(kind, {"feature": score.feature, "reference": self.drift.describe_reference(),
+        self.event(kind, {**source, "feature": score.feature, "reference": drift.describe_reference(),
                           "scores": score.to_dict(),
                           "thresholds": {"d": round(score.threshold, 4),
                                          "clear": round(score.threshold * cfg.clear_ratio, 4),
@@ -258,38 +249,50 @@ class Monitor:
         self._emit("event", doc)
 
     def report(self) -> dict[str, Any]:
-        """Build the metric record of the period that just ended and queue it."""
+        """Build the metric record of the period that just ended and queue it (with several sources: one record
+        per source, labelled ``source``, the device-wide parts in each; returns the last)."""
         now = time.monotonic()
         period = max(now - self._period_start, 1e-9)
         doc: dict[str, Any] = {
             "schema": METRICS_SCHEMA, "device": self.device_id, "ts": round(time.time(), 3),
             "model": self.model, "version": self.version, "period_s": round(period, 3),
-            "frames": self._period_frames, "frames_total": self.frames,
-            "fps": round(self._period_frames / period, 3), "latency_ms": self.latency.period_summary(),
-            "quality": self.quality.snapshot(reset=True),
         }
+        stats = self.pipeline_stats() if self.pipeline_stats is not None else None
+        if self.system is not None:
+            doc["system"] = self.system.sample()
+        if self.samples is not None:
+            doc["samples"] = self.samples.summary()
+            if self.collection is not None and self.collection.selector is not None:
+                doc["samples"]["policy"] = dict(self.collection.selector.counters)
+        if self.outbox is not None:
+            st = self.outbox.stats()
+            doc["outbox"] = {k: st[k] for k in ("records", "bytes", "dropped", "append_failures")}
+        field = None
         if self.field is not None:
             decay = self.field.check()
             if decay is not None:
                 self.event(*decay)
-            doc["quality"]["field"] = self.field.snapshot()
-        if self.pipeline_stats is not None:
-            doc["pipeline"] = _pipeline_counters(self.pipeline_stats())
-        if self.system is not None:
-            doc["system"] = self.system.sample()
-        if self.drift is not None:
-            doc["drift"] = self.drift.snapshot()
-        if self.samples is not None:
-            doc["samples"] = self.samples.summary()
-            if self.selector is not None:
-                doc["samples"]["policy"] = dict(self.selector.counters)
-        if self.outbox is not None:
-            st = self.outbox.stats()
-            doc["outbox"] = {k: st[k] for k in ("records", "bytes", "dropped", "append_failures")}
+            field = self.field.snapshot()
+        if self.shares:
+            per = getattr(stats, "sources", None) or {}
+            parts = [share.record_part(per.get(name)) for name, share in self.shares.items()]
+            self.latency.period_summary()  # the device-wide period restarts too
+        else:
+            part = {"frames": self._period_frames, "frames_total": self.frames,
+                    "latency_ms": self.latency.period_summary(), "quality": self.quality.snapshot(reset=True)}
+            if stats is not None:
+                part["pipeline"] = _pipeline_counters(stats)
+            if self.drift is not None:
+                part["drift"] = self.drift.snapshot()
+            parts = [part]
         self._period_start, self._period_frames = now, 0
-        self.last_record = doc
-        self._emit("metrics", doc)
-        return doc
+        for part in parts:
+            record = {**doc, **part, "fps": round(part["frames"] / period, 3)}
+            if field is not None:
+                record["quality"]["field"] = field
+            self.last_record = record
+            self._emit("metrics", record)
+        return self.last_record  # type: ignore[return-value]
 
     def _emit(self, kind: str, doc: dict[str, Any]) -> None:
         self.recent.append((kind, doc))
@@ -377,8 +380,11 @@ class Monitor:
             out["source"] = _pipeline_counters(self.pipeline_stats())
         out["outbox"] = self.outbox.stats() if self.outbox is not None else None
         out["broker"] = self.link.status() if self.link is not None else {"configured": False}
-        if self.drift is not None:
+        if self.drift is not None and not self.shares:
             out["drift"] = {"reference": self.drift.describe_reference(), "alarms": dict(self.drift.state)}
+        elif self.shares:
+            out["drift"] = {"sources": {n: {"reference": d.describe_reference(), "alarms": dict(d.state)}
+                                        for n, d in self.drift_detectors()}}
         if self.samples is not None:
             out["samples"] = self.samples.summary()
         if self.field is not None:

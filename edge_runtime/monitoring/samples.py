@@ -60,8 +60,10 @@ class SampleStore:
                 continue
         return out
 
-    def offer(self, frame: np.ndarray | None, confidence: float | None, index: int, ts: float) -> str | None:
-        """Decide whether to keep this input; returns the reason when it was queued for writing."""
+    def offer(self, frame: np.ndarray | None, confidence: float | None, index: int, ts: float,
+              source: str = "") -> str | None:
+        """Decide whether to keep this input; returns the reason when it was queued for writing. ``source``: the
+        name of the source it came from (stored in the sample's metadata when one is given)."""
         if frame is None:
             return None
         cfg = self.config
@@ -74,7 +76,8 @@ class SampleStore:
         if reason is None or now - self._last_capture < cfg.min_interval_s:
             return None
         self._last_capture = now
-        meta = {"reason": reason, "confidence": confidence, "frame_index": index, "ts": round(ts, 3)}
+        meta = {"reason": reason, "confidence": confidence, "frame_index": index, "ts": round(ts, 3),
+                **({"source": source} if source else {})}
         try:
             self._queue.put_nowait((np.array(frame, copy=True), meta))
         except queue.Full:
@@ -127,7 +130,9 @@ class SampleStore:
         with self._lock:
             while self._index and (len(self._index) > self.config.max_files
                                    or sum(m["bytes"] for m in self._index) > self.max_bytes):
-                old = self._index.pop(0)
+                # the oldest sample that is not waiting for upload goes first (else the oldest)
+                i = next((k for k, m in enumerate(self._index) if m.get("upload") != "pending"), 0)
+                old = self._index.pop(i)
                 for name in (old["file"], f"{old['id']}.json"):
                     (self.dir / name).unlink(missing_ok=True)
 

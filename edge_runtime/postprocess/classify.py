@@ -23,7 +23,9 @@ def top_k(scores: np.ndarray, k: int, labels: Sequence[str] | None = None) -> tu
     """The ``k`` best classes of one sample's scores, best first (ties keep index order)."""
     flat = np.asarray(scores, dtype=np.float32).reshape(-1)
     k = min(k, flat.size)
-    if k < flat.size:
+    if k == 1:  # argmax: the first best index, as the tie rule below (a sort costs ~15x more)
+        idx = np.array([int(flat.argmax())])
+    elif k < flat.size:
         idx = np.argpartition(-flat, k - 1)[:k]
         idx = idx[np.lexsort((idx, -flat[idx]))]
     else:

@@ -33,7 +33,8 @@ class Sample:
     index: int
     timestamp: float  # wall clock (time.time()) at capture, for results
     captured_at: float  # time.monotonic() at capture, for latency
-    data: np.ndarray
+    data: np.ndarray | None  # None only when a reader stage took what it needs and the frame is not kept
+    staged: object = None  # what the source's ``stage`` made of the data in the reader thread (the pipeline's)
 
 
 class DropPolicy(enum.StrEnum):
@@ -204,6 +205,9 @@ class ThreadedSource:
         self._thread: threading.Thread | None = None
         self._next_index = 0
         self._attempts_since_sample = 0
+        # set by the consumer before start(): run on each sample in the reader thread (None: skip the sample)
+        self.stage: Callable[[np.ndarray], object] | None = None
+        self.keep_data = True  # False: a staged sample is queued without its data (the stage kept what it needs)
 
     def _open(self) -> None:
         raise NotImplementedError
@@ -215,14 +219,19 @@ class ThreadedSource:
         """Free the input (called from the reader thread when it ends)."""
 
     def _emit(self, data: np.ndarray) -> bool:
-        sample = Sample(self._next_index, time.time(), time.monotonic(), data)
+        index, ts, captured_at = self._next_index, time.time(), time.monotonic()
         self._next_index += 1
         c = self.counters
         c.captured += 1
-        c.last_sample_at = sample.captured_at
+        c.last_sample_at = captured_at
         c.fault = None
         self._attempts_since_sample = 0
-        return self.queue.put(sample, self._stop)
+        if self.stage is None:
+            return self.queue.put(Sample(index, ts, captured_at, data), self._stop)
+        staged = self.stage(data)
+        if staged is None:  # skipped (a still frame): nothing to hand over
+            return not self._stop.is_set()
+        return self.queue.put(Sample(index, ts, captured_at, data if self.keep_data else None, staged), self._stop)
 
     def _run(self) -> None:
         error: Exception | None = None

@@ -41,6 +41,8 @@ def configure(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg
                     "desired documents carry package URLs under it and devices download over HTTP(S) with their "
                     "device token (default: none, devices download over MQTT)")
     sv.add_argument("--secure-cookies", action="store_true", help="session cookies only over HTTPS")
+    sv.add_argument("--retrain", action="append", default=[], metavar="FILE", help="retrain.yaml of a model: "
+                    "triggers, training command, gates, canary (repeat for more models)")
     us = sub.add_parser("user", help="manage dashboard and API users")
     us_sub = us.add_subparsers(dest="user_cmd", required=True)
     ua = us_sub.add_parser("add", help="add a user (password from --password-env or a prompt)")
@@ -176,6 +178,21 @@ def _settings(args: argparse.Namespace):  # type: ignore[no-untyped-def]
         raise ConfigError(f"invalid fleet serve options: {validation_message(exc, root='serve')}") from None
 
 
+def _policies(files: list[str]):  # type: ignore[no-untyped-def]
+    """Each --retrain file, validated before the server starts (a bad one: one line, exit 2)."""
+    if not files:
+        return None
+    from fleet.retrain.policy import load_policy
+
+    out = {}
+    for f in files:
+        pol = load_policy(Path(f))
+        if pol.model in out:
+            raise ConfigError(f"--retrain {f}: a second policy for model {pol.model}")
+        out[pol.model] = pol
+    return out
+
+
 def _mqtt(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     """The broker settings from `fleet`'s own broker options (shared with publish, status, rollout)."""
     from fleet.command import broker_settings
@@ -203,7 +220,9 @@ def serve(args: argparse.Namespace) -> int:
     migrate(engine)
     store = Store(engine, settings.sample_dir, settings.sample_max_bytes)
     ingest = Ingest(store, mqtt, settings.ingest)
-    app = create_app(settings, engine, ingest, key, mqtt.topics, [Maintenance(engine, settings.retention)])
+    policies = _policies(args.retrain)
+    app = create_app(settings, engine, ingest, key, mqtt.topics, [Maintenance(engine, settings.retention)],
+                     retrain=policies)
     print(f"fleet server on http://{settings.host}:{settings.port} (database {engine.url.render_as_string()}, "
           f"broker {mqtt.host}:{mqtt.port}, operator key: {'yes' if key else 'none: actions refused'})",
           file=sys.stderr, flush=True)

@@ -24,6 +24,7 @@ class Server:
     actions: Actions
     ingest: Any | None = None  # fleet.server.ingest.Ingest when connected to a broker
     downloads: DownloadCounters = field(default_factory=DownloadCounters)  # device package requests
+    retrain: Any | None = None  # fleet.retrain.runner.RetrainRunner when the server has retrain policies
 
 
 def server(request: Request) -> Server:

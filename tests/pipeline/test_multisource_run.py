@@ -181,3 +181,34 @@ def test_metrics_count_each_source_under_its_name(packages) -> None:
             s.stop()
     captured = dict(re.findall(r'edge_source_frames_captured_total\{source="(\w+)"\} (\S+)', text))
     assert set(captured) == {"door", "yard"} and all(float(v) > 0 for v in captured.values()), text[:2000]
+
+
+def test_run_config_sources_label_results_and_metric_records_per_source(packages, tmp_path: Path) -> None:
+    """Given a device config listing two sources (the agent's schema, one with its own queue size), when `run
+    --config` serves them, then results carry each source's name and the outbox holds one metric record per
+    source, whose frames are that source's; --source beside sources: is refused in one line."""
+    from edge_runtime.sync.outbox import Outbox, OutboxConfig
+    from tests.monitoring.schemas import validate
+
+    a = write_numbered_video(tmp_path / "a.avi", count=9)
+    b = write_numbered_video(tmp_path / "b.avi", count=5)
+    cfg = tmp_path / "device.yaml"
+    cfg.write_text(f"device_id: cam-2\noutbox: {{path: outbox.db}}\nmonitor: {{period_s: 3600, system: false}}\n"
+                   f"sources:\n  - {{name: door, source: '{a}'}}\n"
+                   f"  - {{name: yard, source: '{b}', options: {{queue_size: 2}}}}\n")
+    base = [*CLI, "run", "--package", str(packages["classifier"]), *trust_args(), "--config", str(cfg)]
+    proc = subprocess.run(base, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    got = _results(proc.stdout)
+    assert {k: [r["index"] for r in v] for k, v in got.items()} == {"door": list(range(9)), "yard": list(range(5))}
+    outbox = Outbox(OutboxConfig(path=tmp_path / "outbox.db"))
+    try:
+        docs = [json.loads(r.payload) for r in outbox.pending(0, 100) if r.kind == "metrics"]
+    finally:
+        outbox.close()
+    for d in docs:
+        validate(d, "metrics.json")
+    assert {d["source"]: d["frames"] for d in docs} == {"door": 9, "yard": 5}
+    assert {d["source"]: d["pipeline"]["processed"] for d in docs} == {"door": 9, "yard": 5}
+    both = subprocess.run([*base, "--source", str(a)], capture_output=True, text=True, timeout=60)
+    assert both.returncode == 2 and "not both" in both.stderr and "Traceback" not in both.stderr

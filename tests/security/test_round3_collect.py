@@ -23,7 +23,8 @@ def _kept(tmp_path: Path, allowed: tuple[str, ...], marker: Path) -> tuple[list[
     mon = Monitor(cfg, None)
     script = f"import sys; open({str(marker)!r}, 'w'); sys.stdout.buffer.write(sys.stdin.buffer.read())"
     try:
-        mon.set_policy(CollectionPolicy(low_confidence=0.5, random_rate=0.0, dedup=None, redact=(
+        assert mon.collection is not None
+        mon.collection.set_policy(CollectionPolicy(low_confidence=0.5, random_rate=0.0, dedup=None, redact=(
             Redaction(kind="command", argv=(sys.executable, "-c", script)),)), False)
         frame = np.random.default_rng(0).integers(0, 255, (32, 32, 3), dtype=np.uint8)
         mon(frame_result(1, frame, confidence=0.1))
