@@ -62,6 +62,7 @@ class Uploads:
         self.counters = {"offers": 0, "chunks": 0, "duplicate_chunks": 0, "completed": 0, "refused": 0}
         self._used: int | None = None  # bytes of partial chunks on disk (scanned now and then, counted between)
         self._scanned = 0.0
+        self._held: dict[Path, tuple[int, set[int]]] = {}  # per partial folder: its mtime_ns, the chunks in it
 
     def is_upload(self, topic: str) -> bool:
         return topic.startswith(f"{self.prefix}/devices/") and topic.endswith("/samples/upload") \
@@ -172,13 +173,17 @@ class Uploads:
         if len(data) != want:
             raise Refused(f"chunk {i} is {len(data)} bytes, expected {want}")
         path = d / f"c{i:05d}"
-        if path.exists():
+        held = self._held_set(d)
+        if i in held or path.exists():  # (another instance sharing the folder may have written it)
             self.counters["duplicate_chunks"] += 1
+            held.add(i)
         else:
             if self._partial_bytes() + len(data) > self.max_partial_bytes:
                 raise Refused("the server's partial-upload space is full (try later)", retry=True)
             atomic_write_bytes(path, data)
             self._used = (self._used or 0) + len(data)
+            held.add(i)
+            self._held[d] = (d.stat().st_mtime_ns, held)
         have = self._have(d)
         if len(have) < n:
             return Outcome(parsed, self._answer(sid, have=have), sid)
@@ -224,9 +229,23 @@ class Uploads:
         except (OSError, ValueError):
             return None
 
-    @staticmethod
-    def _have(d: Path) -> list[int]:
-        return sorted(int(p.name[1:]) for p in d.glob("c[0-9]*") if p.name[1:].isdigit())
+    def _have(self, d: Path) -> list[int]:
+        return sorted(self._held_set(d))
+
+    def _held_set(self, d: Path) -> set[int]:
+        """The chunk indices in a partial folder, listed again only when the folder changed behind this instance
+        (listing it per chunk made a sample of n chunks cost n^2, and a flood of one chunk a listing each)."""
+        try:
+            mtime = d.stat().st_mtime_ns
+        except FileNotFoundError:
+            self._held.pop(d, None)
+            return set()
+        cached = self._held.get(d)
+        if cached is None or cached[0] != mtime:
+            if len(self._held) > 100_000:  # folders removed by another instance: forget them all now and then
+                self._held.clear()
+            cached = self._held[d] = (mtime, {int(p.name[1:]) for p in d.glob("c[0-9]*") if p.name[1:].isdigit()})
+        return cached[1]
 
     def _partial_bytes(self) -> int:
         """Partial chunk bytes on disk: a scan at most every 30 s (finished and dropped uploads free space),
@@ -251,6 +270,7 @@ class Uploads:
         every device until the next scan)."""
         freed = sum(p.stat().st_size for p in d.glob("c[0-9]*")) if d.is_dir() else 0
         shutil.rmtree(d, ignore_errors=True)
+        self._held.pop(d, None)
         if self._used is not None:
             self._used = max(0, self._used - freed)
 

@@ -28,6 +28,7 @@ from fleet.server.store import Store
 from fleet.server.uploads import Uploads
 
 CB = 1024
+UPLOAD = "edge/devices/cam-1/samples/upload"
 
 
 def _store(url: str, tmp_path: Path) -> Store:
@@ -90,4 +91,31 @@ def test_one_device_cycling_partial_uploads_cannot_fill_the_space_for_every_devi
     up.handle(other, _offer("s1", data), 1000.0)
     out = up.handle(other, _chunk("s1", data, 0), 1000.0)
     assert out.complete, out.ack
+    store.engine.dispose()
+
+
+def test_chunks_do_not_rescan_the_uploads_folder_each(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each chunk listed its sample's folder to answer ``have``: a sample of 8192 chunks took minutes to land
+    (quadratic), and one device re-sending one chunk of it a dozen times a second held ingest for every device."""
+    store = _store(f"sqlite:///{tmp_path / 'fleet.db'}", tmp_path)
+    up = Uploads(store, "edge")
+    listings = []
+    real_glob = Path.glob
+
+    def counting_glob(self: Path, pattern: str):  # type: ignore[no-untyped-def]
+        listings.append(self)
+        return real_glob(self, pattern)
+
+    monkeypatch.setattr(Path, "glob", counting_glob)
+    data = os.urandom(64 * CB)
+    up.handle(UPLOAD, _offer("s1", data), 1000.0)
+    for i in range(63):
+        up.handle(UPLOAD, _chunk("s1", data, i), 1000.0)
+    for _ in range(100):  # a flood of one duplicate chunk
+        assert up.handle(UPLOAD, _chunk("s1", data, 5), 1000.0).ack["have"] == list(range(63))  # type: ignore[index]
+    sample_dir = store.sample_dir / "partial" / "cam-1" / "s1"
+    assert sum(d == sample_dir for d in listings) <= 2
+    out = up.handle(UPLOAD, _chunk("s1", data, 63), 1000.0)
+    store.write([(UPLOAD, b"", out.parsed)], 1000.0)
+    assert up.finish(out)["complete"] is True  # type: ignore[index]
     store.engine.dispose()
