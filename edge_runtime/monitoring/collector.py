@@ -159,7 +159,7 @@ class Collection:
             return
         selector = Selector(policy, self.config.seed)
         selector.quotas.seed(self.samples.list(), time.time())
-        self.samples.redactor = Redactor(policy.redact) if policy.redact else None
+        self.samples.redactor = Redactor(policy.redact, self.config.redact_commands) if policy.redact else None
         self.samples.max_bytes = min(self.config.max_bytes, policy.max_disk_bytes)
         self.upload_allowed = upload_allowed and policy.upload
         self.selector = selector
