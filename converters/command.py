@@ -58,7 +58,10 @@ def _const(text: str) -> tuple[str, tuple[float, ...]]:
 
 
 def configure(p: argparse.ArgumentParser) -> None:
-    p.add_argument("source", type=Path, help="model: .onnx, .keras/.h5, SavedModel dir, .tflite, .pkl/.joblib, .pt")
+    p.add_argument("source", type=Path, help="model: .onnx, .keras/.h5, SavedModel dir, .tflite, .pkl/.joblib, .pt, "
+                   "or models:/NAME@ALIAS | models:/NAME/VERSION from an MLflow registry")
+    p.add_argument("--mlflow-uri", metavar="URI", help="MLflow tracking URI for a models:/ source "
+                   "(default: $MLFLOW_TRACKING_URI; needs the [mlflow] extra)")
     p.add_argument("--profile", required=True, help="device profile name (see `edge-runtime profiles list`) or YAML")
     p.add_argument("--calibration", required=True, type=Path, help="image folder, video file, or .npy/.npz arrays")
     p.add_argument("--validation", type=Path, help="held-back data (default: every 5th calibration sample)")
@@ -176,11 +179,15 @@ def _options(args: argparse.Namespace):  # type: ignore[no-untyped-def]
             "source", "profile", "calibration", "validation", "out", "name", "version", "sign_key", "format",
             "precision", "labels", "task", "mean", "std", "color_order", "layout", "window_hop",
             "resize", "calibration_method", "max_samples", "force", "archive", "max_float_nodes", "pad_value",
+            "mlflow_uri",
         )
     }  # fmt: skip
     fields.update(_detection(args))
     fields.update(_pruning(args))
     fields.update(_inputs(args))
+    given = {"sign_key": args.sign_key, "passphrase_file": args.passphrase_file, "decoding": args.decoding,
+             "anchors": args.anchors}  # fmt: skip
+    fields["given_files"] = {k: v for k, v in given.items() if v is not None}
     if args.sign_key is not None:  # loaded (and its passphrase checked) before any conversion work
         from edge_runtime.package.signing import load_private_key, read_passphrase
 

@@ -13,6 +13,7 @@ from converters import calibration as cal
 from converters.optimize import NEEDS_TORCH, PruneOptions, PruningError
 from edge_runtime.errors import ConversionError, PackageError
 from edge_runtime.package.manifest import Decoding, InputSpec, StateBinding
+from edge_runtime.package.provenance import MlflowSource
 from edge_runtime.package.signing import Ed25519PrivateKey, load_private_key
 from edge_runtime.profiles import DeviceProfile, load_profile
 
@@ -22,7 +23,8 @@ class ConvertOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
 
-    source: Path = Field(description="Source model: .onnx, .keras/.h5, SavedModel folder, .tflite, .pkl/.joblib, .pt.")
+    source: Path = Field(description="Source model: .onnx, .keras/.h5, SavedModel folder, .tflite, .pkl/.joblib, .pt, "
+                         "or an MLflow models:/NAME@ALIAS or models:/NAME/VERSION.")
     profile: str | DeviceProfile = Field(description="Device profile name, profile YAML path, or a loaded profile.")
     calibration: Path | cal.Dataset = Field(description="Image folder, video, .npy/.npz, or a Dataset (Python API).")
     validation: Path | cal.Dataset | None = Field(
@@ -64,6 +66,16 @@ class ConvertOptions(BaseModel):
     golden_count: int = Field(default=5, ge=1, le=16, description="Golden input/output pairs to store.")
     holdout: float = Field(default=0.2, gt=0, lt=1, description="Share of calibration held back without validation.")
     prune: PruneOptions | None = Field(default=None, description="Channel pruning before conversion (PyTorch).")
+    given_files: dict[Literal["sign_key", "passphrase_file", "decoding", "anchors"], Path] = Field(
+        default_factory=dict, description="Files options were read from, as given: recorded in the package's "
+        "provenance so the conversion can be re-run (converters.recipe)."
+    )
+    mlflow_uri: str | None = Field(
+        default=None, description="MLflow tracking URI for a models:/ source (default: $MLFLOW_TRACKING_URI)."
+    )
+    mlflow: MlflowSource | None = Field(
+        default=None, description="Set by the pipeline when the source was fetched from an MLflow registry."
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> ConvertOptions:

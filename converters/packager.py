@@ -31,6 +31,7 @@ from edge_runtime.package.manifest import (
     TensorSpec,
 )
 from edge_runtime.package.optimization import PruningInfo
+from edge_runtime.package.provenance import Provenance
 from edge_runtime.package.signing import Ed25519PrivateKey
 from edge_runtime.package.store import Package, pack_archive, write_package
 
@@ -57,6 +58,7 @@ class PackageParts:
     extra_files: Mapping[str, bytes | Path] = field(default_factory=dict)
     state: Sequence[StateBinding] = ()
     pruning: PruningInfo | None = None
+    provenance: Provenance | None = None
 
 
 def golden_bytes(pairs: Sequence[tuple[list[np.ndarray], list[np.ndarray]]]) -> bytes:
@@ -239,6 +241,7 @@ def write(
         "source": parts.source.model_dump() if parts.source else None,
         "tools": parts.tools,
         "pruning": parts.pruning.model_dump() if parts.pruning else None,
+        "provenance": parts.provenance.model_dump(mode="json") if parts.provenance else None,
     }
     pkg = write_package(out_dir, files, fields, sign_key=sign_key, overwrite=overwrite)
     if archive is not None:

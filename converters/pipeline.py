@@ -7,12 +7,13 @@ folder so a failure leaves nothing behind.
 
 from __future__ import annotations
 
+import re
 import sys
 import tempfile
 from pathlib import Path
 
 from converters import calibration as cal
-from converters import packager
+from converters import packager, recipe
 from converters.build import build_target, packaged_specs
 from converters.context import Progress, open_context
 from converters.options import ConvertOptions, Plan, plan
@@ -29,11 +30,25 @@ def _stderr(msg: str) -> None:
 def convert(opts: ConvertOptions, progress: Progress | None = None) -> Package:
     """Convert ``opts.source`` into a package at ``opts.out``; see the module docstring."""
     say = progress or _stderr
-    p = plan(opts)
-    for note in p.notes:
-        say(note)
     with tempfile.TemporaryDirectory(prefix="edge-convert-") as tmp:
+        opts = _fetched(opts, Path(tmp) / "mlflow", say)
+        p = plan(opts)
+        for note in p.notes:
+            say(note)
         return run_stages(opts, p, Path(tmp), say)
+
+
+def _fetched(opts: ConvertOptions, dest: Path, say: Progress) -> ConvertOptions:
+    """A models:/ source downloaded from its MLflow registry into ``dest`` (the options then name the file)."""
+    from converters import mlflow_source
+
+    if not mlflow_source.is_model_uri(opts.source) or opts.mlflow is not None:
+        return opts
+    uri = str(opts.source)
+    path, src = mlflow_source.fetch(uri, dest, opts.mlflow_uri)
+    say(f"fetched {uri} (version {src.version}, run {src.run_id or '-'}) from MLflow: {path.name}")
+    name = opts.name or re.sub(r"[^A-Za-z0-9._-]", "_", src.name)[:64]
+    return opts.model_copy(update={"source": path, "mlflow": src, "name": name})
 
 
 def run_stages(opts: ConvertOptions, p: Plan, work: Path, say: Progress) -> Package:
@@ -57,7 +72,7 @@ def run_stages(opts: ConvertOptions, p: Plan, work: Path, say: Progress) -> Pack
     )
     qbuild = cal.InputBuilder(pspecs, ctx.vbuild.frame_order, ctx.vbuild.source)
     golden = packager.golden_pairs(qm, qbuild, ctx.valid, opts.golden_count)
-    tools = {**ctx.fm.tool_versions, **qm.tool_versions, "edge-runtime": _own_version()}
+    tools = {**recipe.tool_versions(), **ctx.fm.tool_versions, **qm.tool_versions, "edge-runtime": _own_version()}
     quant = QuantizationInfo(
         precision=qm.precision,
         method=qm.method,
@@ -86,6 +101,7 @@ def run_stages(opts: ConvertOptions, p: Plan, work: Path, say: Progress) -> Pack
         extra_files=opts.extra_files,
         state=opts.state,
         pruning=pruning,
+        provenance=recipe.record(opts, p.name, ctx.fm.source_sha256),
     )
     say(f"writing package {opts.out}")
     return packager.write(parts, Path(opts.out), p.key, opts.force, opts.archive)

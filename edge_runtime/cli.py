@@ -34,6 +34,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "agent": ("edge_runtime.commands.agent", "device agent: run, report metrics over MQTT and apply OTA updates"),
     "bench": ("edge_runtime.benchmark.command", "benchmark model variants (formats, precision, threads)"),
     "registry": ("fleet.registry_cli", "model registry on the fleet server: list, show, lineage, promote, revert"),
+    "retrain": ("fleet.retrain.cli", "re-training on the fleet server: run, list, show, approve, cancel, worker"),
     "fleet": ("fleet.command", "publish packages to devices, roll out canary-first, status, rollback"),
 }
 

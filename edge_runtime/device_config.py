@@ -64,6 +64,8 @@ class DeviceConfig(BaseModel):
     shutdown_flush_s: float = Field(
         default=5.0, ge=0, description="On exit, wait up to this long for the outbox to drain to a connected broker."
     )
+    groups: tuple[str, ...] = Field(default=(), description="Fleet groups of this device: their signed collection "
+                                    "policies apply here (a group's over the fleet's).")
     trust: TrustConfig | None = Field(
         default=None, description="Operator keys that may sign commands (upload_samples); none: every command is "
         "refused and reported.",
@@ -87,6 +89,8 @@ class DeviceConfig(BaseModel):
     @model_validator(mode="after")
     def _check(self) -> DeviceConfig:
         check_segment(self.device_id, "device_id")
+        for g in self.groups:
+            check_segment(g, "group")
         check_unique(self.sources)
         if self.mqtt is not None and self.outbox is None:
             raise ValueError("a broker needs the outbox (records wait there while offline): set outbox.path")

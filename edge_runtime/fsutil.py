@@ -24,6 +24,17 @@ def sha256_file(path: str | Path) -> str:
     return h.hexdigest()
 
 
+def tree_sha256(path: str | Path) -> str:
+    """SHA-256 of a file, or of a folder's relative paths and file hashes (sorted)."""
+    path = Path(path)
+    if path.is_file():
+        return sha256_file(path)
+    h = hashlib.sha256()
+    for f in sorted(p for p in path.rglob("*") if p.is_file()):
+        h.update(f.relative_to(path).as_posix().encode() + b"\0" + sha256_file(f).encode() + b"\n")
+    return h.hexdigest()
+
+
 def fsync_dir(path: str | Path) -> None:
     """fsync a directory so a rename inside it survives a power cut (no-op where unsupported)."""
     try:

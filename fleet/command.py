@@ -40,6 +40,12 @@ def configure(p: argparse.ArgumentParser) -> None:
     cm.add_argument("--max", type=int, default=10, help="upload_samples: the newest N stored samples (1..100)")
     cm.add_argument("--ids", help="upload_samples: comma-separated sample ids instead of --max")
     cm.add_argument("--ttl", type=float, default=300.0, help="seconds until the device refuses the command")
+    po = sub.add_parser("policy", help="signed sample-collection policy for the fleet or a group")
+    po_sub = po.add_subparsers(dest="policy_cmd", required=True)
+    ps = po_sub.add_parser("set", help="sign a policy file (YAML) and publish it retained to the devices")
+    ps.add_argument("file", type=Path, help="the policy (see README: Collecting samples)")
+    ps.add_argument("--group", help="only this group's devices (default: the whole fleet)")
+    ps.add_argument("--key", required=True, help="Ed25519 private key of an operator")
     st = sub.add_parser("status", help="show every device's model, update state and health")
     st.add_argument("--wait", type=float, default=1.0, help="seconds to collect retained messages")
     st.add_argument("--json", action="store_true")
@@ -134,11 +140,23 @@ def run(args: argparse.Namespace) -> int:
         return server_cli.run(args)
     plan = rollout_plan(args) if args.fleet_cmd == "rollout" else None
     command = command_doc(args) if args.fleet_cmd == "command" else None
+    policy = None
+    if args.fleet_cmd == "policy":
+        from fleet.policy import load_policy, scope_of
+
+        policy = (scope_of(args.group), load_policy(args.file))
     if args.fleet_cmd == "publish" and args.target and not args.key:
         raise ConfigError("fleet publish --target needs --key to sign the desired document")
     key = load_private_key(args.key, read_passphrase(args.passphrase_file)) if getattr(args, "key", None) else None
     link = _link(args)
     try:
+        if policy is not None:
+            from fleet.policy import publish_policy
+
+            doc = publish_policy(link, link.topics, policy[0], policy[1], key)
+            print(f"collection policy for {doc.scope} published (sequence {doc.sequence}, upload "
+                  f"{'on' if doc.policy.upload else 'off'})")
+            return 0
         if command is not None:
             from fleet.publish import send_command
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import urllib.error
 import urllib.parse
@@ -35,6 +36,19 @@ def configure(p: argparse.ArgumentParser) -> None:
     rg.add_argument("--git", type=Path, metavar="REPO", help="record this repository's commit and dirty flag")
     rg.add_argument("--training-command", help="the re-training command that produced the source model")
     rg.add_argument("--dataset-snapshot", help="the dataset snapshot id it was trained on")
+    rp = sub.add_parser("reproduce", help="re-run a version's recorded conversion here: identical model bytes "
+                        "(exit 0), or which input or tool differs (exit 1)")
+    rp.add_argument("name")
+    rp.add_argument("version")
+    rp.add_argument("--mlflow-uri", metavar="URI", help="MLflow tracking URI, for a version converted from models:/ "
+                    "(default: $MLFLOW_TRACKING_URI)")
+    rp.add_argument("-q", "--quiet", action="store_true", help="no conversion progress on stderr")
+    ex = sub.add_parser("export", help="register a version (package and lineage tags) in an MLflow registry")
+    ex.add_argument("name")
+    ex.add_argument("version")
+    ex.add_argument("--mlflow", required=True, metavar="URI", help="MLflow tracking URI (needs the [mlflow] extra)")
+    ex.add_argument("--mlflow-name", help="registered model name in MLflow (default: NAME)")
+    ex.add_argument("--alias", help="also point this MLflow alias at the exported version")
     pr = sub.add_parser("promote", help="move an alias to a version and publish it to the alias's target")
     pr.add_argument("name")
     pr.add_argument("version")
@@ -61,7 +75,7 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 
 def _call(args: argparse.Namespace, method: str, path: str, body: bytes | None = None,
-          headers: dict[str, str] | None = None) -> Any:
+          headers: dict[str, str] | None = None, save_to: Path | None = None) -> Any:
     token = os.environ.get("EDGE_FLEET_TOKEN")
     if not args.server or not token:
         raise ConfigError("registry needs --server (or EDGE_FLEET_SERVER) and an API token in EDGE_FLEET_TOKEN")
@@ -72,6 +86,10 @@ def _call(args: argparse.Namespace, method: str, path: str, body: bytes | None =
                                  headers={"Authorization": f"Bearer {token}", **(headers or {})})
     try:
         with urllib.request.urlopen(req, timeout=300) as r:  # noqa: S310 - the URL the user configured
+            if save_to is not None:  # streamed: a package may be large
+                with open(save_to, "wb") as f:
+                    shutil.copyfileobj(r, f, 1 << 20)
+                return None
             return json.loads(r.read())
     except urllib.error.HTTPError as exc:
         detail = exc.read().decode(errors="replace")
@@ -129,8 +147,47 @@ def _print_lineage(chain: list[dict[str, Any]]) -> None:
         print(f"  calibration {cal.get('method') or '-'} samples {cal.get('samples')} "
               f"fingerprint {cal.get('fingerprint') or '-'}; validation {lin.get('validation_sha256') or '-'}")
         print(f"  git {lin.get('git_commit') or '-'}{' (dirty)' if lin.get('git_dirty') else ''}  "
-              f"recipe {len(lin.get('recipe') or {})} options  tools "
+              f"recipe {len((lin.get('recipe') or {}).get('options', lin.get('recipe') or {}))} options  tools "
               + ", ".join(f"{k} {val}" for k, val in sorted((lin.get("tools") or {}).items())))
+
+
+def _reproduce(args: argparse.Namespace) -> int:
+    import sys
+
+    from fleet.reproduce import reproduce
+
+    doc = _call(args, "GET", f"/registry/models/{urllib.parse.quote(args.name)}/versions/"
+                             f"{urllib.parse.quote(args.version)}")  # fmt: skip
+    say = (lambda s: None) if args.quiet else (lambda s: print(f"reproduce: {s}", file=sys.stderr, flush=True))
+    report = reproduce(doc, say, args.mlflow_uri)
+    if args.json:
+        print(json.dumps(report.as_dict(), indent=1))
+    else:
+        print("\n".join(report.lines()))
+    return 0 if report.identical else 1
+
+
+def _export(args: argparse.Namespace) -> Any:
+    import tempfile
+
+    from converters.mlflow_source import import_mlflow
+    from fleet.mlflow_export import export
+
+    import_mlflow()  # the extra is checked before anything is downloaded
+    path = f"/registry/models/{urllib.parse.quote(args.name)}/versions/{urllib.parse.quote(args.version)}"
+    doc = _call(args, "GET", path)
+    with tempfile.TemporaryDirectory(prefix="edge-export-") as tmp:
+        archive = Path(tmp) / f"{args.name}-{args.version}.erpkg"
+        _call(args, "GET", path + "/package", save_to=archive)
+        from edge_runtime.fsutil import sha256_file
+
+        if sha256_file(archive) != doc["sha256"]:
+            raise ConfigError(f"the package the server sent is not {args.name} {args.version}'s (sha256 differs)")
+        out = export(doc, archive, args.mlflow, args.mlflow_name, args.alias)
+    if not args.json:
+        print(f"exported {args.name} {args.version} to MLflow as {out['name']} version {out['version']}"
+              + (f" (alias {out['alias']})" if out["alias"] else "") + ("" if out["created"] else ", already there"))
+    return out
 
 
 def _rollouts(args: argparse.Namespace) -> Any:
@@ -185,6 +242,10 @@ def run(args: argparse.Namespace) -> int:
                     {"Content-Type": "application/octet-stream", "X-Lineage": extra})
         if not args.json:
             print(f"registered {out['name']} {out['version']} (sha256 {out['sha256'][:12]}, {out['size']} bytes)")
+    elif cmd == "reproduce":
+        return _reproduce(args)
+    elif cmd == "export":
+        out = _export(args)
     elif cmd in ("rollout", "rollouts", "pause", "resume", "abort"):
         out = _rollouts(args)
     else:

@@ -173,15 +173,18 @@ def classifier_package(
     corrupt_golden: bool = False,
     seed: int = 0,
     hw: tuple[int, int] = (32, 32),
+    fc_scale: float = 1.0,
     dynamic_batch: bool = False,
 ) -> Package:
     """An image classifier package (ONNX float32 BGR input, or TFLite int8 RGB input) with golden pairs
-    (``dynamic_batch``: the ONNX model's batch dimension is dynamic, -1 in the manifest)."""
+    (``fc_scale``: ONNX only, see ``onnx_classifier_model``; ``dynamic_batch``: the ONNX model's batch dimension is
+    dynamic, -1 in the manifest)."""
     out_dir = Path(out_dir)
     work = Path(tempfile.mkdtemp(dir=_SCRATCH.name))
     classes = len(labels)
     if fmt == "onnx":
-        model = onnx_classifier_model(work / "model.onnx", hw, classes, seed, batch="N" if dynamic_batch else 1)
+        model = onnx_classifier_model(work / "model.onnx", hw, classes, seed, fc_scale=fc_scale,
+                                      batch="N" if dynamic_batch else 1)
         n = -1 if dynamic_batch else 1
         input_spec = {
             "name": "input", "shape": [n, hw[0], hw[1], 3], "dtype": "float32", "kind": "image",

@@ -8,7 +8,6 @@ signature (``from_keras`` fails under Keras 3).
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ from typing import Any
 from converters.model import FloatModel, TensorInfo
 from converters.sources.tflite import import_tf2onnx, tool_versions, write_tf2onnx
 from edge_runtime.errors import ConversionError, MissingDependencyError, first_line
-from edge_runtime.fsutil import sha256_file
+from edge_runtime.fsutil import sha256_file, tree_sha256
 
 SIGNATURE_KEY = "serving_default"
 
@@ -33,16 +32,6 @@ def import_tensorflow() -> Any:
 
 def is_saved_model(path: Path) -> bool:
     return path.is_dir() and ((path / "saved_model.pb").is_file() or (path / "saved_model.pbtxt").is_file())
-
-
-def tree_sha256(path: Path) -> str:
-    """SHA-256 of a file, or of a folder's relative paths and file hashes (sorted)."""
-    if path.is_file():
-        return sha256_file(path)
-    h = hashlib.sha256()
-    for f in sorted(p for p in path.rglob("*") if p.is_file()):
-        h.update(f.relative_to(path).as_posix().encode() + b"\0" + sha256_file(f).encode() + b"\n")
-    return h.hexdigest()
 
 
 def _dims(shape: Any) -> tuple[int, ...]:

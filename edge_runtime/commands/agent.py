@@ -233,7 +233,8 @@ def build_agent(cfg: AgentConfig, what: str = "agent config") -> AgentParts:
     pipeline.add_error_hook(agent.observe_error)
     agent.attach(pipeline, lambda: _source_status(pipeline))
     services = start_services(device, model.manifest, link=link, source=_sources_info(cfg),  # one MQTT link
-                              command_trust=agent.trust, command_state=cfg.state_dir / COMMAND_REPLAY)
+                              command_trust=agent.trust, command_state=cfg.state_dir / COMMAND_REPLAY,
+                              groups=tuple(cfg.groups))
     services.attach(pipeline)
     services.add_health_check(update_agent_check(lambda: (agent.machine.state.value, agent.machine.record.reason)))
     return AgentParts(cfg, link, agent, pipeline, services)

@@ -64,6 +64,8 @@ class SampleConfig(BaseModel):
     random_rate: float = Field(default=0.0, ge=0, le=1, description="Also keep this share of inputs at random.")
     min_interval_s: float = Field(default=1.0, ge=0, description="At most one capture per this many seconds.")
     seed: int | None = Field(default=None, description="Seed of the random sampler (tests, reproducibility).")
+    upload: bool = Field(default=False, description="Opt-in: samples may leave this device when a signed "
+                         "collection policy also allows it (monitoring.collect); default off.")
 
 
 class HealthConfig(BaseModel):

@@ -3,6 +3,9 @@
 The pipeline thread only decides (O(1)) and hands a frame copy to a writer thread through a small bounded
 queue (a full queue drops the capture and counts it). Each sample is an image (.png) or array (.npy) plus a
 JSON sidecar, both written atomically; the oldest samples are deleted to keep within the size and count caps.
+Under a collection policy (monitoring.collector decides, :meth:`SampleStore.put` queues) the writer first runs
+the policy's redaction (a failure drops the sample, counted) and marks the sample ``upload: pending`` when it may
+leave the device; the uploader (sync.uploader) reads :meth:`pending` and marks what landed with :meth:`mark`.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import queue
 import random
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +45,9 @@ class SampleStore:
         self.captured = 0
         self.dropped = 0
         self.errors = 0
+        self.redaction_failed = 0
+        self.max_bytes = config.max_bytes
+        self.redactor: Callable[[np.ndarray], np.ndarray] | None = None  # set by the monitor from the policy
         self._thread = threading.Thread(target=self._writer, name="sample-writer", daemon=True)
         self._thread.start()
 
@@ -78,6 +85,15 @@ class SampleStore:
             return None
         return reason
 
+    def put(self, frame: np.ndarray, meta: dict[str, Any]) -> bool:
+        """Queue an input another component chose (meta: reason, confidence, class, ...); False when full."""
+        try:
+            self._queue.put_nowait((np.array(frame, copy=True), meta))
+        except queue.Full:
+            self.dropped += 1
+            return False
+        return True
+
     def _writer(self) -> None:
         while (item := self._queue.get()) is not None:
             try:
@@ -91,6 +107,15 @@ class SampleStore:
 
     def _write(self, frame: np.ndarray, meta: dict[str, Any]) -> None:
         sid = f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime(meta['ts']))}-{meta['frame_index']:08d}"
+        if meta.pop("redact", False) and self.redactor is not None:
+            from edge_runtime.monitoring.redact import RedactionError
+
+            try:
+                frame = self.redactor(frame)
+            except RedactionError as exc:  # never keep the unredacted input
+                self.redaction_failed += 1
+                log.warning("sample %s dropped: %s", sid, exc)
+                return
         data, ext = _encode(frame)
         atomic_write_bytes(self.dir / f"{sid}{ext}", data)
         meta = {"id": sid, "file": f"{sid}{ext}", "bytes": len(data), "shape": list(frame.shape),
@@ -104,7 +129,7 @@ class SampleStore:
     def _enforce_caps(self) -> None:
         with self._lock:
             while self._index and (len(self._index) > self.config.max_files
-                                   or sum(m["bytes"] for m in self._index) > self.config.max_bytes):
+                                   or sum(m["bytes"] for m in self._index) > self.max_bytes):
                 old = self._index.pop(0)
                 for name in (old["file"], f"{old['id']}.json"):
                     (self.dir / name).unlink(missing_ok=True)
@@ -120,6 +145,23 @@ class SampleStore:
         self._queue.put(None)
         self._thread.join(5)
 
+    def pending(self) -> list[dict[str, Any]]:
+        """Samples waiting for upload, oldest first."""
+        with self._lock:
+            return [dict(m) for m in self._index if m.get("upload") == "pending"]
+
+    def mark(self, sample_id: str, **fields: Any) -> None:
+        """Update a sample's sidecar (e.g. ``upload="done"``), atomically; unknown (evicted) ids are ignored."""
+        with self._lock:
+            meta = next((m for m in self._index if m["id"] == sample_id), None)
+            if meta is None:
+                return
+            meta.update(fields)
+            atomic_write_text(self.dir / f"{sample_id}.json", json.dumps(meta))
+
+    def file(self, meta: dict[str, Any]) -> Path:
+        return self.dir / meta["file"]
+
     def list(self) -> list[dict[str, Any]]:
         with self._lock:
             return [dict(m) for m in self._index]
@@ -127,7 +169,9 @@ class SampleStore:
     def summary(self) -> dict[str, Any]:
         with self._lock:
             return {"count": len(self._index), "bytes": sum(m["bytes"] for m in self._index),
-                    "captured": self.captured, "dropped": self.dropped, "errors": self.errors}
+                    "captured": self.captured, "dropped": self.dropped, "errors": self.errors,
+                    "redaction_failed": self.redaction_failed,
+                    "pending_upload": sum(1 for m in self._index if m.get("upload") == "pending")}
 
     def payload(self, sample_id: str, device: str) -> bytes:
         """The upload message of one sample: its metadata and base64 file content."""

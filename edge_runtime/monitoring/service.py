@@ -65,6 +65,8 @@ class DeviceServices:
     commands: Any = None  # edge_runtime.sync.commands.CommandHandler on the device's command topic
     watch: HealthWatch | None = None
     feedback: FeedbackSubscriber | None = None
+    policies: Any = None  # edge_runtime.monitoring.collect.PolicyStore: signed collection policies
+    uploader: Any = None  # edge_runtime.sync.uploader.SampleUploader
     _pipeline: Pipeline | None = field(default=None, repr=False)
     _closed: bool = field(default=False, repr=False)
 
@@ -133,6 +135,9 @@ class DeviceServices:
             h["broker"] = {"configured": True, **(h.get("broker") or {})}
         if self.forwarder is not None:
             h["forwarder"] = self.forwarder.stats()
+        if self.policies is not None:
+            h["collection"] = {"policy": self.policies.describe(), "uploads": self.uploader.stats(),
+                               "selector": dict(self.monitor.selector.counters) if self.monitor.selector else None}
         if self.outbox is not None and h.get("outbox") is not None:
             h["outbox"] = {**h["outbox"], "max_bytes": self.outbox.config.max_bytes}
         watch = self._watch()
@@ -154,6 +159,8 @@ class DeviceServices:
         if self.http is not None:
             self.http.stop()
         self.monitor.close()
+        if self.uploader is not None:
+            self.uploader.stop()
         if self.forwarder is not None:
             self.forwarder.wake()
             self._drain(self.config.shutdown_flush_s)
@@ -245,13 +252,42 @@ def _command_handler(config: DeviceConfig, monitor: Monitor, link: MqttLink, tru
     return handler
 
 
+def _collection(services: DeviceServices, link: MqttLink, trust: Any, groups: tuple[str, ...]) -> None:
+    """Signed collection policies on the fleet's and the groups' policy topics; the last good one applies at once
+    (offline start); the uploader sends samples only while the policy and the device config both allow it."""
+    from edge_runtime.monitoring.collect import PolicyStore
+    from edge_runtime.sync.uploader import SampleUploader
+
+    config, monitor = services.config, services.monitor
+    if monitor.samples is None or config.outbox is None:
+        return
+    allowed = config.monitor.samples.upload
+    state = config.outbox.path.parent / "collect"
+    store = PolicyStore(state, groups or config.groups, trust, link.topics,
+                        on_policy=lambda d: monitor.set_policy(d.policy if d else None, allowed),
+                        report=monitor.event)
+    cur = store.current
+    if cur is not None:
+        monitor.set_policy(cur.policy, allowed)
+
+    def limits() -> Any:
+        doc = store.current
+        return doc.policy.upload_limits if allowed and doc is not None and doc.policy.upload else None
+
+    services.policies = store
+    services.uploader = SampleUploader(monitor.samples, link, config.device_id, state / "upload-budget.json",
+                                       limits).start()
+    store.attach(link)
+
+
 def start_services(config: DeviceConfig, manifest: Manifest | None = None, *, link: MqttLink | None = None,
                    http: bool = True, source: dict[str, Any] | None = None, command_trust: Any = None,
-                   command_state: Path | None = None) -> DeviceServices:
+                   command_state: Path | None = None, groups: tuple[str, ...] = ()) -> DeviceServices:
     """Build and start the services ``config`` asks for. ``link``: an already made link to share (the caller
     starts and stops it); ``http``: serve /metrics and /health when the config names a port (serve has its own);
     ``command_trust``/``command_state``: operator keys and the replay-state file for signed commands (the same
-    operator keys admit signed feedback labels on the feedback topic).
+    operator keys admit signed feedback labels on the feedback topic, and signed collection policies for the
+    fleet and ``groups``, else the config's groups).
     A configuration problem (unwritable outbox, missing TLS file, busy port) raises ConfigError, after closing
     whatever was already started."""
     owns_link = link is None
@@ -277,6 +313,7 @@ def start_services(config: DeviceConfig, manifest: Manifest | None = None, *, li
             services.commands = _command_handler(config, monitor, link, trust, command_state)
             if trust is not None:
                 services.enable_feedback(trust)
+            _collection(services, link, trust, groups)
             if owns_link:
                 if manifest is not None:
                     link.update_state(model=manifest.name, version=manifest.version)

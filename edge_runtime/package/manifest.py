@@ -12,6 +12,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from edge_runtime.package.optimization import PruningInfo, SelectionInfo
+from edge_runtime.package.provenance import Provenance
 
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -328,6 +329,7 @@ class Manifest(BaseModel):
     rollback: bool = Field(default=False, description="An explicit, signed rollback to an older version.")
     pruning: PruningInfo | None = Field(default=None, description="Channel pruning done before conversion.")
     selection: SelectionInfo | None = Field(default=None, description="Why `bench --choose` picked this package.")
+    provenance: Provenance | None = Field(default=None, description="The recorded convert recipe and its inputs.")
 
     @field_validator("schema_version")
     @classmethod

@@ -7,10 +7,14 @@ Layout under a configurable prefix (default ``edge``)::
     {p}/devices/{device}/events            QoS 1     detections, drift alerts, errors
     {p}/devices/{device}/update/status     retained  OTA state machine transitions and progress
     {p}/devices/{device}/samples           QoS 1     captured input samples, uploaded on request
+    {p}/devices/{device}/samples/upload    QoS 1     resumable chunked sample uploads (offer + chunks)
+    {p}/devices/{device}/samples/ack       QoS 1     fleet -> device: which chunks of a sample landed
     {p}/devices/{device}/desired           retained  signed desired-model document (fleet -> device)
     {p}/devices/{device}/commands          QoS 1     fleet -> device requests (upload samples, rollback)
     {p}/devices/{device}/feedback          QoS 1     fleet -> device signed labels for predictions (field accuracy)
     {p}/groups/{group}/desired             retained  signed desired-model document for a group
+    {p}/groups/{group}/policy              retained  signed collection policy for a group
+    {p}/fleet/policy                       retained  signed collection policy for every device
     {p}/packages/{package_id}/meta         retained  chunk count, chunk size, sha256 of the archive
     {p}/packages/{package_id}/chunks/{i}   retained  one chunk of the package archive (binary)
 
@@ -55,6 +59,18 @@ class Topics:
 
     def samples(self, device: str) -> str:
         return f"{self.device(device)}/samples"
+
+    def sample_upload(self, device: str) -> str:
+        return f"{self.device(device)}/samples/upload"
+
+    def sample_ack(self, device: str) -> str:
+        return f"{self.device(device)}/samples/ack"
+
+    def fleet_policy(self) -> str:
+        return f"{self.prefix}/fleet/policy"
+
+    def group_policy(self, group: str) -> str:
+        return f"{self.prefix}/groups/{check_segment(group, 'group')}/policy"
 
     def update_status(self, device: str) -> str:
         return f"{self.device(device)}/update/status"

@@ -24,6 +24,7 @@ from edge_runtime.update.attempt import Attempt, Link, ModelHost, UpdateContext
 from edge_runtime.update.desired import SignedDesired, open_desired, pin_allows, resolve
 from edge_runtime.update.errors import VerificationError
 from edge_runtime.update.health import LiveReport
+from edge_runtime.update.http_transfer import read_token
 from edge_runtime.update.machine import UpdateMachine, UpdateRecord, status_payload
 from edge_runtime.update.runtime import ModelRuntime, prediction_ok
 from edge_runtime.update.settings import UpdateSettings
@@ -53,6 +54,8 @@ class UpdateAgent:
         trust = TrustStore.load(settings.trust, settings.trusted_keys)
         self.ctx = UpdateContext(settings, machine, slots, runtime, trust, link, topics or Topics(),
                                  settings.smoke_budget_ms or latency_budget_ms)
+        if settings.http_token_file is not None:  # read once, checked at start: a bad file is a config error
+            self.ctx.http_token = read_token(Path(settings.http_token_file))
         # the accepted desired-document sequence, in two copies (update_state.json's copy is the fallback)
         self.ctx.replay = SequenceStore(root / DESIRED_REPLAY, floor=machine.record.accepted_sequence,
                                         has_history=slots.has_history())

@@ -95,6 +95,7 @@ class UpdateContext:
     stop_event: threading.Event = field(default_factory=threading.Event)
     serving: Serving = field(default_factory=Serving)
     replay: Any = None  # edge_runtime.sync.replay.SequenceStore: the accepted desired-document sequence
+    http_token: str | None = None  # the device's package-download token (settings.http_token_file)
 
     @property
     def root(self) -> Path:

@@ -36,6 +36,10 @@ class UpdateSettings(BaseModel):
         default=10.0, ge=0, description="Publish live error/latency statistics this often (0: never)."
     )
     allow_http: bool = Field(default=True, description="Use the document's HTTP(S) URL when it has one.")
+    http_token_file: Path | None = Field(default=None, description="File (mode 0600) holding this device's "
+                                         "package-download token (edge-runtime fleet device-token).")
+    allow_plain_http: bool = Field(default=False, description="Allow http:// package URLs to a non-loopback host "
+                                   "(the token and the package travel unencrypted).")
     transfer: TransferSettings = Field(default_factory=TransferSettings, description="Chunked transfer settings.")
     health: HealthSettings = Field(default_factory=HealthSettings, description="Health window after the swap.")
     dwell_s: dict[State, float] = Field(

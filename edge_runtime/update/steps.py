@@ -16,7 +16,7 @@ from edge_runtime.update.attempt import Attempt, UpdateContext
 from edge_runtime.update.desired import DesiredModel
 from edge_runtime.update.errors import SmokeTestError, TransferError, UpdateError, VerificationError
 from edge_runtime.update.health import HealthWindow, Verdict
-from edge_runtime.update.http_transfer import http_download
+from edge_runtime.update.http_transfer import http_download, part_path
 from edge_runtime.update.runtime import agree
 from edge_runtime.update.states import LIVE_MODEL_AT_RISK, TRANSITIONS, Event, State
 from edge_runtime.update.transfer import ChunkDownloader
@@ -164,13 +164,9 @@ def download(a: Attempt) -> Any:
             ctx.machine.update(progress=good / total)
 
     if doc.url and ctx.settings.allow_http:
-        try:
-            return http_download(doc.url, a.archive, doc.sha256, doc.size, ctx.stop_event)
-        except TransferError as exc:  # any HTTP failure: the same signed bytes come over MQTT instead
-            if exc.code == "interrupted":
-                raise UpdateError(str(exc), exc.code) from exc
-            log.warning("HTTP download failed (%s); falling back to MQTT chunks", exc)
-            ctx.machine.update(reason=f"{exc}; falling back to MQTT chunks", code="http_fallback")
+        fetched = _http(a)
+        if fetched is not None:
+            return fetched
     while True:
         try:
             return ChunkDownloader(ctx.link, ctx.topics, ctx.downloads, doc.package_id, doc.sha256, doc.size,
@@ -178,6 +174,32 @@ def download(a: Attempt) -> Any:
         except TransferError as exc:
             if exc.code == "interrupted" or not ctx.machine.retry(str(exc), exc.code):
                 raise UpdateError(str(exc), exc.code) from exc
+
+
+def _http(a: Attempt) -> Any:
+    """The HTTP(S) download, resumed with Range while each try gets further (bounded by ``max_retries``); None:
+    it failed (unreachable, refused, no progress) and the reason is reported, so the MQTT chunks come instead."""
+    ctx, doc = a.ctx, a.doc
+    assert doc.url is not None
+    part, tries = part_path(a.archive), 0
+    while True:
+        before = part.stat().st_size if part.exists() else 0
+        try:
+            return http_download(doc.url, a.archive, doc.sha256, doc.size, ctx.stop_event, token=ctx.http_token,
+                                 allow_plain_http=ctx.settings.allow_plain_http)
+        except TransferError as exc:
+            if exc.code == "interrupted":
+                raise UpdateError(str(exc), exc.code) from exc
+            tries += 1
+            grew = (part.stat().st_size if part.exists() else 0) > before
+            if exc.code == "http_failed" and grew and tries <= ctx.settings.max_retries:
+                log.info("HTTP download interrupted (%s); resuming with a range request", exc)
+                ctx.machine.update(reason=f"{exc}; resuming over HTTP", code="http_resume")
+                continue
+            log.warning("HTTP download failed (%s); falling back to MQTT chunks", exc)
+            code = exc.code if exc.code in ("http_unauthorized", "insecure_url") else "http_fallback"
+            ctx.machine.update(reason=f"{exc}; falling back to MQTT chunks", code=code)
+            return None
 
 
 def stage(a: Attempt) -> Any:

@@ -6,6 +6,8 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from edge_runtime.errors import EdgeRuntimeError
+from edge_runtime.monitoring.collect import CollectionPolicy
 from edge_runtime.sync.commands import new_command, sign_command
 from edge_runtime.sync.topics import Topics
 from fleet.server.auth import User, audit
@@ -40,8 +42,13 @@ class Actions:
     """What an operator may do; refused (and audited as refused) without an operator key or a broker."""
 
     def __init__(self, engine: Any, topics: Topics, key: Ed25519PrivateKey | None, publish: Any | None,
-                 link: Any | None = None) -> None:
+                 link: Any | None = None, public_url: str | None = None) -> None:
         self.engine, self.topics, self.key, self._publish, self.link = engine, topics, key, publish, link
+        self.public_url = public_url.rstrip("/") if public_url else None
+
+    def package_url(self, sha256: str) -> str | None:
+        """Where devices download a package over HTTP(S) (None: the server has no public URL, MQTT only)."""
+        return f"{self.public_url}/api/v1/packages/{sha256}" if self.public_url else None
 
     def signing_link(self) -> tuple[Any, Ed25519PrivateKey]:
         """The broker link and operator key that signed publications need, or ActionRefused saying which is missing."""
@@ -50,6 +57,25 @@ class Actions:
         if self.link is None:
             raise ActionRefused("the server has no broker connection: actions refused")
         return self.link, self.key
+
+    def set_policy(self, user: User, scope: str, policy: CollectionPolicy) -> dict[str, Any]:
+        """Sign ``policy`` for ``scope`` (fleet or group:NAME) and publish it retained; audited."""
+        from fleet.policy import publish_policy
+
+        try:
+            if not user.is_operator:
+                raise PermissionError("operator role required")
+            link, key = self.signing_link()
+            try:
+                doc = publish_policy(link, self.topics, scope, policy, key)
+            except EdgeRuntimeError as exc:
+                raise ActionRefused(str(exc)) from None
+        except (PermissionError, ActionRefused) as exc:
+            audit(self.engine, user.name, "set_policy", scope, "refused", {"reason": str(exc)})
+            raise
+        audit(self.engine, user.name, "set_policy", scope, "done",
+              {"sequence": doc.sequence, "policy": policy.model_dump(mode="json")})
+        return {"scope": scope, "sequence": doc.sequence, "upload": policy.upload}
 
     def request_samples(self, user: User, device: str, max_samples: int = 10) -> dict[str, Any]:
         """Ask ``device`` to upload up to ``max_samples`` of its kept samples (they arrive through ingest)."""

@@ -20,8 +20,10 @@ from fleet.server.settings import ServerSettings
 
 
 def create_app(settings: ServerSettings, engine: Any, ingest: Any | None = None, key: Any | None = None,
-               topics: Topics | None = None, background: list[Any] | None = None) -> FastAPI:
-    """The ASGI app. ``ingest`` and ``background`` (objects with start/stop) run for the app's lifetime."""
+               topics: Topics | None = None, background: list[Any] | None = None,
+               retrain: dict[str, Any] | None = None) -> FastAPI:
+    """The ASGI app. ``ingest`` and ``background`` (objects with start/stop) run for the app's lifetime;
+    ``retrain`` (model name -> fleet.retrain.policy.RetrainPolicy) adds the re-training runner."""
     topics = topics or Topics()
     publish, link = None, None
     if ingest is not None:
@@ -31,10 +33,16 @@ def create_app(settings: ServerSettings, engine: Any, ingest: Any | None = None,
             info = ingest.client.publish(topic, payload, qos=qos)
             info.wait_for_publish(10)
 
-    srv = Server(settings=settings, engine=engine, actions=Actions(engine, topics, key, publish, link), ingest=ingest)
+    actions = Actions(engine, topics, key, publish, link, settings.public_url)
+    srv = Server(settings=settings, engine=engine, actions=actions, ingest=ingest)
     jobs = [j for j in [ingest, *(background or [])] if j is not None]
     if ingest is not None:  # rollouts publish through the broker: they run where the server has one
         jobs.append(RolloutRunner(engine, srv.actions, settings.data_dir))
+    if retrain is not None:
+        from fleet.retrain.runner import RetrainRunner
+
+        srv.retrain = RetrainRunner(engine, srv.actions, settings.data_dir, retrain, settings.operator_key)
+        jobs.append(srv.retrain)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:

@@ -13,7 +13,7 @@ from pydantic import ValidationError
 
 from edge_runtime.errors import ConfigError, validation_message
 
-COMMANDS = ("serve", "user", "token")
+COMMANDS = ("serve", "user", "token", "device-token")
 log = logging.getLogger(__name__)
 
 
@@ -37,7 +37,12 @@ def configure(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg
                     "(an encrypted key: fleet --passphrase-file or $EDGE_RUNTIME_KEY_PASSPHRASE)")
     sv.add_argument("--group", default="fleet", help="shared-subscription group (instances split the streams)")
     sv.add_argument("--client-id", default="fleet-server", help="MQTT client id, unique per instance")
+    sv.add_argument("--public-url", help="this server's URL as devices reach it (https://fleet.example:8700): "
+                    "desired documents carry package URLs under it and devices download over HTTP(S) with their "
+                    "device token (default: none, devices download over MQTT)")
     sv.add_argument("--secure-cookies", action="store_true", help="session cookies only over HTTPS")
+    sv.add_argument("--retrain", action="append", default=[], metavar="FILE", help="retrain.yaml of a model: "
+                    "triggers, training command, gates, canary (repeat for more models)")
     us = sub.add_parser("user", help="manage dashboard and API users")
     us_sub = us.add_subparsers(dest="user_cmd", required=True)
     ua = us_sub.add_parser("add", help="add a user (password from --password-env or a prompt)")
@@ -52,6 +57,13 @@ def configure(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg
     tc.add_argument("--name", default="api", help="what the token is for")
     tc.add_argument("--days", type=float, help="expires after this many days (default: never)")
     _db_arg(tc)
+    dt = sub.add_parser("device-token", help="a device's credential for package downloads over HTTP(S) (replaces "
+                        "its earlier one; only a hash is kept)")
+    dt.add_argument("device")
+    dt.add_argument("--out", metavar="FILE", help="write the token to FILE (mode 0600) for the device's "
+                    "update.http_token_file, instead of printing it")
+    dt.add_argument("--revoke", action="store_true", help="remove the device's credential")
+    _db_arg(dt)
 
 
 def _db_arg(p: argparse.ArgumentParser) -> None:
@@ -128,7 +140,28 @@ def run(args: argparse.Namespace) -> int:
                                 None if args.days is None else args.days * 86400)
         print(token)
         return 0
+    if args.fleet_cmd == "device-token":
+        return device_token(args)
     return serve(args)
+
+
+def device_token(args: argparse.Namespace) -> int:
+    from edge_runtime.fsutil import atomic_write_text
+    from fleet.server.device_auth import create_device_token, revoke_device_token
+
+    engine = _engine(args)
+    if args.revoke:
+        if not revoke_device_token(engine, args.device):
+            raise ConfigError(f"device {args.device!r} has no download credential")
+        print(f"download credential of {args.device} revoked")
+        return 0
+    token = create_device_token(engine, args.device, getpass.getuser())
+    if args.out:
+        atomic_write_text(Path(args.out), token + "\n", mode=0o600)
+        print(f"download credential of {args.device} written to {args.out} (mode 0600)")
+    else:
+        print(token)
+    return 0
 
 
 def _settings(args: argparse.Namespace):  # type: ignore[no-untyped-def]
@@ -138,10 +171,26 @@ def _settings(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     try:
         return ServerSettings(db_url=args.db, data_dir=Path(args.data_dir) if args.data_dir else data_dir(),
                               host=args.host, port=args.port, operator_key=args.operator_key,
+                              public_url=args.public_url,
                               secure_cookies=args.secure_cookies,
                               ingest={"group": args.group, "client_id": args.client_id})
     except ValidationError as exc:
         raise ConfigError(f"invalid fleet serve options: {validation_message(exc, root='serve')}") from None
+
+
+def _policies(files: list[str]):  # type: ignore[no-untyped-def]
+    """Each --retrain file, validated before the server starts (a bad one: one line, exit 2)."""
+    if not files:
+        return None
+    from fleet.retrain.policy import load_policy
+
+    out = {}
+    for f in files:
+        pol = load_policy(Path(f))
+        if pol.model in out:
+            raise ConfigError(f"--retrain {f}: a second policy for model {pol.model}")
+        out[pol.model] = pol
+    return out
 
 
 def _mqtt(args: argparse.Namespace):  # type: ignore[no-untyped-def]
@@ -171,7 +220,9 @@ def serve(args: argparse.Namespace) -> int:
     migrate(engine)
     store = Store(engine, settings.sample_dir, settings.sample_max_bytes)
     ingest = Ingest(store, mqtt, settings.ingest)
-    app = create_app(settings, engine, ingest, key, mqtt.topics, [Maintenance(engine, settings.retention)])
+    policies = _policies(args.retrain)
+    app = create_app(settings, engine, ingest, key, mqtt.topics, [Maintenance(engine, settings.retention)],
+                     retrain=policies)
     print(f"fleet server on http://{settings.host}:{settings.port} (database {engine.url.render_as_string()}, "
           f"broker {mqtt.host}:{mqtt.port}, operator key: {'yes' if key else 'none: actions refused'})",
           file=sys.stderr, flush=True)

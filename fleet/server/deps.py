@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import HTTPException, Request
 
 from fleet.server.actions import Actions
 from fleet.server.auth import User, lookup
+from fleet.server.device_auth import DownloadCounters
 from fleet.server.settings import ServerSettings
 
 SESSION_COOKIE = "fleet_session"
@@ -22,6 +23,8 @@ class Server:
     engine: Any
     actions: Actions
     ingest: Any | None = None  # fleet.server.ingest.Ingest when connected to a broker
+    downloads: DownloadCounters = field(default_factory=DownloadCounters)  # device package requests
+    retrain: Any | None = None  # fleet.retrain.runner.RetrainRunner when the server has retrain policies
 
 
 def server(request: Request) -> Server:

@@ -15,6 +15,7 @@ connection generation they arrived on and stale ones are left for the broker to 
 
 from __future__ import annotations
 
+import json
 import logging
 import queue
 import threading
@@ -30,10 +31,12 @@ from sqlalchemy.exc import SQLAlchemyError
 from edge_runtime.sync.mqtt_settings import MqttSettings
 from fleet.server.records import parse
 from fleet.server.store import Store
+from fleet.server.uploads import Uploads
 
 log = logging.getLogger(__name__)
 
-STREAMS = ("metrics", "events", "samples")  # through the shared subscription: each record to one instance
+# through the shared subscription: each record to one instance
+STREAMS = ("metrics", "events", "samples", "samples/upload")
 RETAINED = ("state", "update/status", "desired")  # plain subscriptions: every instance keeps the latest
 
 
@@ -61,6 +64,7 @@ class Ingest:
         self.store, self.settings = store, settings
         self.config = config or IngestConfig()
         self.prefix = settings.prefix
+        self.uploads = Uploads(store, self.prefix)  # resumable chunked sample uploads (fleet/server/uploads.py)
         self._queue: queue.Queue[tuple[int, Any]] = queue.Queue(self.config.queue_max)
         self._generation = 0
         self._stop = threading.Event()
@@ -160,9 +164,23 @@ class Ingest:
                     log.exception("ingest batch failed")
                     self.last_error = "ingest batch failed (see the log)"
 
+    def _answer_uploads(self, outcomes: list[Any]) -> None:
+        """After the commit: tell each uploading device what landed (only then is a completed sample stored)."""
+        for out in outcomes:
+            ack = self.uploads.finish(out)
+            if ack is not None and out.parsed.device is not None:
+                self.client.publish(self.uploads.ack_topic(out.parsed.device), json.dumps(ack).encode(), qos=1)
+
     def _commit_then_ack(self, batch: list[tuple[int, Any]]) -> None:
         now = time.time()
-        items = [(m.topic, m.payload, parse(m.topic, m.payload, self.prefix, now)) for _, m in batch]
+        items, outcomes = [], []
+        for _, m in batch:
+            if self.uploads.is_upload(m.topic):
+                out = self.uploads.handle(m.topic, m.payload, now)
+                outcomes.append(out)
+                items.append((m.topic, m.payload, out.parsed))
+            else:
+                items.append((m.topic, m.payload, parse(m.topic, m.payload, self.prefix, now)))
         while True:
             try:
                 res = self.store.write(items, now)
@@ -173,6 +191,7 @@ class Ingest:
                 log.error(self.last_error)
                 if self._stop.wait(self.config.retry_s):
                     return  # stopping: the broker redelivers the unacknowledged batch to the next run
+        self._answer_uploads(outcomes)
         done = time.time()
         newest = max((r["ts"] for _, _, p in items for tab in ("metrics", "events") for r in p.rows.get(tab, ())),
                      default=None)

@@ -30,6 +30,12 @@ class FleetCollector:
         yield per
         yield g("fleet_ingest_lag_seconds", "Arrival time minus device time of the newest stored metric record",
                 value=lag if lag is not None else float("nan"))
+        dl = CounterMetricFamily("fleet_package_requests", "Device package downloads answered, by outcome "
+                                 "(full, partial: a Range request, unauthorized, forbidden, missing)",
+                                 labels=["outcome"])
+        for outcome, n in self.srv.downloads.snapshot().items():
+            dl.add_metric([outcome], n)
+        yield dl
         ing = self.srv.ingest
         if ing is not None:
             yield g("fleet_ingest_connected", "1 while the ingest is connected to the broker",

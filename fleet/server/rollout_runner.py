@@ -11,6 +11,7 @@ from typing import Any
 
 from sqlalchemy import select, update
 
+from fleet.server import moves
 from fleet.server import registry as reg
 from fleet.server.auth import User
 from fleet.server.db import tables as t
@@ -92,18 +93,18 @@ class RolloutRunner:
     def _enter(self, job: Any) -> None:
         state = S(job.state)
         if state == S.CANARY:
-            reg.deliver(self.actions, self.data_dir, self._row(job, job.version), list(job.canaries), False)
+            moves.deliver(self.actions, self.data_dir, self._row(job, job.version), list(job.canaries), False)
         elif state == S.WAVES and job.stage < len(job.waves):
-            reg.deliver(self.actions, self.data_dir, self._row(job, job.version), list(job.waves[job.stage]), False)
+            moves.deliver(self.actions, self.data_dir, self._row(job, job.version), list(job.waves[job.stage]), False)
         elif state == S.PROMOTING:
             with self.engine.connect() as conn:
                 cur = conn.execute(select(t.model_aliases).where(t.model_aliases.c.name == job.name,
                                                                  t.model_aliases.c.alias == reg.PRODUCTION)).first()
             if cur is None or (cur.version, cur.target) != (job.version, job.target):  # not yet (a resume)
-                reg.move(self.engine, self.actions, self.data_dir, User(0, f"rollout:{job.id}", "operator"),
+                moves.move(self.engine, self.actions, self.data_dir, User(0, f"rollout:{job.id}", "operator"),
                          job.name, job.version, reg.PRODUCTION, job.target)
         elif state == S.ROLLING_BACK:
-            reg.deliver(self.actions, self.data_dir, self._row(job, job.from_version), self._given(job), True)
+            moves.deliver(self.actions, self.data_dir, self._row(job, job.from_version), self._given(job), True)
 
     def _devices(self, ids: list[str]) -> dict[str, Any]:
         with self.engine.connect() as conn:

@@ -21,6 +21,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import insert, select, update
 
+from fleet.server import moves
 from fleet.server import registry as reg
 from fleet.server.auth import User, audit
 from fleet.server.db import tables as t
@@ -84,6 +85,7 @@ def create(engine: Any, user: User, plan: RolloutPlan) -> dict[str, Any]:
         raise PermissionError("operator role required")
     group = plan.target.split(":", 1)[1]
     with engine.begin() as conn:
+        _claim_model(conn, plan.name, plan.target)
         reg.get_version(conn, plan.name, plan.version)
         members = _members(conn, group)
         if not members:
@@ -110,6 +112,20 @@ def create(engine: Any, user: User, plan: RolloutPlan) -> dict[str, Any]:
                                                     figures={"canaries": canaries, "waves": waves}))
     audit(engine, user.name, "rollout", f"{plan.name} {plan.version} {plan.target}", "done", {"rollout": rid})
     return {"id": rid, "state": S.CANARY.value, "canaries": canaries, "waves": waves, "from_version": olds[0]}
+
+
+def _claim_model(conn: Any, name: str, target: str) -> None:
+    """Lock the model; refuse while another rollout of it to ``target`` is active or its production is being
+    published."""
+    moves.lock_model(conn, name)
+    job = moves.active_rollout(conn, name, target=target)
+    if job is not None:
+        raise moves.MoveConflict(f"rollout {job.id} of {name} {job.version} to {target} is {job.state}: one rollout "
+                                 f"per model and target at a time (abort it first: edge-runtime registry abort "
+                                 f"{job.id})")
+    busy = moves.pending_move(conn, name, reg.PRODUCTION)
+    if busy is not None:
+        raise moves.MoveConflict(moves.busy_reason(busy))
 
 
 def transition(conn: Any, job: Any, event: str, user: str, figures: dict[str, Any] | None = None,

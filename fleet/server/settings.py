@@ -36,6 +36,9 @@ class ServerSettings(BaseModel):
     port: int = Field(default=8700, ge=0, le=65535, description="HTTP port (0: any free port).")
     operator_key: Path | None = Field(default=None, description="Ed25519 private key that signs commands and "
                                       "desired documents; without it every action is refused.")
+    public_url: str | None = Field(default=None, pattern=r"^https?://[^/?#\s]+(/[^?#\s]*)?$",
+                                   description="The server's URL as devices reach it: desired documents then carry "
+                                   "the package's HTTP(S) URL under it (none: devices download over MQTT only).")
     secure_cookies: bool = Field(default=False, description="Mark session cookies Secure (behind HTTPS).")
     sample_max_bytes: int = Field(default=1 << 30, ge=1 << 20, description="Bound on the sample store.")
     ingest: IngestConfig = Field(default_factory=IngestConfig)

@@ -91,6 +91,13 @@ def test_yolo_model_converts_from_the_cli_and_the_runtime_decodes_its_detections
     assert (dec.type, dec.variant, dec.output, dec.score_threshold) == ("yolo", "v8", "output0", 0.5)
     assert m.inputs[0].dtype == "uint8"  # the Conv reads the input through QDQ: integer input
     assert "Conv" in {n.op_type for n in onnx.load(str(out / "model.onnx")).graph.node}
+    # and its recipe holds the decoding read from the file (and the file's digest): it re-runs to the same model
+    from converters.recipe import convert_with_recipe, recipe_of
+
+    assert m.provenance.options["decoding"] == dec.model_dump(mode="json")
+    assert m.provenance.inputs["decoding"].path == str(root / "decoding.yaml")
+    again = convert_with_recipe(recipe_of(out), source=model, output=root / "again", progress=lambda s: None)
+    assert (again / "model.onnx").read_bytes() == (out / "model.onnx").read_bytes()
     with load(out, allow_unsigned=True) as detector:
         found = detector.predict(_frame([(2, 3, 0), (5, 6, 1)])).detections  # 128x128 frame: boxes x2
         assert detector.predict(_frame([])).detections == ()

@@ -149,3 +149,36 @@ def test_the_dashboard_shows_versions_and_a_rollout_an_operator_pauses_and_abort
     page = client.post(f"/rollouts/{rid}/pause", data={"csrf": csrf})
     assert page.status_code == 409 and "not possible now" in page.text
     assert "rolling_back" in client.get("/rollouts").text
+
+
+def test_a_move_left_publishing_blocks_the_alias_until_it_is_stale(api, archives):
+    import time
+
+    from sqlalchemy import insert, update
+
+    from fleet.server.db import tables as t
+    from fleet.server.moves import STALE_S
+
+    client, tok = api
+    engine, op = client.app.state.server.engine, _h(tok["olga"])
+    assert client.post("/api/v1/registry/packages", content=archives["1.0.0"].read_bytes(), headers=op).status_code \
+        == 201
+    # given a move of production that a server started publishing and never finished (it died)
+    with engine.begin() as conn:
+        conn.execute(insert(t.alias_history).values(name="tiny", alias="production", version="1.0.0", previous=None,
+                                                    target="group:x", user="ghost", ts=time.time(),
+                                                    action="promote", state="publishing"))
+    # then a new move of that alias is refused with who holds it, another alias moves freely
+    r = client.post("/api/v1/registry/models/tiny/promote", json={"version": "1.0.0"}, headers=op)
+    assert r.status_code == 409 and "being moved by ghost" in r.text, r.text
+    assert client.post("/api/v1/registry/models/tiny/promote", json={"version": "1.0.0", "alias": "canary"},
+                       headers=op).status_code == 200
+    # and once it is older than STALE_S, the next move takes over
+    with engine.begin() as conn:
+        conn.execute(update(t.alias_history).where(t.alias_history.c.user == "ghost")
+                     .values(ts=time.time() - STALE_S - 1))
+    r = client.post("/api/v1/registry/models/tiny/promote", json={"version": "1.0.0"}, headers=op)
+    assert r.status_code == 200 and r.json()["published"] is False, r.text
+    history = client.get("/api/v1/registry/models/tiny", headers=op).json()["history"]
+    assert history[-1]["state"] == "moved"
+    assert history[0]["user"] == "ghost" and history[0]["state"] == "failed" and "abandoned" in history[0]["error"]

@@ -24,18 +24,21 @@ USERS = {"cam-1": "pw-cam-1", "cam-2": "pw-cam-2", "fleet": "pw-fleet"}
 NOT_AUTHORIZED = 0x87
 ACCEPTED = (0x00, 0x10)  # Success, or No matching subscribers (the broker took it; nobody listens yet)
 
-DEVICE_ALLOWED = ["state", "metrics", "events", "samples", "update/status"]
+DEVICE_ALLOWED = ["state", "metrics", "events", "samples", "samples/upload", "update/status"]
 DEVICE_DENIED = [
     "edge/devices/cam-1/desired", "edge/devices/cam-1/commands",  # its own inputs (an empty retained publish
     "edge/devices/cam-1/update", "edge/devices/cam-1/anything",   # there would delete the fleet's document)
     "edge/devices/cam-1/feedback",  # labels are the fleet's to give
+    "edge/devices/cam-1/samples/ack", "edge/fleet/policy", "edge/groups/lobby/policy",  # the fleet's answers
+    "edge/devices/cam-2/samples/upload",
     "edge/devices/cam-2/state", "edge/devices/cam-2/metrics", "edge/devices/cam-2/samples",  # another device
     "edge/devices/cam-2/desired", "edge/devices/cam-2/commands",
     "edge/groups/lobby/desired", "edge/packages/abc123abc123abc1/meta", "edge/packages/abc123abc123abc1/chunks/0",
     "edge/other",
 ]
 FLEET_ALLOWED = ["edge/devices/cam-1/desired", "edge/devices/cam-1/commands", "edge/devices/cam-1/feedback",
-                 "edge/groups/lobby/desired",
+                 "edge/groups/lobby/desired", "edge/fleet/policy", "edge/groups/lobby/policy",
+                 "edge/devices/cam-1/samples/ack",
                  "edge/packages/abc123abc123abc1/meta", "edge/packages/abc123abc123abc1/chunks/3"]
 FLEET_DENIED = [f"edge/devices/cam-1/{t}" for t in DEVICE_ALLOWED] + ["edge/other"]
 
@@ -182,14 +185,16 @@ def test_device_cannot_delete_its_desired_document_and_reads_only_its_inputs(sam
     assert cam.subscribe("edge/devices/cam-1/desired") == 1
     assert cam.wait(lambda: ("edge/devices/cam-1/desired", b"signed-doc") in cam.messages)
     for topic in ("edge/devices/cam-1/commands", "edge/packages/abc123abc123abc1/chunks/0",
-                  "edge/groups/lobby/desired"):
+                  "edge/groups/lobby/desired", "edge/groups/lobby/policy", "edge/fleet/policy",
+                  "edge/devices/cam-1/samples/ack"):
         assert cam.subscribe(topic) == 1, topic
     # Another device's samples (camera frames) and the whole tree are not readable. mosquitto 2.0 grants such a
     # SUBSCRIBE and applies the read ACL to each message it would deliver: nothing of cam-2's arrives.
-    for topic in ("edge/devices/cam-2/samples", "edge/#", "edge/devices/+/samples"):
+    for topic in ("edge/devices/cam-2/samples", "edge/#", "edge/devices/+/samples", "edge/devices/cam-2/samples/ack"):
         cam.subscribe(topic)
     other = sample_broker("cam-2")
     assert other.publish("edge/devices/cam-2/samples", b"frame") == 0
+    assert fleet.publish("edge/devices/cam-2/samples/ack", b"ack") == 0
     assert other.publish("edge/devices/cam-2/state", b"state") == 0
     assert fleet.publish("edge/devices/cam-1/commands", b"cmd") == 0  # after cam-2's, delivered in order
     assert cam.wait(lambda: ("edge/devices/cam-1/commands", b"cmd") in cam.messages)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -42,8 +43,11 @@ class MjpegServer:
     same port simulate a camera that drops off the network and comes back. ``stall_after``: once this many frames
     are served, every connection (new ones too) stays open and silent, like a camera that hangs."""
 
-    def __init__(self, fps: float = 50.0, hw: tuple[int, int] = (48, 64), stall_after: int | None = None) -> None:
+    def __init__(self, fps: float = 50.0, hw: tuple[int, int] = (48, 64), stall_after: int | None = None,
+                 frames: Callable[[int], np.ndarray] | None = None) -> None:
+        """``frames``: the i-th frame to serve (default: numbered_frame(i % 32))."""
         self.fps, self.hw, self.stall_after = fps, hw, stall_after
+        self.frames = frames or (lambda i: numbered_frame(i % 32, hw))
         self.port = 0
         self.served = 0
         self._server: ThreadingHTTPServer | None = None
@@ -67,7 +71,7 @@ class MjpegServer:
                         if owner.stall_after is not None and owner.served >= owner.stall_after:
                             time.sleep(0.05)
                             continue
-                        ok, buf = cv2.imencode(".jpg", numbered_frame(i % 32, owner.hw))
+                        ok, buf = cv2.imencode(".jpg", owner.frames(i))
                         head = b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n" % len(buf)
                         self.wfile.write(head + buf.tobytes() + b"\r\n")
                         owner.served += 1

@@ -1,5 +1,6 @@
 """HTTP(S) package download against a real local http.server: bounded by the signed size, resuming with Range
-(206, a complete .part, HTTP 416, a server that ignores Range), and the agent falling back to MQTT chunks."""
+(206, a complete .part, HTTP 416, a server that ignores Range), the device token (sent, refused,
+never redirected), plain http only to loopback, and the agent falling back to MQTT chunks."""
 
 from __future__ import annotations
 
@@ -12,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from edge_runtime.errors import ConfigError
 from edge_runtime.update.errors import TransferError
-from edge_runtime.update.http_transfer import http_download, part_path
+from edge_runtime.update.http_transfer import check_url, http_download, part_path, read_token
 
 SIZE = 300_000
 
@@ -22,7 +24,7 @@ class Server:
     """Serves ``data`` at /pkg in a ``mode``; records each request's Range header."""
 
     def __init__(self, data: bytes) -> None:
-        self.data, self.mode, self.ranges = data, "range", []
+        self.data, self.mode, self.ranges, self.auth = data, "range", [], []
         outer = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -31,6 +33,7 @@ class Server:
 
             def do_GET(self):  # noqa: N802
                 outer.ranges.append(self.headers.get("Range"))
+                outer.auth.append(self.headers.get("Authorization"))
                 outer.respond(self)
 
         self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
@@ -43,12 +46,21 @@ class Server:
         if self.mode == "fail":
             h.send_error(503)
             return
+        if self.mode == "token" and h.headers.get("Authorization") != "Bearer erd_right":
+            h.send_error(401)
+            return
+        if self.mode == "redirect":
+            h.send_response(302)
+            h.send_header("Location", self.url + "?elsewhere")
+            h.end_headers()
+            self.mode = "range"  # the redirect target would serve: it must not be asked
+            return
         if m and self.mode == "416":
             h.send_response(416)
             h.send_header("Content-Range", f"bytes */{len(data)}")
             h.end_headers()
             return
-        start = int(m.group(1)) if m and self.mode in ("range", "cut") else 0
+        start = int(m.group(1)) if m and self.mode in ("range", "cut", "token") else 0
         body = data[start:]
         if self.mode == "cut":
             body = body[: len(body) // 2]
@@ -155,6 +167,48 @@ def test_wrong_bytes_and_server_errors(tmp_path, server, archive):
     with pytest.raises(TransferError) as err:
         http_download("file:///etc/passwd", dest, "0" * 64, 10)
     assert err.value.code == "bad_url"
+
+
+def test_the_device_token_is_sent_and_a_wrong_one_is_refused_clearly(tmp_path, server, archive):
+    server.mode = "token"
+    dest, sha = tmp_path / "a.erpkg", hashlib.sha256(archive).hexdigest()
+    with pytest.raises(TransferError) as err:
+        http_download(server.url, dest, sha, SIZE, timeout=10, token="erd_wrong")
+    assert err.value.code == "http_unauthorized" and "HTTP 401" in str(err.value) and "token" in str(err.value)
+    assert http_download(server.url, dest, sha, SIZE, timeout=10, token="erd_right").read_bytes() == archive
+    assert server.auth == ["Bearer erd_wrong", "Bearer erd_right"]
+
+
+def test_a_redirect_is_not_followed_so_the_token_goes_nowhere_else(tmp_path, server, archive):
+    server.mode = "redirect"
+    with pytest.raises(TransferError) as err:
+        http_download(server.url, tmp_path / "a.erpkg", hashlib.sha256(archive).hexdigest(), SIZE, timeout=10,
+                      token="erd_right")
+    assert err.value.code == "http_failed" and "302" in str(err.value) and len(server.auth) == 1
+
+
+def test_plain_http_only_to_loopback_unless_allowed():
+    for url in ("https://fleet.example/p", "http://127.0.0.1:8700/p", "http://localhost/p", "http://[::1]/p"):
+        check_url(url)
+    with pytest.raises(TransferError) as err:
+        check_url("http://fleet.example/p")
+    assert err.value.code == "insecure_url" and "allow_plain_http" in str(err.value)
+    check_url("http://fleet.example/p", allow_plain_http=True)
+
+
+def test_the_token_file_must_be_private_and_hold_a_token(tmp_path):
+    f = tmp_path / "token"
+    f.write_text("erd_abc\n")
+    f.chmod(0o644)
+    with pytest.raises(ConfigError, match="readable by others.*chmod 600"):
+        read_token(f)
+    f.chmod(0o600)
+    assert read_token(f) == "erd_abc"
+    f.write_text("")
+    with pytest.raises(ConfigError, match="empty or not a token"):
+        read_token(f)
+    with pytest.raises(ConfigError, match="cannot read"):
+        read_token(tmp_path / "missing")
 
 
 @pytest.mark.mqtt

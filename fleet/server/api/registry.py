@@ -13,6 +13,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from fleet.server import moves
 from fleet.server import registry as reg
 from fleet.server.auth import User, check_csrf
 from fleet.server.deps import Server, current_user, operator, server
@@ -124,7 +125,7 @@ def promote(body: MoveRequest, request: Request, name: str = NAME, srv: Server =
     require_csrf(user, request)
     if body.version is None:
         raise HTTPException(422, "promote needs a version")
-    return answer(lambda: reg.move(srv.engine, srv.actions, srv.settings.data_dir, user, name, body.version,
+    return answer(lambda: moves.move(srv.engine, srv.actions, srv.settings.data_dir, user, name, body.version,
                                     body.alias, body.target))
 
 
@@ -135,5 +136,5 @@ def revert(body: MoveRequest, request: Request, name: str = NAME, srv: Server = 
     require_csrf(user, request)
     if body.version is not None:
         raise HTTPException(422, "revert takes no version: it goes back to the alias's previous one")
-    return answer(lambda: reg.move(srv.engine, srv.actions, srv.settings.data_dir, user, name, None,
+    return answer(lambda: moves.move(srv.engine, srv.actions, srv.settings.data_dir, user, name, None,
                                     body.alias, body.target, revert=True))

@@ -44,6 +44,13 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.close()
 
 
+def dialect_insert(conn: Any) -> Any:
+    """The dialect's ``insert`` (SQLite's or PostgreSQL's), which has ``on_conflict_do_nothing``."""
+    from sqlalchemy.dialects import postgresql, sqlite
+
+    return (postgresql if conn.dialect.name == "postgresql" else sqlite).insert
+
+
 def make_engine(url: str | None = None) -> Engine:
     """An engine for ``url`` (default: SQLite under the data folder, created if missing)."""
     url = normalise_url(url or default_url())

@@ -186,6 +186,8 @@ alias_history = Table(
     Column("version", String(64), nullable=False), Column("previous", String(64)),
     Column("target", String(200)), Column("user", String(64), nullable=False), Column("ts", Float, nullable=False),
     Column("action", String(16), nullable=False, comment="promote, revert or move"),
+    Column("state", String(16), comment="publishing, published, moved (no target) or failed; null: before 0003"),
+    Column("error", Text),
 )
 Index("ix_alias_history_name_alias", alias_history.c.name, alias_history.c.alias)
 
@@ -215,3 +217,80 @@ rollout_steps = Table(
     Column("to_state", String(16), nullable=False), Column("figures", JSON),
 )
 Index("ix_rollout_steps_rollout", rollout_steps.c.rollout_id)
+
+# One row per model, locked (UPDATE) first by every registry write that must not interleave with another on the
+# same model: alias moves and rollout creation (fleet.server.registry.lock_model).
+model_locks = Table(
+    "model_locks", metadata,
+    Column("name", String(64), primary_key=True), Column("since", Float, nullable=False),
+)
+
+# Per-device credentials for package downloads over HTTP(S) (fleet.server.device_auth): only the token's sha256.
+device_credentials = Table(
+    "device_credentials", metadata,
+    Column("device", DEVICE, primary_key=True),
+    Column("token_hash", String(64), nullable=False, unique=True),
+    Column("created", Float, nullable=False), Column("created_by", String(64), nullable=False),
+)
+
+# Which targets were sent which package (by sha256): a device may download only what it or its group was given.
+package_grants = Table(
+    "package_grants", metadata,
+    Column("sha256", String(64), primary_key=True),
+    Column("target", String(200), primary_key=True, comment="device id or group:NAME"),
+    Column("granted", Float, nullable=False),
+)
+
+# Labels (issue 16): one row per (sample, origin). A person's label wins over an import's, an import's over a
+# teacher model's; ``fleet.retrain.labels.effective`` applies that order, so origins are never mixed silently.
+sample_labels = Table(
+    "sample_labels", metadata,
+    Column("device", DEVICE, primary_key=True), Column("sample_id", String(128), primary_key=True),
+    Column("origin", String(16), primary_key=True, comment="person, import or teacher"),
+    Column("label", String(128), nullable=False),
+    Column("confidence", Float, comment="teacher labels: the teacher model's probability"),
+    Column("boxes", JSON, comment="detection: [[class, x0, y0, x1, y1] normalised], or null"),
+    Column("by", String(64), nullable=False, comment="user, import file or teacher model digest"),
+    Column("at", Float, nullable=False),
+)
+Index("ix_sample_labels_at", sample_labels.c.at)
+
+# Re-training runs as server-side jobs (fleet.retrain.runs): the row holds the state machine's state; every
+# transition is a row in retrain_steps with the figures it used. Dataset snapshots are content-addressed.
+retrain_runs = Table(
+    "retrain_runs", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("model", String(64), nullable=False), Column("parent", String(64), nullable=False),
+    Column("state", String(24), nullable=False),
+    Column("reasons", JSON, nullable=False, comment="why it started: each trigger with its figures"),
+    Column("policy", JSON, nullable=False, comment="the retrain.yaml it runs under"),
+    Column("snapshot", String(64), comment="dataset snapshot id (sha256)"),
+    Column("candidate", String(64), comment="the version it registered"),
+    Column("rollout_id", Integer), Column("attempt", Integer, nullable=False, default=0),
+    Column("pid", Integer, comment="local training process (its own process group)"),
+    Column("worker", String(128), comment="remote worker that claimed the training"),
+    Column("claimed", Float), Column("created_by", String(64), nullable=False),
+    Column("created", Float, nullable=False), Column("updated", Float, nullable=False),
+    Column("stage_started", Float, nullable=False), Column("reason", Text, comment="why it failed or stopped"),
+    Column("gates", JSON, comment="every gate with its figures"),
+)
+Index("ix_retrain_runs_state", retrain_runs.c.state)
+
+retrain_steps = Table(
+    "retrain_steps", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("run_id", Integer, ForeignKey("retrain_runs.id", ondelete="CASCADE"), nullable=False),
+    Column("ts", Float, nullable=False), Column("user", String(64), nullable=False),
+    Column("event", String(32), nullable=False), Column("from_state", String(24), nullable=False),
+    Column("to_state", String(24), nullable=False), Column("figures", JSON),
+)
+Index("ix_retrain_steps_run", retrain_steps.c.run_id)
+
+dataset_snapshots = Table(
+    "dataset_snapshots", metadata,
+    Column("id", String(64), primary_key=True, comment="sha256 of the canonical sample ids, labels and base"),
+    Column("model", String(64), nullable=False), Column("created", Float, nullable=False),
+    Column("samples", JSON, nullable=False, comment="[[device, sample_id, label, origin, split]] sorted"),
+    Column("base", JSON, comment="the parent's training data reference: path and sha256"),
+    Column("counts", JSON, nullable=False),
+)

