@@ -149,6 +149,9 @@ def _print_lineage(chain: list[dict[str, Any]]) -> None:
         print(f"  git {lin.get('git_commit') or '-'}{' (dirty)' if lin.get('git_dirty') else ''}  "
               f"recipe {len((lin.get('recipe') or {}).get('options', lin.get('recipe') or {}))} options  tools "
               + ", ".join(f"{k} {val}" for k, val in sorted((lin.get("tools") or {}).items())))
+        if lin.get("mlflow"):
+            m = lin["mlflow"]
+            print(f"  mlflow {m['model_uri']} -> models:/{m['name']}/{m['version']} run {m.get('run_id') or '-'}")
 
 
 def _reproduce(args: argparse.Namespace) -> int:

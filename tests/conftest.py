@@ -12,7 +12,24 @@ from tests.mqtt_broker import Mosquitto
 
 # Keep TensorFlow quiet and single-threaded enough for a 2-core CI machine.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-os.environ.setdefault("EDGE_RUNTIME_CACHE", str(Path(os.environ.get("TMPDIR", "/tmp")) / "edge-runtime-test-cache"))
+# One package cache per pytest-xdist worker (PYTEST_XDIST_WORKER: gw0, gw1, ...; unset without xdist).
+os.environ.setdefault("EDGE_RUNTIME_CACHE", str(Path(os.environ.get("TMPDIR", "/tmp"))
+                                               / f"edge-runtime-test-cache{os.environ.get('PYTEST_XDIST_WORKER', '')}"))
+# Folders whose session fixtures are expensive (a wheel in a fresh venv, an arm64 root file system, converted
+# models): run by one xdist worker each, so those fixtures are built once. Other tests go out file by file.
+_ONE_WORKER_DIRS = {"installed", "emulation", "converters", "benchmark", "zoo"}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under pytest-xdist (``--dist loadgroup``): group the tests so each group's fixtures are built once."""
+    if not config.pluginmanager.hasplugin("xdist"):
+        return
+    root = Path(__file__).parent
+    for item in items:
+        rel = Path(str(item.path)).relative_to(root) if Path(str(item.path)).is_relative_to(root) else item.path
+        parts = Path(rel).parts
+        group = parts[0] if len(parts) > 1 and parts[0] in _ONE_WORKER_DIRS else str(rel)
+        item.add_marker(pytest.mark.xdist_group(group))
 
 
 @pytest.fixture

@@ -11,11 +11,16 @@ from __future__ import annotations
 import random
 import time
 from collections import deque
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from edge_runtime.monitoring.collect import CollectionPolicy
+from edge_runtime.monitoring.config import SampleConfig
+
+if TYPE_CHECKING:
+    from edge_runtime.monitoring.samples import SampleStore
+    from edge_runtime.pipeline_types import FrameResult
 
 _PERIOD_S = {"hour": 3600, "day": 86400}
 
@@ -65,7 +70,7 @@ class Quotas:
         """Count samples already kept in this period (a restart must not reset the quota)."""
         self._roll(now)
         for m in kept:
-            ts, label = m.get("ts"), m.get("class")
+            ts, label = m.get("kept_at"), m.get("class")
             if isinstance(ts, (int, float)) and isinstance(label, str) and int(ts // self.period) == self._bucket:
                 self.counts[label] = self.counts.get(label, 0) + 1
 
@@ -104,6 +109,7 @@ class Selector:
 
     def offer(self, frame: np.ndarray, confidence: float | None, label: str | None, ts: float,
               now: float | None = None) -> dict[str, Any] | None:
+        """``ts``: wall-clock time (the quota periods are UTC hours or days); ``now``: monotonic (intervals)."""
         c = self.counters
         c["offered"] += 1
         now = time.monotonic() if now is None else now
@@ -129,5 +135,50 @@ class Selector:
         self.quotas.add(cls, ts)
         c["kept"] += 1
         c[reason] += 1
-        return {"reason": reason, "confidence": confidence, "class": cls,
+        return {"reason": reason, "confidence": confidence, "class": cls, "kept_at": round(ts, 3),
                 "phash": f"{h:016x}" if h is not None else None}
+
+
+class Collection:
+    """The collection policy in force on a monitor's sample store: its selector, redaction and upload marking.
+    Without a policy (``selector`` None) the device's own sample config decides (SampleStore.offer)."""
+
+    def __init__(self, samples: SampleStore, config: SampleConfig) -> None:
+        self.samples, self.config = samples, config
+        self.selector: Selector | None = None
+        self.upload_allowed = False
+
+    def set_policy(self, policy: CollectionPolicy | None, upload_allowed: bool) -> None:
+        """Follow a (verified) policy from now on (any thread); None: back to the device's sample config.
+        Samples are marked for upload only when the policy and the device config both allow it."""
+        from edge_runtime.monitoring.redact import Redactor
+
+        if policy is None:
+            self.selector, self.upload_allowed = None, False
+            self.samples.redactor, self.samples.max_bytes = None, self.config.max_bytes
+            return
+        selector = Selector(policy, self.config.seed)
+        selector.quotas.seed(self.samples.list(), time.time())
+        self.samples.redactor = Redactor(policy.redact) if policy.redact else None
+        self.samples.max_bytes = min(self.config.max_bytes, policy.max_disk_bytes)
+        self.upload_allowed = upload_allowed and policy.upload
+        self.selector = selector
+
+    def offer(self, result: FrameResult, model: str, version: str, source: str = "") -> None:
+        """One pipeline result (pipeline thread): kept by the policy's rules or not."""
+        selector = self.selector
+        if selector is None or result.frame is None:
+            return
+        p = result.prediction
+        top = p.top
+        label = (top.label or str(top.index)) if top is not None else None
+        meta = selector.offer(result.frame, p.confidence, label, time.time())
+        if meta is not None:
+            meta.update(frame_index=result.index, ts=round(result.timestamp, 3), model=model, version=version,
+                        source=result.source or source or None, redact=True,
+                        **({"upload": "pending"} if self.upload_allowed else {}))
+            self.samples.put(result.frame, meta)
+
+    def describe(self) -> dict[str, Any] | None:
+        """The selector's counts (offered, kept by reason, skipped by cause), None without a policy."""
+        return dict(self.selector.counters) if self.selector is not None else None

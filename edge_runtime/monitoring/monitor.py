@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from edge_runtime.errors import EdgeRuntimeError
+from edge_runtime.monitoring.collector import Collection
 from edge_runtime.monitoring.config import MonitorConfig
 from edge_runtime.monitoring.drift import DriftDetector, DriftScore, detector_for, event_body
 from edge_runtime.monitoring.features import image_features, output_features, tensor_features
@@ -35,8 +36,6 @@ from edge_runtime.monitoring.system import SystemStats
 from edge_runtime.package.manifest import Manifest
 
 if TYPE_CHECKING:
-    from edge_runtime.monitoring.collect import CollectionPolicy
-    from edge_runtime.monitoring.collector import Selector
     from edge_runtime.pipeline import FrameResult
     from edge_runtime.sync.mqtt import MqttLink
     from edge_runtime.sync.outbox import Outbox
@@ -76,8 +75,7 @@ class Monitor:
         self._use_model(manifest)
         self.latency = StageLatencies(self._budget_ms)
         self.samples = SampleStore(config.samples) if config.samples.directory else None
-        self.selector: Selector | None = None  # set by set_policy: a signed collection policy is in force
-        self._upload_allowed = False
+        self.collection = Collection(self.samples, config.samples) if self.samples is not None else None
         self.system = SystemStats() if config.system else None
         self.link: MqttLink | None = None
         self.frames = 0
@@ -177,47 +175,12 @@ class Monitor:
         if drift is not None and not (share.frames if share is not None else self.frames) % \
                 self.config.drift.input_every:
             self._feed_drift(result, drift, share)
-        if self.samples is not None:
-            self._offer_sample(result)
+        if self.collection is not None and self.collection.selector is not None:  # a signed policy decides
+            self.collection.offer(result, self.model, self.version, self.source_label)
+        elif self.samples is not None:
+            self.samples.offer(result.frame, p.confidence, result.index, result.timestamp, source=result.source)
         if time.monotonic() - self._period_start >= self.config.period_s:
             self.report()
-
-    def _offer_sample(self, result: FrameResult) -> None:
-        """Under a collection policy its selector decides; without one, the device's own sample config."""
-        assert self.samples is not None
-        p, selector = result.prediction, self.selector
-        if selector is None:
-            self.samples.offer(result.frame, p.confidence, result.index, result.timestamp, source=result.source)
-            return
-        if result.frame is None:
-            return
-        top = p.top
-        label = (top.label or str(top.index)) if top is not None else None
-        meta = selector.offer(result.frame, p.confidence, label, result.timestamp)
-        if meta is not None:
-            meta.update(frame_index=result.index, ts=round(result.timestamp, 3), model=self.model,
-                        version=self.version, source=result.source or self.source_label or None, redact=True,
-                        **({"upload": "pending"} if self._upload_allowed else {}))
-            self.samples.put(result.frame, meta)
-
-    def set_policy(self, policy: CollectionPolicy | None, upload_allowed: bool) -> None:
-        """Follow a (verified) collection policy from now on; None: back to the device's sample config. Samples
-        are marked for upload only when the policy and the device config both allow it."""
-        if self.samples is None:
-            return
-        from edge_runtime.monitoring.collector import Selector
-        from edge_runtime.monitoring.redact import Redactor
-
-        if policy is None:
-            self.selector, self._upload_allowed = None, False
-            self.samples.redactor, self.samples.max_bytes = None, self.config.samples.max_bytes
-            return
-        selector = Selector(policy, self.config.samples.seed)
-        selector.quotas.seed(self.samples.list(), time.time())
-        self.samples.redactor = Redactor(policy.redact) if policy.redact else None
-        self.samples.max_bytes = min(self.config.samples.max_bytes, policy.max_disk_bytes)
-        self._upload_allowed = upload_allowed and policy.upload
-        self.selector = selector
 
     def _feed_drift(self, result: FrameResult, drift: DriftDetector, share: SourceShare | None) -> None:
         """Every ``input_every``-th frame (of its source): its features (input and answer) into the drift windows."""
@@ -247,8 +210,8 @@ class Monitor:
 
     def _drift_event(self, score: DriftScore, drift: DriftDetector, source: dict[str, str]) -> None:
         kind = "drift" if score.drifted else "drift_cleared"
-        if score.drifted and self.selector is not None:
-            self.selector.on_drift()
+        if score.drifted and self.collection is not None and self.collection.selector is not None:
+            self.collection.selector.on_drift()
         (log.warning if score.drifted else log.info)("%s on %s %s: %s", kind, score.feature,
                                                      source.get("source", ""), score.to_dict())
         self.event(kind, {**source, **event_body(score, drift)})
@@ -276,8 +239,8 @@ class Monitor:
             doc["system"] = self.system.sample()
         if self.samples is not None:
             doc["samples"] = self.samples.summary()
-            if self.selector is not None:
-                doc["samples"]["policy"] = dict(self.selector.counters)
+            if self.collection is not None and self.collection.selector is not None:
+                doc["samples"]["policy"] = dict(self.collection.selector.counters)
         if self.outbox is not None:
             st = self.outbox.stats()
             doc["outbox"] = {k: st[k] for k in ("records", "bytes", "dropped", "append_failures")}

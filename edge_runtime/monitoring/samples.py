@@ -130,7 +130,9 @@ class SampleStore:
         with self._lock:
             while self._index and (len(self._index) > self.config.max_files
                                    or sum(m["bytes"] for m in self._index) > self.max_bytes):
-                old = self._index.pop(0)
+                # the oldest sample that is not waiting for upload goes first (else the oldest)
+                i = next((k for k, m in enumerate(self._index) if m.get("upload") != "pending"), 0)
+                old = self._index.pop(i)
                 for name in (old["file"], f"{old['id']}.json"):
                     (self.dir / name).unlink(missing_ok=True)
 

@@ -137,7 +137,7 @@ class DeviceServices:
             h["forwarder"] = self.forwarder.stats()
         if self.policies is not None:
             h["collection"] = {"policy": self.policies.describe(), "uploads": self.uploader.stats(),
-                               "selector": dict(self.monitor.selector.counters) if self.monitor.selector else None}
+                               "selector": self.monitor.collection.describe() if self.monitor.collection else None}
         if self.outbox is not None and h.get("outbox") is not None:
             h["outbox"] = {**h["outbox"], "max_bytes": self.outbox.config.max_bytes}
         watch = self._watch()
@@ -263,12 +263,14 @@ def _collection(services: DeviceServices, link: MqttLink, trust: Any, groups: tu
         return
     allowed = config.monitor.samples.upload
     state = config.outbox.path.parent / "collect"
+    collection = monitor.collection
+    assert collection is not None
     store = PolicyStore(state, groups or config.groups, trust, link.topics,
-                        on_policy=lambda d: monitor.set_policy(d.policy if d else None, allowed),
+                        on_policy=lambda d: collection.set_policy(d.policy if d else None, allowed),
                         report=monitor.event)
     cur = store.current
     if cur is not None:
-        monitor.set_policy(cur.policy, allowed)
+        collection.set_policy(cur.policy, allowed)
 
     def limits() -> Any:
         doc = store.current

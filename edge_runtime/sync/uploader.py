@@ -55,6 +55,7 @@ class SampleUploader:
         self._free_at = 0.0  # token bucket: when the next byte may go
         self._day, self._day_bytes = self._load_day()
         self._sent: dict[str, set[int]] = {}  # chunk indices sent per sample in this process
+        self._backoff = 1.0
         self.counters = {"samples_uploaded": 0, "samples_refused": 0, "chunks_sent": 0, "chunks_resent": 0,
                          "bytes_sent": 0, "attempts": 0, "ack_timeouts": 0, "bad_acks": 0}
         self._thread = threading.Thread(target=self._loop, name="sample-uploader", daemon=True)
@@ -153,9 +154,11 @@ class SampleUploader:
                     log.info("sample %s not uploaded: %s", meta["id"], exc)
                     self.store.mark(meta["id"], upload="gone")
                     continue
-                if not ok:
-                    self._stop.wait(1.0)
+                if not ok:  # no answer, a cap, or "try later": wait longer each time (1 s .. 60 s)
+                    self._stop.wait(self._backoff)
+                    self._backoff = min(60.0, self._backoff * 2)
                     break
+                self._backoff = 1.0
 
     def _publish(self, doc: dict[str, Any], rule: UploadRule) -> bool:
         payload = json.dumps(doc, separators=(",", ":")).encode()

@@ -45,6 +45,11 @@ class FleetCollector:
                                 ("rejected", "Payloads or records refused by validation"),
                                 ("db_errors", "Database writes that failed and were retried")):
                 yield CounterMetricFamily(f"fleet_ingest_{name}", help_, value=ing.counters[name])
+            up = CounterMetricFamily("fleet_sample_upload_messages", "Chunked sample upload messages by outcome "
+                                     "(offers, chunks, duplicate_chunks, completed, refused)", labels=["outcome"])
+            for outcome, n in ing.uploads.counters.items():
+                up.add_metric([outcome], n)
+            yield up
 
 
 def exposition(srv: Any) -> bytes:

@@ -141,3 +141,29 @@ def test_a_tflite_int8_conversion_re_runs_to_identical_model_bytes(tmp_path, dig
                                 progress=lambda s: None)  # fmt: skip
     assert sha256_file(again / "model.tflite") == sha256_file(first.root / "model.tflite")
     assert "tensorflow" in first.manifest.tools or "tensorflow-cpu" in first.manifest.tools
+
+
+def test_the_registry_lineage_comes_from_the_recipe_and_the_operator_overrides_it(converted, data_dir):
+    from fleet.server.registry import LineageExtra, lineage_of
+
+    m = load_package(converted["out"], allow_unsigned=True).manifest
+    lin = lineage_of(m, LineageExtra())
+    assert lin["recipe"] == recipe_of(m) and (lin["git_commit"], lin["git_dirty"]) == (converted["commit"], False)
+    assert lin["validation_sha256"] == tree_sha256(data_dir / "valid")
+    assert lin["model_file"] == {"path": "model.onnx", "sha256": m.file_entry("model.onnx").sha256}
+    given = lineage_of(m, LineageExtra(git_commit="b" * 40, git_dirty=True, training_command="train.py"))
+    assert (given["git_commit"], given["git_dirty"], given["training_command"]) == ("b" * 40, True, "train.py")
+    assert given["recipe"] == lin["recipe"]
+
+
+def test_a_relative_recorded_path_is_found_from_another_folder_through_the_recorded_workdir(tmp_path, monkeypatch):
+    from converters.recipe import resolve
+
+    (tmp_path / "project" / "calib").mkdir(parents=True)
+    (tmp_path / "elsewhere").mkdir()
+    recipe = {"workdir": str(tmp_path / "project")}
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    assert resolve("calib", recipe) == tmp_path / "project" / "calib"
+    (tmp_path / "elsewhere" / "calib").mkdir()  # the same path from here wins: paths are as the user gave them
+    assert resolve("calib", recipe) == Path("calib")
+    assert resolve("gone", recipe) == Path("gone")  # missing everywhere: as given, for the error to name it

@@ -132,6 +132,12 @@ def test_policy_pushed_samples_selected_redacted_and_uploaded_through_a_server_r
         with engine.connect() as conn:
             metas = [r[0] for r in conn.execute(select(t.samples.c.meta).where(t.samples.c.device == "cam-1"))]
         assert all(m["model"] == "tiny" and m["version"] == "1.0.0" and m["phash"] and m["class"] for m in metas)
+        # and the restarted server counts what it reassembled on /metrics
+        metrics = server.get("/metrics")[1]
+        metrics = metrics.decode() if isinstance(metrics, bytes) else metrics
+        done = [line for line in metrics.splitlines()
+                if line.startswith('fleet_sample_upload_messages_total{outcome="completed"}')]
+        assert done and float(done[0].split()[-1]) >= 1, metrics[-2000:]
         # and no chunk that had landed before the kill was sent again (the server answered from its disk)
         for _, payload, _ in watch.snapshot():  # every upload message and answer as its schema promises
             validate(json.loads(payload), "sample-upload.json")

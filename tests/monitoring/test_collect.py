@@ -245,8 +245,9 @@ def test_samples_are_marked_for_upload_only_when_device_and_policy_both_opt_in(
         directory=tmp_path / "s", low_confidence=None, upload=device_allows))
     mon = Monitor(cfg, None)
     try:
-        mon.set_policy(CollectionPolicy(upload=policy_allows, low_confidence=0.5, random_rate=0.0,
-                                        redact=(Redaction(kind="grayscale"),)), cfg.samples.upload)
+        assert mon.collection is not None
+        mon.collection.set_policy(CollectionPolicy(upload=policy_allows, low_confidence=0.5, random_rate=0.0,
+                                                   redact=(Redaction(kind="grayscale"),)), cfg.samples.upload)
         for i, photo in enumerate(_photos()):
             mon(frame_result(i, photo, confidence=0.2 if i % 2 else 0.9))
             mon.samples.flush()  # type: ignore[union-attr]
@@ -269,3 +270,22 @@ def test_blur_faces_finds_a_small_face_in_a_large_frame_through_tiles() -> None:
     tiled = Redactor([Redaction(kind="blur_faces", tile_levels=1)])(frame)
     assert detail(whole[region]) > 0.8 * detail(frame[region])  # too small for one look at the whole frame
     assert detail(tiled[region]) < 0.4 * detail(frame[region])
+
+
+def test_the_disk_cap_evicts_samples_already_uploaded_before_those_waiting(tmp_path) -> None:  # noqa: ANN001
+    store = SampleStore(SampleConfig(directory=tmp_path / "s", low_confidence=None, max_files=2))
+    try:
+        for i, upload in enumerate(("pending", "done", "pending")):
+            store.put(_photos()[i], {"reason": "random", "ts": float(i), "frame_index": i, "upload": upload})
+            store.flush()
+        assert [(m["frame_index"], m["upload"]) for m in store.list()] == [(0, "pending"), (2, "pending")]
+    finally:
+        store.close()
+
+
+def test_a_restart_does_not_reset_the_class_quota() -> None:
+    now = 1.8e9 + 1800.0  # the middle of a UTC hour
+    q = Quotas(CollectionPolicy(class_quota=2))
+    q.seed([{"class": "a", "kept_at": now - 1}, {"class": "a", "kept_at": now - 2}, {"class": "b", "kept_at": now},
+            {"class": "a", "kept_at": now - 2 * 86400}], now)  # the last one is from another hour
+    assert q.full("a", now) and not q.full("b", now)
