@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import and_, delete, desc, func, insert, select, update
+from sqlalchemy import and_, delete, desc, func, insert, or_, select, update
 
 from edge_runtime.fsutil import atomic_write_bytes
 from fleet.retrain import RetrainError
@@ -102,9 +102,12 @@ def effective(conn: Any, include_teacher: bool, keys: set[tuple[str, str]] | Non
     q = select(sl)
     if not include_teacher:
         q = q.where(sl.c.origin != "teacher")
-    rows = conn.execute(q).all()
+    if keys is not None and len(keys) <= 500:  # a few samples: ask for theirs only
+        if not keys:
+            return {}
+        q = q.where(or_(*(and_(sl.c.device == d, sl.c.sample_id == i) for d, i in keys)))
     out: dict[tuple[str, str], dict[str, Any]] = {}
-    for r in rows:
+    for r in conn.execute(q):
         k = (r.device, r.sample_id)
         if keys is not None and k not in keys:
             continue
@@ -131,10 +134,11 @@ def review(conn: Any, *, unlabelled_only: bool = False, limit: int = 50, offset:
     total = int(conn.execute(select(func.count()).select_from(t.samples).where(where)).scalar_one())
     rows = conn.execute(select(s.device, s.sample_id, s.received, s.reason, s.confidence, s.label)
                         .where(where).order_by(desc(s.received), s.sample_id).limit(limit).offset(offset)).all()
-    keys = {(r.device, r.sample_id) for r in rows}
+    sl = t.sample_labels.c
     per: dict[tuple[str, str], dict[str, Any]] = {}
-    for r in conn.execute(select(t.sample_labels)):
-        if (r.device, r.sample_id) in keys:
+    if rows:  # only this page's labels (a page is at most a few hundred samples)
+        match = or_(*(and_(sl.device == r.device, sl.sample_id == r.sample_id) for r in rows))
+        for r in conn.execute(select(t.sample_labels).where(match)):
             per.setdefault((r.device, r.sample_id), {})[r.origin] = {
                 "label": r.label, "confidence": r.confidence, "by": r.by, "at": r.at, "boxes": r.boxes}
     items = []

@@ -171,6 +171,35 @@ def test_triggers_record_why_and_respect_cooldown_and_the_label_floor(db_url, tm
     engine.dispose()
 
 
+def test_field_accuracy_below_its_floor_and_the_schedule_start_runs(db_url, tmp_path):
+    engine = make_engine(db_url)
+    migrate(engine)
+    now = time.time()
+    with engine.begin() as conn:
+        conn.execute(insert(t.devices), [{"id": d, "first_seen": now, "last_seen": now, "online": True,
+                                          "groups": ["lobby"], "drifting": False} for d in ("cam-1", "cam-2")])
+        conn.execute(insert(t.metrics), [{"device": d, "outbox": "e", "record_id": 1, "ts": now - 5, "received": now,
+                                          "data": {"quality": {"field": {"accuracy": acc, "labels": 50}}}}
+                                         for d, acc in (("cam-1", 0.6), ("cam-2", 0.7))])
+    pol = _policy(tmp_path, field_accuracy_below=0.8, min_new_labels=0, cooldown_s=0)
+    with engine.connect() as conn:
+        reasons, _ = triggers.evaluate(conn, pol)
+    assert reasons == [{"trigger": "field_accuracy", "accuracy": 0.65, "below": 0.8}]
+    high = _policy(tmp_path, field_accuracy_below=0.6, min_new_labels=0, cooldown_s=0)
+    with engine.connect() as conn:
+        assert triggers.evaluate(conn, high)[0] == []
+    # a schedule fires once its period has passed since the last run (or with no run yet)
+    sched = _policy(tmp_path, schedule_s=60, min_new_labels=0, cooldown_s=0)
+    with engine.connect() as conn:
+        assert [r["trigger"] for r in triggers.evaluate(conn, sched)[0]] == ["schedule"]
+    rid = runs.create(engine, "retrain:trigger", sched, "1.0.0", [])
+    with engine.connect() as conn:
+        assert triggers.evaluate(conn, sched)[0] == []
+        assert [r["trigger"] for r in triggers.evaluate(conn, sched, now=now + 61)[0]] == ["schedule"]
+    assert rid == 1
+    engine.dispose()
+
+
 def test_retrain_yaml_paths_are_relative_to_it_and_mistakes_are_one_line(tmp_path):
     f = tmp_path / "retrain.yaml"
     f.write_text("model: digits\ntarget: group:lobby\ntraining: {command: 'python t.py {data} {model} {output}', "
@@ -178,6 +207,7 @@ def test_retrain_yaml_paths_are_relative_to_it_and_mistakes_are_one_line(tmp_pat
     pol = load_policy(f)
     assert pol.training.source_model == tmp_path / "m.onnx" and pol.gates.holdout == tmp_path / "holdout"
     assert pol.canary.auto is False and pol.triggers.cooldown_s == 3600
+    assert pol.canary.thresholds.max_confidence_drop == 1.0  # off for re-trained canaries, unless given
     f.write_text(f.read_text() + "trigers: {}\n")
     with pytest.raises(ConfigError) as exc:
         load_policy(f)

@@ -40,6 +40,32 @@ def _device_samples(data_dir, db: str, frames) -> None:
     engine.dispose()
 
 
+def _review_in_browser(server: FleetServer, rid: int) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    from tests.fleet_server.test_dashboard_browser import _browser
+
+    browser = _browser()
+    try:
+        browser.get(server.url + "/login")
+        browser.find_element(By.ID, "username").send_keys("olga")
+        browser.find_element(By.ID, "password").send_keys("correct-horse")
+        browser.find_element(By.ID, "login").click()
+        wait_until(lambda: not browser.current_url.endswith("/login"), 20)  # the session cookie is set
+        browser.get(server.url + f"/retrain/{rid}")
+        assert browser.find_element(By.ID, "state").text == "failed"
+        assert "holdout" in browser.find_element(By.ID, "gates").text
+        browser.get(server.url + "/labels")
+        browser.switch_to.active_element.send_keys("3")  # the first sample has focus: class 3, focus moves on
+        browser.switch_to.active_element.send_keys("c")  # the second: confirm what it shows
+        browser.switch_to.active_element.send_keys(Keys.ARROW_LEFT)
+        browser.find_element(By.ID, "save").click()
+        assert "2 labels saved" in browser.find_element(By.ID, "flash").text
+    finally:
+        browser.quit()
+
+
 def test_a_worker_trains_a_run_that_waits_for_approval(tmp_path):
     w = D.build_world(tmp_path, {"canary": {"auto": False}})
     pol = (tmp_path / "retrain.yaml").read_text().replace("timeout_s: 300", "timeout_s: 300\n  where: worker")
@@ -92,6 +118,12 @@ def test_a_worker_trains_a_run_that_waits_for_approval(tmp_path):
         assert "no known devices" in server.get(f"/api/v1/retrain/runs/{rid}")[1]["reason"]
         r = cli("retrain", "cancel", str(rid), env=env)
         assert r.returncode == 2 and "not possible now" in r.stderr
+        # a run waiting for a worker is cancelled; the next claim finds nothing
+        r = cli("retrain", "--json", "run", "digits", env=env)
+        rid2 = json.loads(r.stdout)["id"]
+        wait_until(lambda: server.get(f"/api/v1/retrain/runs/{rid2}")[1]["state"] == "training", 60)
+        assert cli("retrain", "cancel", str(rid2), env=env).stdout.strip() == f"run {rid2}: cancelled"
+        assert server.request("POST", "/api/v1/retrain/claim?worker=gpu-box")[1] == {"run": None}
         r = cli("retrain", "import", "csv", str(tmp_path / "missing.csv"), env=env)
         assert r.returncode == 2 and "cannot read" in r.stderr
         # and a teacher (here the float source model) labels the samples nobody labelled, marked as the teacher's
@@ -107,6 +139,15 @@ def test_a_worker_trains_a_run_that_waits_for_approval(tmp_path):
             sorted(taught, key=lambda i: i["sample_id"])) if i["origin"] == "teacher")
         assert right >= 0.8 * len(marked)
         assert all(i["origin"] == "import" for i in page if i["device"] == "import")  # imports untouched
+        # and in the dashboard a person reviews them with the keyboard: a number key sets a class, c confirms
+        _review_in_browser(server, rid)
+        after = {i["sample_id"]: i for i in server.get("/api/v1/labels?limit=500")[1]["items"]
+                 if i["device"] == "cam-7"}
+        newest = [i["sample_id"] for i in page if i["device"] == "cam-7"][:2]
+        assert after[newest[0]]["origin"] == "person" and after[newest[0]]["label"] == "3"
+        assert after[newest[0]]["labels"]["teacher"] == taught[0]["labels"].get("teacher")  # kept, marked
+        confirmed = after[newest[1]]
+        assert confirmed["origin"] == "person" and confirmed["label"] == (taught[1]["label"])
     finally:
         server.stop()
         broker.stop()
