@@ -9,8 +9,9 @@ makes progress, else falls back to the MQTT chunks (steps.download).
 
 The fleet server wants the device's own bearer token (``update.http_token_file``, a 0600 file). The token is
 never sent over plain http to a host other than loopback (unless ``update.allow_plain_http``), plain http never
-goes through an ``http_proxy`` (it would carry the token in clear to the proxy), and redirects are not followed, so a redirect cannot carry it elsewhere. A 401 or 403 says so in the error (code
-``http_unauthorized``), which the agent reports on its status topic before falling back.
+goes through an ``http_proxy`` (it would carry the token in clear to the proxy), and redirects are not followed,
+so a redirect cannot carry it elsewhere. A 401 or 403 says so in the error (code ``http_unauthorized``), which
+the agent reports on its status topic before falling back.
 """
 
 from __future__ import annotations
