@@ -173,8 +173,8 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
             sim.start()
         f.feeder = Feeder(f.broker.port, f.sims)
         wait_until(lambda: f.serving(dict.fromkeys(DEVICES, "1.0.0")), 60)
-        for root in f.pkgs.values():
-            r = cli("registry", "register", str(root), env=f.env)
+        for v in ("2.0.0", "3.0.0"):  # the versions rolled out (1.0.0, the first old one, is never returned to)
+            r = cli("registry", "register", str(f.pkgs[v]), env=f.env)
             assert r.returncode == 0, r.stderr
         yield f
     finally:
@@ -243,14 +243,18 @@ def test_a_failed_canary_and_an_abort_roll_back_through_kills(fleet: Fleet) -> N
     rid2 = fleet.rollout("3.0.0", "cam-3", "--window", "600", "--timeout", "60")
     wait_until(lambda: (fleet.row(rid2) or ("",))[0] == "watching", 60)
     assert cli("registry", "pause", str(rid2), env=fleet.env).stdout.strip() == f"rollout {rid2}: paused"
-    # when the server is killed -9 while it is paused, then while the abort rolls it back
+    # when the server is killed -9 while it is paused: it resumes to the state it was paused in (and the steps at the
+    # end show nothing happened in between)
     assert fleet.kill_at(rid2, "paused")[0] == "paused"
+    assert cli("registry", "resume", str(rid2), env=fleet.env).stdout.strip() == f"rollout {rid2}: watching"
+    # and when it is killed again while the operator's abort rolls the canary back
     assert cli("registry", "abort", str(rid2), env=fleet.env).returncode == 0
     assert fleet.kill_at(rid2, "rolling_back")[0] == "rolling_back"
     # then it ends aborted, each operator step once, the canary back on 2.0.0, production never moved
     job = fleet.end(rid2)
     steps = [(s["event"], s["user"]) for s in job["steps"]]
     assert (job["state"], steps[1:]) == ("aborted", [("committed", f"rollout:{rid2}"), ("pause", "olga"),
-                                                      ("abort", "olga"), ("aborted", f"rollout:{rid2}")])
+                                                      ("resume", "olga"), ("abort", "olga"),
+                                                      ("aborted", f"rollout:{rid2}")])
     wait_until(lambda: fleet.serving(dict.fromkeys(DEVICES, "2.0.0")), 60)
     assert [h["version"] for h in fleet.promotions() if h["state"] == "published"] == ["2.0.0"]
