@@ -27,8 +27,8 @@ MONITOR = {"period_s": 0.5,
 # The group's collection policy (PUT /api/v1/policies/groups/lobby, signed by the server): after a drift event the
 # next frames, then low-confidence inputs and a random slice (the old model calls most inverted digits "2"); a
 # per-class quota against that bias, near-duplicates (the clip loops) suppressed, a bandwidth cap far above need.
-COLLECT = {"upload": True, "on_drift": {"seconds": 20, "frames": 30}, "low_confidence": 0.9, "random_rate": 0.05,
-           "class_quota": 15, "quota_period": "hour", "dedup": {"max_distance": 2, "window": 512},
+COLLECT = {"upload": True, "on_drift": {"seconds": 30, "frames": 120}, "low_confidence": 0.9, "random_rate": 0.05,
+           "class_quota": 50, "quota_period": "hour", "dedup": {"max_distance": 2, "window": 512},
            "max_disk_bytes": 8 << 20, "upload_limits": {"bytes_per_s": 256 << 10, "chunk_bytes": 16 << 10}}
 
 
@@ -87,7 +87,7 @@ class Scenario:
 
         return wait_until(enough, timeout)
 
-    def label_uploaded(self) -> int:
+    def label_uploaded(self) -> list[dict[str, Any]]:
         """Each uploaded sample gets the data set's label of the frame it shows (a person would say the same)."""
         items = self.samples()
         out = []
@@ -99,7 +99,7 @@ class Scenario:
                         "label": D.CLASSES[D.match_label(frame, self.w["refs"], self.w["ref_labels"])]})
         code, body = self.server.request("POST", "/api/v1/labels", {"origin": "person", "items": out})
         assert code == 200, body
-        return len(out)
+        return items
 
     def run(self, rid: int) -> dict[str, Any]:
         return self.server.get(f"/api/v1/retrain/runs/{rid}")[1]

@@ -11,7 +11,10 @@ import json
 import time
 
 import pytest
+from sqlalchemy import select
 
+from fleet.server.db import tables as t
+from fleet.server.db.engine import make_engine
 from tests.fleet_server.conftest import cli
 from tests.integration.helpers import wait_until
 from tests.retrain.scenario import Scenario
@@ -45,6 +48,11 @@ def test_drift_to_retrained_model_on_every_device_and_a_worse_model_rejected(tmp
         mark(f"{len(items)} samples uploaded by the devices")
         assert {it["reason"] for it in items} <= {"drift", "low_confidence", "random"}, items
         assert "drift" in {it["reason"] for it in items if it["ts"] >= first_drift}
+        engine = make_engine(s.db)
+        with engine.connect() as conn:  # every one came through the resumable chunked upload, none on request
+            metas = [r[0] for r in conn.execute(select(t.samples.c.meta))]
+        engine.dispose()
+        assert metas and all(m["upload"] == "chunked" and m["phash"] for m in metas), metas[:3]  # phash: the policy
         # and the samples are labelled: the triggers (drift on 2 devices, 40 new labels) start a run by themselves
         s.label_uploaded()
         rid = s.first_run()
