@@ -14,10 +14,15 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
-from edge_runtime.errors import EdgeRuntimeError
+# The device's commands use no pydantic plugins; without this, the first model class scans every installed
+# distribution's entry points for them (about 0.1 s of CPU at each start here). An explicit setting is kept.
+os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
+
+from edge_runtime.errors import EdgeRuntimeError  # noqa: E402
 
 # name -> (module, one-line help). The one table of subcommands.
 COMMANDS: dict[str, tuple[str, str]] = {

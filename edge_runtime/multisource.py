@@ -173,6 +173,42 @@ class LaneScheduler:
             self._signals += 1
             self._cond.notify()
 
+    def open_all(self, before_start: Callable[[SourceLane], None]) -> None:
+        """Start every lane's source (``before_start(lane)`` first); SourceError if one cannot be opened, after
+        closing those already started."""
+        opened: list[ThreadedSource] = []
+        try:
+            for lane in self.lanes:
+                before_start(lane)
+                lane.source.start()
+                opened.append(lane.source)
+        except BaseException:
+            for src in opened:
+                src.close()
+            raise
+
+    def close_all(self) -> None:
+        for lane in self.lanes:
+            lane.source.close()
+
+    def faults(self, running: bool, stall_limit: float | None, uptime: float) -> tuple[str | None, float]:
+        """(why sources yield nothing, or None; the longest time since a source's last sample): for /health."""
+        faults, stalled = [], 0.0
+        for lane in self.lanes:
+            c = lane.counters(running, stall_limit, uptime)
+            stalled = max(stalled, float(c["stalled_s"]))  # type: ignore[arg-type]
+            if c["fault"]:
+                faults.append(str(c["fault"]) if len(self.lanes) == 1 else f"{lane.name}: {c['fault']}")
+        return ("; ".join(faults) or None), stalled
+
+    def end_stalled(self, limit: float) -> None:
+        """End (with SourceError) every live lane whose source yielded nothing for ``limit`` seconds."""
+        for lane in self.live():
+            c = lane.source.counters
+            if c.stalled_s() >= limit:
+                why = f"{lane.source.name} yielded no sample for {limit:g} s" + (f" ({c.fault})" if c.fault else "")
+                self.end_lane(lane, SourceError(why))
+
     def live(self) -> list[SourceLane]:
         return [lane for lane in self.lanes if not lane.done]
 

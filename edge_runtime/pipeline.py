@@ -20,7 +20,7 @@ from typing import Any
 import cv2
 
 from edge_runtime.batching import BatchPlan, plan_batches
-from edge_runtime.errors import ConfigError, EdgeRuntimeError, InferenceError, SourceError
+from edge_runtime.errors import ConfigError, EdgeRuntimeError, InferenceError
 from edge_runtime.latency import STAGES, LatencyRecorder  # noqa: F401 - STAGES re-exported: hooks get these keys
 from edge_runtime.multisource import (
     LaneScheduler,
@@ -158,36 +158,18 @@ class Pipeline:
 
         ``run`` opens them when this was not called; once opened, ``run`` (or ``close_sources()``) must follow.
         """
-        if self._opened:
-            return
-        opened: list[ThreadedSource] = []
-        try:
-            for lane in self.lanes:
-                self._stage_in_reader(lane)
-                lane.source.start()
-                opened.append(lane.source)
-        except BaseException:
-            for src in opened:
-                src.close()
-            raise
-        self._opened = True
+        if not self._opened:
+            self._scheduler.open_all(self._stage_in_reader)
+            self._opened = True
 
     def close_sources(self) -> None:
-        for lane in self.lanes:
-            lane.source.close()
+        self._scheduler.close_all()
 
     # ------------------------------------------------------------------ state
 
     def source_fault(self) -> tuple[str | None, float]:
         """(why a source yields nothing, or None; the longest time since a source's last sample): for /health."""
-        uptime = self._uptime()
-        faults, stalled = [], 0.0
-        for lane in self.lanes:
-            c = lane.counters(self._running, self.config.stall_timeout_s, uptime)
-            stalled = max(stalled, float(c["stalled_s"]))  # type: ignore[arg-type]
-            if c["fault"]:
-                faults.append(str(c["fault"]) if len(self.lanes) == 1 else f"{lane.name}: {c['fault']}")
-        return ("; ".join(faults) or None), stalled
+        return self._scheduler.faults(self._running, self.config.stall_timeout_s, self._uptime())
 
     def _uptime(self) -> float:
         now = self._ended or time.monotonic()
@@ -266,7 +248,8 @@ class Pipeline:
             wait = max(0.0, next_check - time.monotonic())
             got = sched.take(timeout=wait if left is None else min(wait, left))
             if time.monotonic() >= next_check:
-                self._check_stalls()
+                if limit is not None and self.config.fail_on_stall:
+                    sched.end_stalled(limit)
                 next_check = time.monotonic() + check_every
             if got is None:
                 continue
@@ -296,16 +279,6 @@ class Pipeline:
         if lane.source.queue.policy is DropPolicy.BLOCK and hasattr(self._model, "prepare"):
             lane.source.stage = functools.partial(stage_frame, lane, lambda: self._model, self.config.frame_order)
             lane.source.keep_data = self.config.keep_frames
-
-    def _check_stalls(self) -> None:
-        limit = self.config.stall_timeout_s
-        if limit is None or not self.config.fail_on_stall:
-            return
-        for lane in self._scheduler.live():
-            c = lane.source.counters
-            if c.stalled_s() >= limit:
-                why = f"{lane.source.name} yielded no sample for {limit:g} s" + (f" ({c.fault})" if c.fault else "")
-                self._scheduler.end_lane(lane, SourceError(why))
 
     def _job(self, lane: SourceLane, sample: Sample) -> _Job | None:
         """The sample as staged by its reader, else gated and preprocessed here; None when skipped or refused."""

@@ -43,6 +43,8 @@ def configure(p: argparse.ArgumentParser) -> None:
     rp.add_argument("--mlflow-uri", metavar="URI", help="MLflow tracking URI, for a version converted from models:/ "
                     "(default: $MLFLOW_TRACKING_URI)")
     rp.add_argument("-q", "--quiet", action="store_true", help="no conversion progress on stderr")
+    rp.add_argument("--allow-pickle", action="store_true", help="the recipe's .pkl/.joblib/.pt source is your own "
+                    "file: load it (unpickling runs code in it; refused by default)")
     ex = sub.add_parser("export", help="register a version (package and lineage tags) in an MLflow registry")
     ex.add_argument("name")
     ex.add_argument("version")
@@ -162,7 +164,7 @@ def _reproduce(args: argparse.Namespace) -> int:
     doc = _call(args, "GET", f"/registry/models/{urllib.parse.quote(args.name)}/versions/"
                              f"{urllib.parse.quote(args.version)}")  # fmt: skip
     say = (lambda s: None) if args.quiet else (lambda s: print(f"reproduce: {s}", file=sys.stderr, flush=True))
-    report = reproduce(doc, say, args.mlflow_uri)
+    report = reproduce(doc, say, args.mlflow_uri, allow_pickle=args.allow_pickle)
     if args.json:
         print(json.dumps(report.as_dict(), indent=1))
     else:

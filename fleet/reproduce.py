@@ -95,9 +95,26 @@ def compare_after(recipe: Mapping[str, Any], tools: Mapping[str, str], manifest:
             report.tools.append((name, a, b))
 
 
-def reproduce(doc: Mapping[str, Any], say: Callable[[str], None], mlflow_uri: str | None = None) -> Report:
+_PICKLED = (".pkl", ".pickle", ".joblib", ".pt", ".pth")  # sources loaded by unpickling (code in them runs)
+
+
+def check_trusted(recipe: Mapping[str, Any], source: Any, allow_pickle: bool) -> None:
+    """The server's recipe is not the signed manifest's (whoever registers a version can set it): it may not make
+    this machine run a command it names, nor unpickle a file it names unless the user vouches for that file."""
+    prune = recipe["options"].get("prune")
+    if isinstance(prune, Mapping) and prune.get("train_cmd"):
+        raise ConfigError(f"the recipe names a training command (prune train_cmd {str(prune['train_cmd'])[:200]!r}); "
+                          "reproduce does not run commands from a recipe: re-run convert --prune yourself")
+    if isinstance(source, Path) and source.suffix.lower() in _PICKLED and not allow_pickle:
+        raise ConfigError(f"the recipe's source {source} would be unpickled, which runs code in the file: give "
+                          "--allow-pickle if it is your own model file")
+
+
+def reproduce(doc: Mapping[str, Any], say: Callable[[str], None], mlflow_uri: str | None = None,
+              allow_pickle: bool = False) -> Report:
     """Re-run the recorded conversion of the registry version ``doc`` (the server's version document); an MLflow
-    source is fetched again from ``mlflow_uri`` (default $MLFLOW_TRACKING_URI)."""
+    source is fetched again from ``mlflow_uri`` (default $MLFLOW_TRACKING_URI). ``allow_pickle``: the user vouches
+    for a pickled source file the recipe names (see :func:`check_trusted`)."""
     from converters.recipe import convert_with_recipe, recipe_of
     from edge_runtime.package.store import read_manifest
 
@@ -111,13 +128,14 @@ def reproduce(doc: Mapping[str, Any], say: Callable[[str], None], mlflow_uri: st
     if recipe["not_reproducible"]:
         raise ConfigError(f"{doc['name']} {doc['version']} cannot be re-run from its recipe: "
                           + "; ".join(recipe["not_reproducible"]))  # fmt: skip
+    src = recipe.get("mlflow")  # an MLflow source: exactly the version it used, wherever the alias is now
+    source = f"models:/{src['name']}/{src['version']}" if src else _input_path("source", recipe["options"]["source"],
+                                                                                recipe)  # fmt: skip
+    check_trusted(recipe, source, allow_pickle)
     report = Report(doc["name"], doc["version"], recorded)
     check_inputs(recipe, report)
     if report.missing:
         return report
-    src = recipe.get("mlflow")  # an MLflow source: exactly the version it used, wherever the alias is now
-    source = f"models:/{src['name']}/{src['version']}" if src else _input_path("source", recipe["options"]["source"],
-                                                                                recipe)  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="edge-reproduce-") as tmp:
         try:  # model bytes do not depend on the signature: no key (nor passphrase) is needed here
             out = convert_with_recipe(recipe, source=source, output=Path(tmp) / "pkg",

@@ -131,12 +131,12 @@ def _credentials(args: argparse.Namespace, section: dict[str, Any]) -> dict[str,
 
 def device_config(args: argparse.Namespace) -> DeviceConfig | None:
     """The device config from --config plus the shortcut options (they win); None when nothing asks for one."""
+    http_port = getattr(args, "http", None)
+    if not (args.config or args.mqtt or args.device_id or args.outbox or http_port is not None):
+        return None  # (before the import: a plain run needs none of the sync and monitoring modules)
     from edge_runtime.device_config import default_state_dir, load_device_config, parse_device_config
 
-    http_port = getattr(args, "http", None)
     base = load_device_config(args.config) if args.config else None
-    if base is None and not (args.mqtt or args.device_id or args.outbox or http_port is not None):
-        return None
     data: dict[str, Any] = base.model_dump() if base else {"outbox": None}
     if data.get("mqtt"):
         data["mqtt"].pop("device_id", None)

@@ -8,6 +8,7 @@ redacts and stores it). Every offered input is counted, and every one not kept i
 
 from __future__ import annotations
 
+import json
 import random
 import time
 from collections import deque
@@ -147,6 +148,7 @@ class Collection:
         self.samples, self.config = samples, config
         self.selector: Selector | None = None
         self.upload_allowed = False
+        self.redaction = "[]"  # the redaction steps in force (JSON), recorded in each kept sample's metadata
 
     def set_policy(self, policy: CollectionPolicy | None, upload_allowed: bool) -> None:
         """Follow a (verified) policy from now on (any thread); None: back to the device's sample config.
@@ -159,7 +161,11 @@ class Collection:
             return
         selector = Selector(policy, self.config.seed)
         selector.quotas.seed(self.samples.list(), time.time())
-        self.samples.redactor = Redactor(policy.redact) if policy.redact else None
+        self.redaction = json.dumps([r.model_dump(mode="json") for r in policy.redact], sort_keys=True)
+        for m in self.samples.pending():  # kept under other redaction steps: not uploaded under these
+            if m.get("redaction") != self.redaction:
+                self.samples.mark(m["id"], upload="withheld")
+        self.samples.redactor = Redactor(policy.redact, self.config.redact_commands) if policy.redact else None
         self.samples.max_bytes = min(self.config.max_bytes, policy.max_disk_bytes)
         self.upload_allowed = upload_allowed and policy.upload
         self.selector = selector
@@ -175,7 +181,7 @@ class Collection:
         meta = selector.offer(result.frame, p.confidence, label, time.time())
         if meta is not None:
             meta.update(frame_index=result.index, ts=round(result.timestamp, 3), model=model, version=version,
-                        source=result.source or source or None, redact=True,
+                        source=result.source or source or None, redact=True, redaction=self.redaction,
                         **({"upload": "pending"} if self.upload_allowed else {}))
             self.samples.put(result.frame, meta)
 

@@ -66,6 +66,8 @@ class SampleConfig(BaseModel):
     seed: int | None = Field(default=None, description="Seed of the random sampler (tests, reproducibility).")
     upload: bool = Field(default=False, description="Opt-in: samples may leave this device when a signed "
                          "collection policy also allows it (monitoring.collect); default off.")
+    redact_commands: tuple[str, ...] = Field(default=(), max_length=32, description="Programs (argv[0], exactly) a "
+                                             "signed policy's command redaction may run here; others drop the sample.")
 
 
 class HealthConfig(BaseModel):

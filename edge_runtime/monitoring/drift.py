@@ -19,17 +19,25 @@ learned it (``warmup_s`` seconds and ``warmup_samples`` samples).
 
 from __future__ import annotations
 
+import logging
 import math
 from collections import Counter, deque
 from dataclasses import dataclass
 from statistics import NormalDist, fmean, median
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from edge_runtime.monitoring.config import DriftConfig
 from edge_runtime.monitoring.features import PROPORTIONS
-from edge_runtime.monitoring.reference import Reference
+from edge_runtime.monitoring.reference import Reference, load_reference
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from edge_runtime.package.manifest import Manifest
+
+log = logging.getLogger("edge_runtime.monitoring.monitor")
 
 
 @dataclass(frozen=True)
@@ -200,3 +208,32 @@ class DriftDetector:
     def exposition(self) -> dict[str, tuple[float, bool]]:
         """feature -> (d / threshold, alarm) for /metrics."""
         return {n: (s.d / s.threshold, self.state.get(n, False)) for n, s in self.last.items()}
+
+
+def detector_for(cfg: DriftConfig, manifest: Manifest | None, baseline_file: Path | None) -> DriftDetector | None:
+    """A detector on the configured reference kind; a device baseline is reloaded if it is this model's."""
+    if not cfg.enabled or manifest is None:
+        return None
+    ref: Reference | None = None
+    if cfg.reference == "package":
+        if manifest.reference is None:
+            log.warning("drift: package %s has no reference statistics; drift is not scored", manifest.name)
+            return None
+        ref = Reference.from_package(manifest.reference, manifest.name, manifest.version, cfg.top_classes)
+    elif cfg.reference == "fleet":
+        assert cfg.fleet_baseline is not None
+        ref = load_reference(cfg.fleet_baseline, "fleet")
+        if ref is None:
+            log.warning("drift: no fleet baseline in %s; drift is not scored", cfg.fleet_baseline)
+            return None
+    elif baseline_file is not None:
+        ref = load_reference(baseline_file, "device", manifest.name, manifest.version)
+    return DriftDetector(cfg, ref, manifest.name, manifest.version)
+
+
+def event_body(score: DriftScore, detector: DriftDetector) -> dict[str, Any]:
+    """The body of a drift or drift_cleared event: feature, reference, scores and the thresholds behind them."""
+    cfg = detector.config
+    return {"feature": score.feature, "reference": detector.describe_reference(), "scores": score.to_dict(),
+            "thresholds": {"d": round(score.threshold, 4), "clear": round(score.threshold * cfg.clear_ratio, 4),
+                           "confirm": cfg.confirm}}

@@ -24,13 +24,13 @@ import numpy as np
 from edge_runtime.errors import EdgeRuntimeError
 from edge_runtime.monitoring.collector import Collection
 from edge_runtime.monitoring.config import MonitorConfig
-from edge_runtime.monitoring.drift import DriftDetector, DriftScore
+from edge_runtime.monitoring.drift import DriftDetector, DriftScore, detector_for, event_body
 from edge_runtime.monitoring.features import image_features, output_features, tensor_features
 from edge_runtime.monitoring.field import FeedbackError, FieldAccuracy
 from edge_runtime.monitoring.metrics import StageLatencies
 from edge_runtime.monitoring.per_source import SourceShare, share_baseline
 from edge_runtime.monitoring.quality import QualityStats
-from edge_runtime.monitoring.reference import Reference, load_reference
+from edge_runtime.monitoring.reference import Reference
 from edge_runtime.monitoring.samples import SampleStore
 from edge_runtime.monitoring.system import SystemStats
 from edge_runtime.package.manifest import Manifest
@@ -127,25 +127,7 @@ class Monitor:
         return [("", self.drift)] if self.drift is not None else []
 
     def _make_drift(self, manifest: Manifest | None, baseline_file: Path | None) -> DriftDetector | None:
-        """A detector on the configured reference kind; a device baseline is reloaded if it is this model's."""
-        cfg = self.config.drift
-        if not cfg.enabled or manifest is None:
-            return None
-        ref: Reference | None = None
-        if cfg.reference == "package":
-            if manifest.reference is None:
-                log.warning("drift: package %s has no reference statistics; drift is not scored", manifest.name)
-                return None
-            ref = Reference.from_package(manifest.reference, manifest.name, manifest.version, cfg.top_classes)
-        elif cfg.reference == "fleet":
-            assert cfg.fleet_baseline is not None
-            ref = load_reference(cfg.fleet_baseline, "fleet")
-            if ref is None:
-                log.warning("drift: no fleet baseline in %s; drift is not scored", cfg.fleet_baseline)
-                return None
-        elif baseline_file is not None:
-            ref = load_reference(baseline_file, "device", manifest.name, manifest.version)
-        return DriftDetector(cfg, ref, manifest.name, manifest.version)
+        return detector_for(self.config.drift, manifest, baseline_file)
 
     def set_reference(self, reference: Reference) -> None:
         """Score drift against ``reference`` from now on (a fleet baseline pushed at run time)."""
@@ -232,12 +214,7 @@ class Monitor:
             self.collection.selector.on_drift()
         (log.warning if score.drifted else log.info)("%s on %s %s: %s", kind, score.feature,
                                                      source.get("source", ""), score.to_dict())
-        cfg = self.config.drift
-        self.event(kind, {**source, "feature": score.feature, "reference": drift.describe_reference(),
-                          "scores": score.to_dict(),
-                          "thresholds": {"d": round(score.threshold, 4),
-                                         "clear": round(score.threshold * cfg.clear_ratio, 4),
-                                         "confirm": cfg.confirm}})
+        self.event(kind, {**source, **event_body(score, drift)})
 
     # ----------------------------------------------------------------- records and events
     def event(self, kind: str, body: dict[str, Any]) -> None:

@@ -174,8 +174,10 @@ def _enlarge(box: np.ndarray, w: int, h: int) -> tuple[int, int, int, int]:
 class Redactor:
     """The policy's steps as one callable on a BGR/gray uint8 image; the face model is loaded on first use."""
 
-    def __init__(self, steps: Sequence[Redaction]) -> None:
+    def __init__(self, steps: Sequence[Redaction], commands: Sequence[str] | None = None) -> None:
+        """``commands``: the programs a command step may run (the device config's ``redact_commands``; None: any)."""
         self.steps = tuple(steps)
+        self.commands = None if commands is None else frozenset(commands)
         self._faces: FaceBlur | None = None
 
     def __call__(self, img: np.ndarray) -> np.ndarray:
@@ -188,6 +190,9 @@ class Redactor:
                 elif step.kind == "grayscale":
                     img = grayscale(img)
                 elif step.kind == "command":
+                    if self.commands is not None and step.argv[0] not in self.commands:
+                        raise RedactionError(f"redaction program {step.argv[0][:200]!r} is not in this device's "
+                                             "monitor.samples.redact_commands")
                     img = run_command(img, step)
                 else:
                     if self._faces is None:

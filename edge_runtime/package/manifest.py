@@ -15,6 +15,10 @@ from edge_runtime.package.optimization import PruningInfo, SelectionInfo
 from edge_runtime.package.provenance import Provenance
 
 SCHEMA_VERSION = 1
+# Blocks a device never acts on (it only carries them). A writer lists the ones it wrote in ``optional_blocks``, so
+# a runtime from before a block existed ignores that block instead of refusing the package; any other unknown key
+# is still refused.
+INFORMATIONAL_BLOCKS = ("pruning", "selection", "provenance")
 MANIFEST_NAME = "manifest.json"
 SIGNATURE_NAME = "signature.json"
 
@@ -330,6 +334,20 @@ class Manifest(BaseModel):
     pruning: PruningInfo | None = Field(default=None, description="Channel pruning done before conversion.")
     selection: SelectionInfo | None = Field(default=None, description="Why `bench --choose` picked this package.")
     provenance: Provenance | None = Field(default=None, description="The recorded convert recipe and its inputs.")
+    optional_blocks: tuple[str, ...] = Field(
+        default=(), max_length=32,
+        description="Top-level blocks a reader that does not know them may ignore (informational ones such as "
+                    "provenance); any other unknown key is refused.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _ignore_unknown_optional_blocks(cls, data: object) -> object:
+        """Drop the unknown keys the writer declared optional (a newer converter's informational blocks)."""
+        if not isinstance(data, dict) or not isinstance(data.get("optional_blocks"), (list, tuple)):
+            return data
+        declared = {n for n in data["optional_blocks"] if isinstance(n, str)}
+        unknown = {k for k in data if k in declared and k not in cls.model_fields}
+        return {k: v for k, v in data.items() if k not in unknown} if unknown else data
 
     @field_validator("schema_version")
     @classmethod

@@ -34,7 +34,13 @@ from edge_runtime.package.archive import (
     write_archive,
 )
 from edge_runtime.package.cache import extract_cached
-from edge_runtime.package.manifest import MANIFEST_NAME, SIGNATURE_NAME, FileEntry, Manifest
+from edge_runtime.package.manifest import (
+    INFORMATIONAL_BLOCKS,
+    MANIFEST_NAME,
+    SIGNATURE_NAME,
+    FileEntry,
+    Manifest,
+)
 from edge_runtime.package.signing import (
     MAX_SIGNATURE_DOC,
     RELEASE,
@@ -92,6 +98,8 @@ def finalize_package(root: Path, fields: Mapping[str, Any], sign_key: Ed25519Pri
     """Hash the files in ``root``, write manifest.json (and signature.json when a key is given)."""
     data = dict(fields)
     data["files"] = [f.model_dump() for f in file_entries(root)]
+    present = [k for k in INFORMATIONAL_BLOCKS if data.get(k) is not None]
+    data["optional_blocks"] = [*dict.fromkeys([*data.get("optional_blocks", ()), *present])]
     try:
         manifest = Manifest.model_validate(data)
     except ValidationError as exc:

@@ -8,9 +8,10 @@ body larger than what was signed is refused. Any failure raises TransferError; t
 makes progress, else falls back to the MQTT chunks (steps.download).
 
 The fleet server wants the device's own bearer token (``update.http_token_file``, a 0600 file). The token is
-never sent over plain http to a host other than loopback (unless ``update.allow_plain_http``), and redirects are
-not followed, so a redirect cannot carry it elsewhere. A 401 or 403 says so in the error (code
-``http_unauthorized``), which the agent reports on its status topic before falling back.
+never sent over plain http to a host other than loopback (unless ``update.allow_plain_http``), plain http never
+goes through an ``http_proxy`` (it would carry the token in clear to the proxy), and redirects are not followed,
+so a redirect cannot carry it elsewhere. A 401 or 403 says so in the error (code ``http_unauthorized``), which
+the agent reports on its status topic before falling back.
 """
 
 from __future__ import annotations
@@ -82,7 +83,10 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
         return None
 
 
-_OPENER = urllib.request.build_opener(_NoRedirect)
+_OPENER = urllib.request.build_opener(_NoRedirect)  # https: an environment proxy tunnels (CONNECT), TLS end to end
+# plain http never goes through a proxy: urllib would send it (token included) in clear to the proxy's host, and
+# does not bypass the proxy for loopback
+_DIRECT = urllib.request.build_opener(_NoRedirect, urllib.request.ProxyHandler({}))
 
 
 def http_download(url: str, dest: Path, sha256: str, size: int, stop: threading.Event | None = None,
@@ -138,7 +142,7 @@ def _open(url: str, headers: dict[str, str], have: int, timeout: float):  # type
     headers = {**headers, "Range": f"bytes={have}-"} if have else headers
     req = urllib.request.Request(url, headers=headers)  # noqa: S310 - scheme checked by the caller
     try:
-        return _OPENER.open(req, timeout=timeout)
+        return (_OPENER if req.type == "https" else _DIRECT).open(req, timeout=timeout)
     except urllib.error.HTTPError as exc:
         exc.close()
         if exc.code == 416 and have:

@@ -204,12 +204,19 @@ def _sample(out: Parsed, doc: dict[str, Any], now: float) -> None:
         out.rejected.append(f"sample: {str(exc)[:200]}")
         return
     out.records = 1
-    ext = str(meta.get("file", "")).rpartition(".")[2][:8] or "bin"
+    ext = sample_ext(meta.get("file"))
     out.sample_blob = blob
     out.add("samples", {"device": out.device, "sample_id": meta["id"], "ts": _num(meta.get("ts")), "received": now,
                         "sha256": hashlib.sha256(blob).hexdigest(), "bytes": len(blob), "ext": ext,
                         "reason": _str(meta.get("reason"), 64), "confidence": _num(meta.get("confidence")),
                         "meta": meta})
+
+
+def sample_ext(file: Any) -> str:
+    """The stored file's extension from a device's file name: ASCII letters and digits only (it becomes part of a
+    path in the sample store: no NUL, slash or other character that breaks or shapes a path), else ``bin``."""
+    ext = str(file or "").rpartition(".")[2][:8]
+    return ext if ext.isascii() and ext.isalnum() else "bin"
 
 
 def _state(out: Parsed, doc: dict[str, Any], now: float) -> None:

@@ -28,7 +28,7 @@ from sqlalchemy import select
 from edge_runtime.fsutil import atomic_write_bytes
 from edge_runtime.sync.topics import check_segment
 from fleet.server.db import tables as t
-from fleet.server.records import MAX_SAMPLE_BYTES, Parsed
+from fleet.server.records import MAX_SAMPLE_BYTES, Parsed, sample_ext
 
 SCHEMA = "sample-upload/1"
 MAX_MESSAGE = 256 * 1024
@@ -62,6 +62,7 @@ class Uploads:
         self.counters = {"offers": 0, "chunks": 0, "duplicate_chunks": 0, "completed": 0, "refused": 0}
         self._used: int | None = None  # bytes of partial chunks on disk (scanned now and then, counted between)
         self._scanned = 0.0
+        self._held: dict[Path, tuple[int, set[int]]] = {}  # per partial folder: its mtime_ns, the chunks in it
 
     def is_upload(self, topic: str) -> bool:
         return topic.startswith(f"{self.prefix}/devices/") and topic.endswith("/samples/upload") \
@@ -139,7 +140,7 @@ class Uploads:
         d = self._dir(device, sid)
         old = self._read_offer(d)
         if old is not None and old["sha256"] != sha:
-            shutil.rmtree(d, ignore_errors=True)  # a different content under the same id: start again
+            self._drop(d)  # a different content under the same id: start again
         if not (d / "offer.json").exists():
             self._make_room(device)
             d.mkdir(parents=True, exist_ok=True)
@@ -172,13 +173,17 @@ class Uploads:
         if len(data) != want:
             raise Refused(f"chunk {i} is {len(data)} bytes, expected {want}")
         path = d / f"c{i:05d}"
-        if path.exists():
+        held = self._held_set(d)
+        if i in held or path.exists():  # (another instance sharing the folder may have written it)
             self.counters["duplicate_chunks"] += 1
+            held.add(i)
         else:
             if self._partial_bytes() + len(data) > self.max_partial_bytes:
                 raise Refused("the server's partial-upload space is full (try later)", retry=True)
             atomic_write_bytes(path, data)
             self._used = (self._used or 0) + len(data)
+            held.add(i)
+            self._held[d] = (d.stat().st_mtime_ns, held)
         have = self._have(d)
         if len(have) < n:
             return Outcome(parsed, self._answer(sid, have=have), sid)
@@ -189,17 +194,16 @@ class Uploads:
         blob = b"".join((d / f"c{i:05d}").read_bytes() for i in range(offer["chunks"]))
         sha = hashlib.sha256(blob).hexdigest()
         if sha != offer["sha256"]:
-            shutil.rmtree(d, ignore_errors=True)
+            self._drop(d)
             raise Refused(f"sha256 of the assembled sample is {sha}, offered {offer['sha256']}")
         meta = offer["meta"]
-        ext = str(meta.get("file", "")).rpartition(".")[2][:8]
         parsed.records = 1
         parsed.sample_blob = blob
         conf = meta.get("confidence")
         parsed.add("samples", {
             "device": device, "sample_id": sid, "ts": meta.get("ts") if isinstance(meta.get("ts"), (int, float))
             else None, "received": now, "sha256": sha, "bytes": len(blob),
-            "ext": ext if ext.isalnum() else "bin", "reason": str(meta.get("reason"))[:64] if meta.get("reason")
+            "ext": sample_ext(meta.get("file")), "reason": str(meta.get("reason"))[:64] if meta.get("reason")
             else None, "confidence": float(conf) if isinstance(conf, (int, float)) else None,
             "meta": {**meta, "upload": "chunked"}})
         return Outcome(parsed, None, sid, complete=True)
@@ -209,7 +213,7 @@ class Uploads:
         if not out.complete:
             return out.ack
         assert out.parsed.device is not None and out.sample_id is not None
-        shutil.rmtree(self._dir(out.parsed.device, out.sample_id), ignore_errors=True)
+        self._drop(self._dir(out.parsed.device, out.sample_id))
         if "samples" in out.parsed.rows:
             self.counters["completed"] += 1
             return self._answer(out.sample_id, complete=True)
@@ -225,9 +229,23 @@ class Uploads:
         except (OSError, ValueError):
             return None
 
-    @staticmethod
-    def _have(d: Path) -> list[int]:
-        return sorted(int(p.name[1:]) for p in d.glob("c[0-9]*") if p.name[1:].isdigit())
+    def _have(self, d: Path) -> list[int]:
+        return sorted(self._held_set(d))
+
+    def _held_set(self, d: Path) -> set[int]:
+        """The chunk indices in a partial folder, listed again only when the folder changed behind this instance
+        (listing it per chunk made a sample of n chunks cost n^2, and a flood of one chunk a listing each)."""
+        try:
+            mtime = d.stat().st_mtime_ns
+        except FileNotFoundError:
+            self._held.pop(d, None)
+            return set()
+        cached = self._held.get(d)
+        if cached is None or cached[0] != mtime:
+            if len(self._held) > 100_000:  # folders removed by another instance: forget them all now and then
+                self._held.clear()
+            cached = self._held[d] = (mtime, {int(p.name[1:]) for p in d.glob("c[0-9]*") if p.name[1:].isdigit()})
+        return cached[1]
 
     def _partial_bytes(self) -> int:
         """Partial chunk bytes on disk: a scan at most every 30 s (finished and dropped uploads free space),
@@ -245,7 +263,16 @@ class Uploads:
             return
         open_ = sorted((p for p in base.iterdir() if p.is_dir()), key=lambda p: p.stat().st_mtime)
         for stale in open_[:max(0, len(open_) - self.max_open + 1)]:
-            shutil.rmtree(stale, ignore_errors=True)
+            self._drop(stale)
+
+    def _drop(self, d: Path) -> None:
+        """Remove a partial upload, uncounting its chunks at once (else dropped chunks would fill the bound for
+        every device until the next scan)."""
+        freed = sum(p.stat().st_size for p in d.glob("c[0-9]*")) if d.is_dir() else 0
+        shutil.rmtree(d, ignore_errors=True)
+        self._held.pop(d, None)
+        if self._used is not None:
+            self._used = max(0, self._used - freed)
 
     @staticmethod
     def _answer(sid: str, have: list[int] | None = None, complete: bool = False) -> dict[str, Any]:

@@ -37,6 +37,16 @@ def test_invalid_manifests_are_rejected(change, message):
         Manifest.model_validate(fields)
 
 
+def test_a_newer_writers_informational_block_is_ignored_only_when_declared_optional():
+    fields = _with_files(manifest_fields())
+    fields.update(lineage_v9={"anything": [1, 2]}, optional_blocks=["lineage_v9"])
+    m = Manifest.model_validate(fields)
+    assert m.optional_blocks == ("lineage_v9",) and "lineage_v9" not in m.model_dump()
+    fields.update(surprise=1)  # not declared optional: still refused
+    with pytest.raises(ValidationError, match="Extra inputs"):
+        Manifest.model_validate(fields)
+
+
 @pytest.mark.parametrize("path", ["../x", "/etc/passwd", "a//b", "a/./b", "a\\b"])
 def test_unsafe_file_paths_are_rejected(path):
     fields = _with_files(manifest_fields())
