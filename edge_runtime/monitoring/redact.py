@@ -7,13 +7,19 @@ Steps run in the policy's order on the sample-writer thread (never the pipeline'
 with LiteRT, found without importing that package (it imports TensorFlow), on the whole frame and on overlapping
 tiles (``tile_levels``; the model finds faces of about a tenth of its input or more), and Gaussian-blurs every box
 above the score threshold, enlarged by a margin. ``command`` pipes the image (PNG) to a program and reads the
-redacted one from its stdout, bounded in time and size; its header is read before decoding (imageheader).
+redacted one from its stdout, bounded in time and size (its own session with a minimal environment; the whole
+process group is killed at the timeout; output beyond the limit is never stored); its header is read before
+decoding (imageheader).
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import os
+import signal
 import subprocess  # noqa: S404 - the operator names the program in a signed policy
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -51,21 +57,79 @@ def grayscale(img: np.ndarray) -> np.ndarray:
     return _cv2().cvtColor(img, _cv2().COLOR_BGR2GRAY if img.shape[2] == 3 else _cv2().COLOR_BGRA2GRAY)
 
 
+_COMMAND_ENV = ("PATH", "LANG", "LC_ALL", "TMPDIR")  # what the program inherits: no tokens, no secrets
+_STDERR_KEPT = 4096
+
+
+def _kill_group(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)
+
+
+def _bounded_read(stream: Any, limit: int, into: list[bytes], overflow: Any = None) -> None:
+    """Read ``stream`` to its end, keeping at most ``limit + 1`` bytes (so an overflow is seen, not stored);
+    ``overflow()`` is called once past the limit (it stops the program)."""
+    kept = 0
+    while chunk := stream.read(65536):
+        if kept <= limit:
+            into.append(chunk[: limit + 1 - kept])
+            kept += len(into[-1])
+            if kept > limit and overflow is not None:
+                overflow()
+
+
+def _feed(stream: Any, data: bytes) -> None:
+    try:
+        stream.write(data)
+        stream.close()
+    except (BrokenPipeError, OSError):
+        pass  # the program stopped reading: its exit status or output says what happened
+
+
+def _run_bounded(argv: Sequence[str], data: bytes, timeout_s: float, max_out: int) -> tuple[int, bytes, bytes]:
+    """Run ``argv`` in its own session with a minimal environment; its output is read up to ``max_out`` + 1 bytes,
+    and the whole process group is killed at the timeout (programs it left behind included)."""
+    env = {k: v for k, v in os.environ.items() if k in _COMMAND_ENV}
+    proc = subprocess.Popen(list(argv), stdin=subprocess.PIPE, stdout=subprocess.PIPE,  # noqa: S603
+                            stderr=subprocess.PIPE, env=env, start_new_session=True)
+    out: list[bytes] = []
+    err: list[bytes] = []
+    threads = [threading.Thread(target=_feed, args=(proc.stdin, data), daemon=True),
+               threading.Thread(target=_bounded_read, args=(proc.stdout, max_out, out, lambda: _kill_group(proc.pid)),
+                                daemon=True),
+               threading.Thread(target=_bounded_read, args=(proc.stderr, _STDERR_KEPT, err), daemon=True)]
+    for t in threads:
+        t.start()
+    try:
+        code = proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        code = None
+    finally:
+        _kill_group(proc.pid)  # also what it started in the background
+        proc.wait()
+    for t in threads[1:]:
+        t.join(timeout=2.0)
+    if len(b"".join(out)) > max_out:
+        return code if code is not None else -9, b"".join(out), b"".join(err)  # the caller names the overflow
+    if code is None:
+        raise RedactionError(f"redaction command timed out after {timeout_s:g} s")
+    return code, b"".join(out), b"".join(err)
+
+
 def run_command(img: np.ndarray, step: Redaction) -> np.ndarray:
     cv2 = _cv2()
     ok, buf = cv2.imencode(".png", img)
     if not ok:
         raise RedactionError("cannot encode the image for the redaction command")
     try:
-        proc = subprocess.run(list(step.argv), input=buf.tobytes(), capture_output=True,  # noqa: S603
-                              timeout=step.timeout_s, check=False)
-    except (OSError, subprocess.TimeoutExpired) as exc:
+        code, out, err = _run_bounded(step.argv, buf.tobytes(), step.timeout_s, step.max_output_bytes)
+    except OSError as exc:
         raise RedactionError(f"redaction command failed: {str(exc)[:200]}") from exc
-    if proc.returncode != 0:
-        raise RedactionError(f"redaction command exited {proc.returncode}: {proc.stderr[:200]!r}")
-    out = proc.stdout
+    if code != 0 and len(out) <= step.max_output_bytes:
+        raise RedactionError(f"redaction command exited {code}: {err[:200]!r}")
     if not out or len(out) > step.max_output_bytes:
-        raise RedactionError(f"redaction command wrote {len(out)} bytes (limit {step.max_output_bytes})")
+        raise RedactionError(f"redaction command wrote {len(out)}{'+' if len(out) > step.max_output_bytes else ''}"
+                             f" bytes (limit {step.max_output_bytes})")
     from edge_runtime.imageheader import image_size
 
     try:
