@@ -3,13 +3,16 @@
     PYTHONPATH=. python benchmarks/retrain_figures.py [--json OUT] [--keep DIR]
 
 Two real agents serve a digits classifier (1.0.0, trained on upright digits) on a looping clip; the clip is replaced
-by inverted digits; drift fires on both; each device is asked for 100 samples; the uploaded samples are labelled
-from the data set (standing in for a person); the server's triggers start a run; the training command (the test's
-train_digits.py), conversion with the parent's recipe, gates, canary and promotion follow. Printed, measured in this
-run: accuracy on the shifted stream before and after (the parent and the candidate on the clip's 300 inverted
-frames and on 300 inverted digits neither saw), samples kept on the devices, uploaded, labelled and used for
-training, bytes uploaded, the time from the first drift event to the new model serving on every device and the
-share of it spent in the training command. A figure past its goal reads MISS.
+by inverted digits; drift fires on both; the devices keep and upload samples on their own under the group's signed
+collection policy (tests/retrain/scenario.py COLLECT: on drift, low confidence, a random slice, per-class quotas,
+near-duplicate suppression, chunked resumable uploads); once 80 samples of each device kept since the first drift
+have arrived, every uploaded sample is labelled from the data set (standing in for a person); the server's
+triggers start a run; the training command (the test's train_digits.py), conversion with the parent's recipe,
+gates, canary and promotion follow. Printed, measured in this run: accuracy on the shifted stream before and after
+(the parent and the candidate on the clip's 300 inverted frames and on 300 inverted digits neither saw), samples
+kept on the devices, uploaded (by the reason they were kept), labelled and used for training, bytes uploaded, the
+time from the first drift event to the new model serving on every device and the share of it spent in the
+training command. A figure past its goal reads MISS.
 """
 
 from __future__ import annotations
@@ -52,9 +55,7 @@ def scenario(tmp: Path) -> dict[str, Any]:
     try:
         s.start()
         first_drift = s.shift()
-        time.sleep(10)  # the newest 100 samples of each device then show the shifted stream
-        s.upload(per_device=100, total=150)
-        uploaded = s.server.get("/api/v1/samples?limit=500")[1]["items"]
+        s.collected(first_drift, per_device=80, timeout=120)
         labelled = s.label_uploaded()
         rid = s.first_run()
         run = s.wait_final(rid, 300)
@@ -64,7 +65,7 @@ def scenario(tmp: Path) -> dict[str, Any]:
         while not s.serving(run["candidate"]) and time.time() < deadline:
             time.sleep(0.2)
         served = time.time()
-        kept = _kept(tmp)
+        kept, uploaded = _kept(tmp), s.samples()
     finally:
         s.stop()
     steps = {st["event"]: st for st in run["steps"]}
@@ -81,7 +82,11 @@ def scenario(tmp: Path) -> dict[str, Any]:
     snap = steps["snapshot_done"]["figures"]
     return {
         "accuracy_shifted": acc, "samples_kept_on_devices": kept, "samples_uploaded": len(uploaded),
-        "samples_labelled": labelled, "samples_trained_on": snap["new"], "samples_field_gate": snap["field"],
+        "samples_labelled": len(labelled), "labelled_by_reason": {r: sum(i["reason"] == r for i in labelled)
+                                                                  for r in sorted({i["reason"] for i in labelled})},
+        "labelled_after_drift": sum((i["ts"] or 0) >= first_drift for i in labelled),
+        "bytes_labelled": sum(i["bytes"] for i in labelled),
+        "samples_trained_on": snap["new"], "samples_field_gate": snap["field"],
         "bytes_uploaded": sum(i["bytes"] for i in uploaded), "drift_to_serving_s": round(total, 2),
         "training_s": train_s, "training_share": round(train_s / total, 3),
         "steps_s": {e: round(st["ts"] - run["steps"][0]["ts"], 2) for e, st in steps.items()},
@@ -98,14 +103,17 @@ def report(f: dict[str, Any]) -> None:
     for name, what in (("clip", "the shifted clip's 300 frames"), ("unseen", "300 inverted digits neither saw")):
         print(f"accuracy on {what}: before {a[name]['before']:.3f}, after {a[name]['after']:.3f}"
               f"{verdict(a[name]['after'] >= GOALS['accuracy_after_min'])}")
-    print(f"samples: {f['samples_kept_on_devices']} kept on the devices, {f['samples_uploaded']} uploaded "
-          f"({f['bytes_uploaded']} bytes), {f['samples_labelled']} labelled, {f['samples_trained_on']} trained on, "
+    print(f"samples: {f['samples_kept_on_devices']} kept on the devices, {f['samples_uploaded']} uploaded by the "
+          f"end ({f['bytes_uploaded']} bytes), {f['samples_labelled']} labelled when the person looked "
+          f"({f['bytes_labelled']} bytes; {f['labelled_after_drift']} kept after the first drift; by reason "
+          f"{f['labelled_by_reason']}), {f['samples_trained_on']} trained on, "
           f"{f['samples_field_gate']} held out for the field gate")
     print(f"first drift event -> new model serving on every device: {f['drift_to_serving_s']:.1f} s"
           f"{verdict(f['drift_to_serving_s'] <= GOALS['drift_to_serving_s_max'])}; training command "
           f"{f['training_s']:.1f} s ({100 * f['training_share']:.0f}%)")
     print("run steps (s after the run was created): " + ", ".join(f"{k} {v}" for k, v in f["steps_s"].items()))
-    print("  (the rest of drift -> serving: uploads and labelling, here done by the benchmark as a person would)")
+    print("  (the rest of drift -> serving: the devices' uploads, and labelling, done by the benchmark as a person "
+          "would)")
 
 
 def main() -> int:

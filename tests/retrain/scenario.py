@@ -1,6 +1,7 @@
 """The re-training scenario with real parts, shared by tests/retrain/test_retrain_loop.py and
 benchmarks/retrain_figures.py: a broker, the real `fleet serve` with retrain.yaml, two real agents in group lobby
-looping over a digits clip that shifts (inverted digits), sample uploads on request, labels from the data set."""
+looping over a digits clip that shifts (inverted digits), a signed collection policy pushed to the group before they
+start (the devices then keep and upload samples on their own, chunked and resumable), labels from the data set."""
 
 from __future__ import annotations
 
@@ -18,10 +19,17 @@ from tests.retrain import digits as D
 from tests.update.harness import device_config, spawn_agent
 
 DEVICES = ("cam-1", "cam-2")
+# the device opts in to uploads and keeps nothing by its own rules: the pushed policy decides what is kept
 MONITOR = {"period_s": 0.5,
            "drift": {"reference": "package", "input_every": 1, "window": 20, "min_samples": 10, "every_samples": 5},
-           "samples": {"directory": "samples", "low_confidence": 0.9, "random_rate": 0.3, "min_interval_s": 0.0,
-                       "seed": 1}}
+           "samples": {"directory": "samples", "low_confidence": None, "random_rate": 0.0, "min_interval_s": 0.0,
+                       "seed": 1, "upload": True}}
+# The group's collection policy (PUT /api/v1/policies/groups/lobby, signed by the server): after a drift event the
+# next frames, then low-confidence inputs and a random slice (the old model calls most inverted digits "2"); a
+# per-class quota against that bias, near-duplicates (the clip loops) suppressed, a bandwidth cap far above need.
+COLLECT = {"upload": True, "on_drift": {"seconds": 30, "frames": 120}, "low_confidence": 0.9, "random_rate": 0.05,
+           "class_quota": 50, "quota_period": "hour", "dedup": {"max_distance": 2, "window": 512},
+           "max_disk_bytes": 8 << 20, "upload_limits": {"bytes_per_s": 256 << 10, "chunk_bytes": 16 << 10}}
 
 
 class Scenario:
@@ -42,6 +50,8 @@ class Scenario:
         self.server.start()
         r = cli("registry", "register", str(self.tmp / "pkg"), env=self.env)
         assert r.returncode == 0, r.stderr
+        code, body = self.server.request("PUT", "/api/v1/policies/groups/lobby", COLLECT)
+        assert code == 202 and body["scope"] == "group:lobby", body
         for dev in DEVICES:
             cfg = device_config(self.tmp, dev, self.broker.port, self.w["pub"], self.tmp / "pkg",
                                 {"source": str(self.clip), "source_options": {"loop": True, "fps_limit": 20},
@@ -65,16 +75,21 @@ class Scenario:
         wait_until(lambda: len({e["device"] for e in self.drift_events()}) == len(DEVICES), 90)
         return min(e["ts"] for e in self.drift_events())
 
-    def upload(self, per_device: int, total: int) -> None:
-        for dev in DEVICES:
-            code, body = self.server.request("POST", f"/api/v1/devices/{dev}/commands/upload-samples",
-                                             {"max": per_device})
-            assert code == 202, body
-        wait_until(lambda: self.server.get("/api/v1/samples")[1]["total"] >= total, 60)
+    def samples(self) -> list[dict[str, Any]]:
+        return self.server.get("/api/v1/samples?limit=500")[1]["items"]
 
-    def label_uploaded(self) -> int:
+    def collected(self, since: float, per_device: int, timeout: float = 60) -> list[dict[str, Any]]:
+        """Wait until the devices' own uploads hold ``per_device`` samples of each device kept since ``since``."""
+        def enough() -> list[dict[str, Any]] | None:
+            items = self.samples()
+            new = [it for it in items if (it["ts"] or 0) >= since]
+            return items if all(sum(it["device"] == d for it in new) >= per_device for d in DEVICES) else None
+
+        return wait_until(enough, timeout)
+
+    def label_uploaded(self) -> list[dict[str, Any]]:
         """Each uploaded sample gets the data set's label of the frame it shows (a person would say the same)."""
-        items = self.server.get("/api/v1/samples?limit=500")[1]["items"]
+        items = self.samples()
         out = []
         for it in items:
             code, content = self.server.get(f"/api/v1/samples/{it['device']}/{it['sample_id']}/content")
@@ -84,7 +99,7 @@ class Scenario:
                         "label": D.CLASSES[D.match_label(frame, self.w["refs"], self.w["ref_labels"])]})
         code, body = self.server.request("POST", "/api/v1/labels", {"origin": "person", "items": out})
         assert code == 200, body
-        return len(out)
+        return items
 
     def run(self, rid: int) -> dict[str, Any]:
         return self.server.get(f"/api/v1/retrain/runs/{rid}")[1]

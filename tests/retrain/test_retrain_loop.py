@@ -1,6 +1,7 @@
 """The whole loop with real parts: a digits classifier trained here, converted, signed and registered; two real
-agents serving it on a clip that shifts (digits inverted); drift from both, samples uploaded, labelled (the data set
-standing in for a person); the server's re-training run (its server killed with SIGKILL while the training command
+agents serving it on a clip that shifts (digits inverted), under a collection policy pushed to their group; drift
+from both; the samples the devices chose and uploaded on their own (chunked) labelled (the data set standing in
+for a person); the server's re-training run (its server killed with SIGKILL while the training command
 runs, then restarted) passing its gates, reaching the canary and promoted. Then a run whose training command makes
 a worse model is rejected by its gates and the fleet stays on the promoted version."""
 
@@ -10,7 +11,10 @@ import json
 import time
 
 import pytest
+from sqlalchemy import select
 
+from fleet.server.db import tables as t
+from fleet.server.db.engine import make_engine
 from tests.fleet_server.conftest import cli
 from tests.integration.helpers import wait_until
 from tests.retrain.scenario import Scenario
@@ -37,11 +41,18 @@ def test_drift_to_retrained_model_on_every_device_and_a_worse_model_rejected(tmp
         s.start()
         mark("agents serving 1.0.0")
         # when the stream shifts (inverted digits from the clip's next loop on), drift fires on both devices
-        s.shift()
+        first_drift = s.shift()
         mark("drift from both")
-        time.sleep(1)  # a few shifted samples more on each device
-        s.upload(per_device=40, total=60)
-        mark("samples uploaded")
+        # then each device keeps shifted inputs under the policy (on drift, low confidence, random) and uploads them
+        items = s.collected(first_drift, per_device=15)
+        mark(f"{len(items)} samples uploaded by the devices")
+        assert {it["reason"] for it in items} <= {"drift", "low_confidence", "random"}, items
+        assert "drift" in {it["reason"] for it in items if it["ts"] >= first_drift}
+        engine = make_engine(s.db)
+        with engine.connect() as conn:  # every one came through the resumable chunked upload, none on request
+            metas = [r[0] for r in conn.execute(select(t.samples.c.meta))]
+        engine.dispose()
+        assert metas and all(m["upload"] == "chunked" and m["phash"] for m in metas), metas[:3]  # phash: the policy
         # and the samples are labelled: the triggers (drift on 2 devices, 40 new labels) start a run by themselves
         s.label_uploaded()
         rid = s.first_run()
