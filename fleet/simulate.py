@@ -78,7 +78,8 @@ class SimDevice:
             version = getattr(getattr(self.agent.live, "manifest", None), "version", "")
             bad = self.rng.random() < self.error_rates.get(version, 0.0)
             score = float("nan") if bad else 0.9
-            pred = Prediction("classification", classes=(ClassScore(0, score, "a"),), timings=Timings(0, 2.0, 0))
+            pred = Prediction("classification", classes=(ClassScore(0, score, "a"),), timings=Timings(0, 2.0, 0),
+                              version=version)  # as the runtime labels its results: the health window counts those
             self.agent.observe(SimpleNamespace(prediction=pred, end_to_end_ms=2.0 + self.rng.random(), frame=None))
 
     def stop(self) -> None:

@@ -224,9 +224,11 @@ def test_a_failing_wave_stops_the_rollout_before_the_next_wave(tmp_path: Path, b
                        "--canary-devices", "sim-0", "--waves", "2", "--window", "0.2", "--json"))
         res = json.loads(capsys.readouterr().out.split("\n", 1)[1])
         serving = [d.agent.serving for d in sims]
+        why = sims[2].agent.machine.record.reason
     finally:
         for d in sims:
             d.stop()
     assert rc == 1 and res["code"] == "wave_failed" and "sim-2: failed" in res["reason"], res
+    assert "non-finite results 100%" in why, why  # failed on its error rate, not at the end of its window
     assert serving == ["tiny-2.0.0", "tiny-2.0.0", "tiny-1.0.0", "tiny-1.0.0", "tiny-1.0.0"]
     assert "sim-3" not in res["states"] and "sim-4" not in res["states"]
