@@ -22,4 +22,7 @@ if ((${#need[@]})); then
 fi
 
 bash "$root/scripts/bootstrap.sh"
-exec "${EDGE_RUNTIME_VENV:-$root/.venv}/bin/python" -m pytest "$@"
+# Two workers (pytest-xdist): most tests wait on real processes (agents, brokers, databases), so two overlap well on
+# 2 cores; tests/conftest.py keeps folders with expensive session fixtures on one worker. EDGE_RUNTIME_TEST_WORKERS=0
+# (or -n 0 after the script) runs in one process.
+exec "${EDGE_RUNTIME_VENV:-$root/.venv}/bin/python" -m pytest -n "${EDGE_RUNTIME_TEST_WORKERS:-2}" --dist loadgroup "$@"
