@@ -48,6 +48,7 @@ class SampleStore:
         self.redaction_failed = 0
         self.max_bytes = config.max_bytes
         self.redactor: Callable[[np.ndarray], np.ndarray] | None = None  # set by the monitor from the policy
+        self.on_pending: Callable[[], None] | None = None  # called after a sample waiting for upload is kept
         self._thread = threading.Thread(target=self._writer, name="sample-writer", daemon=True)
         self._thread.start()
 
@@ -125,6 +126,8 @@ class SampleStore:
             self._index.append(meta)
             self.captured += 1
         self._enforce_caps()
+        if meta.get("upload") == "pending" and self.on_pending is not None:
+            self.on_pending()  # the uploader sends it now rather than at its next poll
 
     def _enforce_caps(self) -> None:
         with self._lock:

@@ -279,6 +279,7 @@ def _collection(services: DeviceServices, link: MqttLink, trust: Any, groups: tu
     services.policies = store
     services.uploader = SampleUploader(monitor.samples, link, config.device_id, state / "upload-budget.json",
                                        limits).start()
+    monitor.samples.on_pending = services.uploader.wake
     store.attach(link)
 
 
