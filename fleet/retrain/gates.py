@@ -20,8 +20,21 @@ from fleet.retrain.snapshot import IMAGE_SUFFIXES, read_image
 
 def convert_candidate(recipe: dict[str, Any], *, source: Path, output: Path, calibration: Path | None,
                       overrides: dict[str, Any]) -> Path:
-    """Re-run the parent's recorded conversion (converters.recipe) on the new source model; the package folder."""
+    """Re-run the parent's recorded conversion (converters.recipe) on the new source model; the package folder.
+
+    The recipe is the registry's lineage, which whoever registered the parent could set (``X-Lineage``): it may not
+    make the server run a command (a pruning ``train_cmd``) or copy server files into the candidate
+    (``extra_files``) unless the retrain policy, written by whoever runs the server, sets those options itself."""
     from converters.recipe import convert_with_recipe
+
+    opts = recipe.get("options") or {}
+    prune = opts.get("prune")
+    if isinstance(prune, dict) and prune.get("train_cmd") and "prune" not in overrides:
+        raise RetrainError("the parent's recorded recipe names a pruning training command; the server does not run "
+                           "commands from the registry: set overrides.prune in retrain.yaml")
+    if opts.get("extra_files") and "extra_files" not in overrides:
+        raise RetrainError("the parent's recorded recipe adds extra files to the package; the server does not copy "
+                           "files the registry names: set overrides.extra_files in retrain.yaml")
 
     return convert_with_recipe(recipe, source=source, output=output, calibration=calibration, overrides=overrides,
                                progress=lambda _s: None)
