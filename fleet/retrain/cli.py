@@ -9,13 +9,11 @@ import os
 import sys
 import tempfile
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from pathlib import Path
 from typing import Any
 
-from edge_runtime.errors import ConfigError
+from fleet.api_client import ApiClient
 
 
 def configure(p: argparse.ArgumentParser) -> None:
@@ -50,42 +48,6 @@ def configure(p: argparse.ArgumentParser) -> None:
     wk.add_argument("--once", action="store_true", help="do at most one job, then exit")
 
 
-class Client:
-    def __init__(self, server: str | None) -> None:
-        token = os.environ.get("EDGE_FLEET_TOKEN")
-        if not server or not token:
-            raise ConfigError("retrain needs --server (or EDGE_FLEET_SERVER) and an API token in EDGE_FLEET_TOKEN")
-        self.base, self.token = server.rstrip("/"), token
-        if not self.base.startswith(("http://", "https://")):
-            raise ConfigError(f"--server {self.base!r} must be an http:// or https:// URL")
-
-    def call(self, method: str, path: str, body: Any = None, raw: bytes | None = None, to: Path | None = None) -> Any:
-        headers = {"Authorization": f"Bearer {self.token}"}
-        data = raw
-        if body is not None:
-            data, headers["Content-Type"] = json.dumps(body).encode(), "application/json"
-        req = urllib.request.Request(self.base + "/api/v1" + path, data=data, method=method,  # noqa: S310
-                                     headers=headers)
-        try:
-            with urllib.request.urlopen(req, timeout=300) as r:  # noqa: S310 - the URL the user configured
-                if to is not None:
-                    with to.open("wb") as f:
-                        while chunk := r.read(1 << 20):
-                            f.write(chunk)
-                    return None
-                payload = r.read()
-                return json.loads(payload) if r.headers.get_content_type() == "application/json" else payload
-        except urllib.error.HTTPError as exc:
-            detail = exc.read().decode(errors="replace")
-            try:
-                detail = json.loads(detail)["detail"]
-            except (ValueError, KeyError, TypeError):
-                pass
-            raise ConfigError(f"fleet server answered {exc.code}: {str(detail)[:300]}") from None
-        except (OSError, ValueError) as exc:
-            raise ConfigError(f"cannot reach fleet server {self.base}: {exc}") from None
-
-
 def _print_runs(items: list[dict[str, Any]]) -> None:
     print(f"{'RUN':>4} {'MODEL':<14} {'PARENT':<10} {'CANDIDATE':<10} {'STATE':<18} WHY")
     for r in items:
@@ -108,7 +70,7 @@ def _print_run(r: dict[str, Any]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    c = Client(args.server)
+    c = ApiClient(args.server, "retrain")
     cmd = args.retrain_cmd
     if cmd == "worker":
         return worker(c, args)
@@ -145,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def worker(c: Client, args: argparse.Namespace) -> int:
+def worker(c: ApiClient, args: argparse.Namespace) -> int:
     """Claim, train, upload; idle polls every ``--poll`` seconds. Ends on Ctrl-C (a claimed job then times out)."""
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="edge-retrain-"))
     print(f"retrain worker {args.name} on {c.base}, jobs under {work}", file=sys.stderr, flush=True)
@@ -164,7 +126,7 @@ def worker(c: Client, args: argparse.Namespace) -> int:
         return 130
 
 
-def _do(c: Client, job: dict[str, Any], folder: Path, name: str) -> None:
+def _do(c: ApiClient, job: dict[str, Any], folder: Path, name: str) -> None:
     from fleet.retrain import training
 
     rd = training.RunDir(folder)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import logging
 import shutil
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -27,36 +26,22 @@ from fleet.server import rollouts as ro
 from fleet.server.auth import User, audit
 from fleet.server.db import tables as t
 from fleet.server.errors import ActionRefused, NotRegistered, RegistryError
+from fleet.server.ticker import Ticker
 
 log = logging.getLogger(__name__)
 
 
-class RetrainRunner:
+class RetrainRunner(Ticker):
     """Background job of the fleet server (``policies``: model name -> its retrain.yaml)."""
+
+    name, join_s = "retrain", 30.0
 
     def __init__(self, engine: Any, actions: Any, data_dir: Path, policies: dict[str, RetrainPolicy],
                  operator_key: Path | None = None, tick_s: float = 0.5) -> None:
+        super().__init__(tick_s)
         self.engine, self.actions, self.data_dir, self.policies = engine, actions, data_dir, policies
-        self.operator_key, self.tick_s = operator_key, tick_s
+        self.operator_key = operator_key
         self.jobs: dict[int, training.Job] = {}
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._loop, name="retrain", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(30)
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self.tick_s):
-            try:
-                self.tick()
-            except Exception:  # a bug in one tick must not end the runner; logged with its traceback
-                log.exception("retrain tick failed")
 
     def run_dir(self, rid: int) -> training.RunDir:
         return training.RunDir(self.data_dir / "retrain" / "runs" / str(rid))

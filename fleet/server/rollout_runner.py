@@ -4,7 +4,6 @@ whether its stage is over (devices updated, window elapsed, timeout) and makes t
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -18,35 +17,21 @@ from fleet.server.db import tables as t
 from fleet.server.errors import ActionRefused, RegistryError
 from fleet.server.rollout_judge import Thresholds, group_figures, judge
 from fleet.server.rollouts import FINAL, RolloutError, S, get_job, transition
+from fleet.server.ticker import Ticker
 
 log = logging.getLogger(__name__)
 UPDATED = ("committed", "idle", None)  # what a device that serves the version and is not busy reports
 FAILED = ("failed", "rolled_back")
 
 
-class RolloutRunner:
+class RolloutRunner(Ticker):
     """Background job: advances every active rollout once per tick (``tick_s``)."""
 
+    name = "rollouts"
+
     def __init__(self, engine: Any, actions: Any, data_dir: Path, tick_s: float = 0.5) -> None:
-        self.engine, self.actions, self.data_dir, self.tick_s = engine, actions, data_dir, tick_s
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._loop, name="rollouts", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(10)
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self.tick_s):
-            try:
-                self.tick()
-            except Exception:  # a bug in one tick must not end the runner; logged with its traceback
-                log.exception("rollout tick failed")
+        super().__init__(tick_s)
+        self.engine, self.actions, self.data_dir = engine, actions, data_dir
 
     def tick(self) -> None:
         active = [s.value for s in S if s not in FINAL and s != S.PAUSED]

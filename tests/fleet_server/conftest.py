@@ -75,6 +75,14 @@ class FleetServer:
     def get(self, path: str, token: str | None = None) -> tuple[int, Any]:
         return self.request("GET", path, token=token)
 
+    def serving(self, want: dict[str, str]) -> bool:
+        """Every device in ``want`` reports that version and no update in progress (device -> version)."""
+        for dev, version in want.items():
+            code, d = self.get(f"/api/v1/devices/{dev}")
+            if code != 200 or d.get("version") != version or d.get("update_state") not in ("committed", "idle", None):
+                return False
+        return True
+
     def request(self, method: str, path: str, body: Any = None, token: str | None = None,
                 headers: dict[str, str] | None = None) -> tuple[int, Any]:
         hdrs = {"Authorization": f"Bearer {token or self.token}"} if (token or self.token) else {}

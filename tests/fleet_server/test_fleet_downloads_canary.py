@@ -99,14 +99,6 @@ class Fleet:
     sha: dict[str, str] = field(default_factory=dict)
 
 
-def _serving(server: FleetServer, want: dict[str, str]) -> bool:
-    for dev, version in want.items():
-        code, d = server.get(f"/api/v1/devices/{dev}")
-        if code != 200 or d.get("version") != version or d.get("update_state") not in ("committed", "idle", None):
-            return False
-    return True
-
-
 def _post_bytes(server: FleetServer, path: str, data: bytes) -> int:
     req = urllib.request.Request(server.url + path, data=data, method="POST",
                                  headers={"Authorization": f"Bearer {server.token}"})
@@ -165,7 +157,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
                                 {"fps": 10, "monitoring": {"monitor": {"period_s": 0.5}}}, groups=["lobby"],
                                 live_report_s=1, http_token_file=str(tokens[dev]))
             agents.append(spawn_agent(cfg, tmp / f"{dev}.log"))
-        wait_until(lambda: _serving(server, dict.fromkeys(DEVICES, "1.0.0"))
+        wait_until(lambda: server.serving(dict.fromkeys(DEVICES, "1.0.0"))
                    and all(server.get(f"/api/v1/devices/{d}")[1].get("groups") == ["lobby"] for d in DEVICES), 90)
         for archive in archives.values():
             assert _post_bytes(server, "/api/v1/registry/packages", archive.read_bytes()) == 201
@@ -187,7 +179,7 @@ def test_devices_download_over_http_with_their_own_token_and_a_wrong_token_falls
                                {"version": "2.0.0", "target": "group:lobby"})
     assert code == 200, out
     # then every device serves 2.0.0
-    wait_until(lambda: _serving(server, dict.fromkeys(DEVICES, "2.0.0")), 120)
+    wait_until(lambda: server.serving(dict.fromkeys(DEVICES, "2.0.0")), 120)
     # cam-1 over HTTP, never over MQTT: its download was cut mid-body and resumed with a Range request
     assert fleet.relay.cuts == 1
     pkg = [q for q in fleet.relay.requests if "/api/v1/packages/" in q]
@@ -228,7 +220,7 @@ def test_a_candidate_worse_only_on_the_canary_is_stopped_and_rolled_back(fleet):
     assert "confidence" in verdict["reason"], verdict
     assert verdict["canary"]["confidence"] < verdict["control"]["confidence"] - 0.3, verdict
     assert verdict["control"]["devices"] == 1 and verdict["canary"]["records"] >= 3
-    wait_until(lambda: _serving(server, dict.fromkeys(DEVICES, old)), 60)
+    wait_until(lambda: server.serving(dict.fromkeys(DEVICES, old)), 60)
     # and the canary had fetched the candidate over HTTP; production did not move
     assert _counters(server)["full"] >= full_before + 1
     aliases = server.get("/api/v1/registry/models/tiny")[1]["aliases"]

@@ -21,14 +21,6 @@ pytestmark = pytest.mark.mqtt
 DEVICES = ("cam-1", "cam-2")
 
 
-def _serving(server: FleetServer, want: dict[str, str]) -> bool:
-    for dev, version in want.items():
-        code, d = server.get(f"/api/v1/devices/{dev}")
-        if code != 200 or d.get("version") != version or d.get("update_state") not in ("committed", "idle", None):
-            return False
-    return True
-
-
 def _follows(env: dict[str, str]) -> dict[str, str]:
     r = cli("fleet", "status", "--server", env["EDGE_FLEET_SERVER"], env=env)
     assert r.returncode == 0, r.stderr
@@ -56,7 +48,7 @@ def test_promote_to_a_group_supersedes_a_canary_document_and_revert_brings_the_f
         for dev in DEVICES:
             cfg = device_config(tmp_path, dev, broker.port, pub, pkgs["1.0.0"], groups=["lobby"], live_report_s=1)
             agents.append(spawn_agent(cfg, tmp_path / f"{dev}.log"))
-        wait_until(lambda: _serving(server, dict.fromkeys(DEVICES, "1.0.0"))
+        wait_until(lambda: server.serving(dict.fromkeys(DEVICES, "1.0.0"))
                    and all(server.get(f"/api/v1/devices/{d}")[1].get("groups") == ["lobby"] for d in DEVICES), 90)
         # when the three versions are registered through the CLI, each the child of the one before
         parent = None
@@ -72,7 +64,7 @@ def test_promote_to_a_group_supersedes_a_canary_document_and_revert_brings_the_f
         assert cli("registry", "promote", "tiny", "1.0.0", "--target", "group:lobby", env=env).returncode == 0
         r = cli("registry", "promote", "tiny", "2.0.0", "--alias", "canary", "--target", "cam-1", env=env)
         assert r.returncode == 0, r.stderr
-        wait_until(lambda: _serving(server, {"cam-1": "2.0.0", "cam-2": "1.0.0"}), 90)
+        wait_until(lambda: server.serving({"cam-1": "2.0.0", "cam-2": "1.0.0"}), 90)
         assert wait_until(lambda: _follows(env) == {"cam-1": "device", "cam-2": "group:lobby"}, 30)
         # and then production moves to 3.0.0 for the group
         t0 = time.monotonic()
@@ -81,7 +73,7 @@ def test_promote_to_a_group_supersedes_a_canary_document_and_revert_brings_the_f
         out = json.loads(r.stdout)
         # then the canary's own document was cleared and every device serves 3.0.0
         assert out["target"] == "group:lobby" and out["cleared_device_documents"] == list(DEVICES)
-        wait_until(lambda: _serving(server, dict.fromkeys(DEVICES, "3.0.0")), 120)
+        wait_until(lambda: server.serving(dict.fromkeys(DEVICES, "3.0.0")), 120)
         promote_s = time.monotonic() - t0
         # and `fleet status` shows every device following the group's document now
         assert wait_until(lambda: _follows(env) == dict.fromkeys(DEVICES, "group:lobby"), 30)
@@ -89,7 +81,7 @@ def test_promote_to_a_group_supersedes_a_canary_document_and_revert_brings_the_f
         t0 = time.monotonic()
         r = cli("registry", "revert", "tiny", env=env)
         assert r.returncode == 0 and "3.0.0 -> 1.0.0 for group:lobby" in r.stdout, (r.stdout, r.stderr)
-        wait_until(lambda: _serving(server, dict.fromkeys(DEVICES, "1.0.0")), 120)
+        wait_until(lambda: server.serving(dict.fromkeys(DEVICES, "1.0.0")), 120)
         revert_s = time.monotonic() - t0
         print(f"\nregistry: promote -> {len(DEVICES)} devices serving 3.0.0 in {promote_s:.1f} s; "
               f"revert -> back on 1.0.0 in {revert_s:.1f} s")

@@ -145,11 +145,7 @@ class Fleet:
                           f"rollout:{rid}") is not None
 
     def serving(self, want: dict[str, str]) -> bool:
-        for dev, version in want.items():
-            code, d = self.server.get(f"/api/v1/devices/{dev}")
-            if code != 200 or d.get("version") != version or d.get("update_state") not in ("committed", "idle", None):
-                return False
-        return True
+        return self.server.serving(want)
 
     def rollout(self, version: str, canary: str, *opts: str) -> int:
         r = cli("registry", "--json", "rollout", "tiny", version, "--target", "group:lobby", "--canary", canary,

@@ -19,14 +19,6 @@ pytestmark = pytest.mark.mqtt
 DEVICES = ("cam-1", "cam-2", "cam-3")
 
 
-def _serving(server: FleetServer, want: dict[str, str]) -> bool:
-    for dev, version in want.items():
-        code, d = server.get(f"/api/v1/devices/{dev}")
-        if code != 200 or d.get("version") != version or d.get("update_state") not in ("committed", "idle", None):
-            return False
-    return True
-
-
 def _state(server: FleetServer, rid: int) -> str | None:
     code, r = server.get(f"/api/v1/rollouts/{rid}")
     return r["state"] if code == 200 else None
@@ -49,7 +41,7 @@ def test_a_rollout_survives_a_server_kill_and_an_aborted_one_rolls_back(tmp_path
             cfg = device_config(tmp_path, dev, broker.port, pub, pkgs["1.0.0"],
                                 {"monitoring": {"monitor": {"period_s": 0.5}}}, groups=["lobby"], live_report_s=1)
             agents.append(spawn_agent(cfg, tmp_path / f"{dev}.log"))
-        wait_until(lambda: _serving(server, dict.fromkeys(DEVICES, "1.0.0")), 90)
+        wait_until(lambda: server.serving(dict.fromkeys(DEVICES, "1.0.0")), 90)
         for root in pkgs.values():
             assert cli("registry", "register", str(root), env=env).returncode == 0
         # given a rollout of 2.0.0 to the group: canary cam-1, a 4 s window, then two waves
@@ -69,7 +61,7 @@ def test_a_rollout_survives_a_server_kill_and_an_aborted_one_rolls_back(tmp_path
         assert events == ["create", "committed", "pass", "wave_done", "last_wave_done", "promoted"]
         verdict = job["steps"][2]["figures"]
         assert verdict["canary"]["records"] >= 3 and verdict["control"]["devices"] == 2, verdict
-        wait_until(lambda: _serving(server, dict.fromkeys(DEVICES, "2.0.0")), 60)
+        wait_until(lambda: server.serving(dict.fromkeys(DEVICES, "2.0.0")), 60)
         model = server.get("/api/v1/registry/models/tiny")[1]
         assert model["aliases"]["production"] == {**model["aliases"]["production"], "version": "2.0.0",
                                                   "target": "group:lobby"}
@@ -84,7 +76,7 @@ def test_a_rollout_survives_a_server_kill_and_an_aborted_one_rolls_back(tmp_path
         assert cli("registry", "abort", str(rid2), env=env).returncode == 0
         # then the canary is rolled back to 2.0.0 and the rollout ends aborted, every step recorded and audited
         wait_until(lambda: _state(server, rid2) == "aborted", 120)
-        wait_until(lambda: _serving(server, dict.fromkeys(DEVICES, "2.0.0")), 60)
+        wait_until(lambda: server.serving(dict.fromkeys(DEVICES, "2.0.0")), 60)
         steps = [(s["event"], s["user"]) for s in server.get(f"/api/v1/rollouts/{rid2}")[1]["steps"]]
         assert steps[1:] == [("committed", f"rollout:{rid2}"), ("pause", "olga"), ("resume", "olga"),
                              ("abort", "olga"), ("aborted", f"rollout:{rid2}")]
